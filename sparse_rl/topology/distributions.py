@@ -1,0 +1,118 @@
+"""Per-layer sparsity distributions: pure functions from layer shapes and a global sparsity to per-layer densities.
+
+- ``uniform``: every sparse layer gets the same density.
+- ``er`` (Erdos-Renyi, Mocanu et al. 2018): density proportional to ``(n_in + n_out) / (n_in * n_out)``.
+- ``erk`` (Erdos-Renyi-Kernel, Evci et al. 2020, "Rigging the Lottery"): density proportional to
+  ``sum(shape) / prod(shape)``, kernel dimensions included.
+
+The global sparsity is met exactly, to one weight: :func:`layer_nnz` turns densities into integer nonzero counts
+whose sum is ``round((1 - sparsity) * total)`` over the sparse layers. Layers named in ``dense`` are kept dense and
+lie outside that budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+def _raw_scale(shape: Sequence[int], method: str) -> float:
+    """Unnormalised density of one layer under ER / ERK."""
+    if method == "erk":
+        return sum(shape) / math.prod(shape)
+    n_out, n_in = shape[0], shape[1]
+    return (n_out + n_in) / (n_out * n_in)
+
+
+def check_sparsity(sparsity: object) -> float:
+    """Return ``sparsity`` as a float in [0, 1), or raise a ``ValueError`` that says what is expected."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of zero weights), got {sparsity!r}")
+    return float(sparsity)
+
+
+def layer_densities(shapes: Shapes, sparsity: float, method: str = "erk", dense: Collection[str] = ()) -> dict[str, float]:
+    """Per-layer densities (in (0, 1]) whose weighted mean over the non-``dense`` layers is ``1 - sparsity``.
+
+    Follows the iterative scheme of Evci et al.: a layer whose ER/ERK density would exceed 1 is made dense and the
+    rest is rescaled, until every density fits.
+
+    :param shapes: layer name -> weight shape (``[out, in]`` or ``[out, in, kh, kw]``)
+    :param sparsity: global fraction of zero weights over the sparse layers, in [0, 1)
+    :param method: ``"uniform"``, ``"er"`` or ``"erk"``
+    :param dense: names of layers kept dense (outside the budget)
+    """
+    sparsity = check_sparsity(sparsity)
+    if method not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {method!r}; choose one of {list(DISTRIBUTIONS)}")
+    unknown = set(dense) - set(shapes)
+    if unknown:
+        raise ValueError(f"dense layers {sorted(unknown)} are not among the layers {sorted(shapes)}")
+    densities = {name: 1.0 for name in dense}
+    sparse = {name: shape for name, shape in shapes.items() if name not in dense}
+    if not sparse:
+        return densities
+    density = 1.0 - sparsity
+    if method == "uniform":
+        return densities | {name: density for name in sparse}
+    numel = {name: math.prod(shape) for name, shape in sparse.items()}
+    budget = density * sum(numel.values())
+    forced_dense: set[str] = set()
+    while True:
+        free = [name for name in sparse if name not in forced_dense]
+        remaining = budget - sum(numel[name] for name in forced_dense)
+        weighted = sum(_raw_scale(sparse[name], method) * numel[name] for name in free)
+        epsilon = remaining / weighted
+        overflow = [name for name in free if epsilon * _raw_scale(sparse[name], method) > 1.0]
+        if not overflow:
+            break
+        forced_dense.update(overflow)
+    for name in sparse:
+        densities[name] = 1.0 if name in forced_dense else epsilon * _raw_scale(sparse[name], method)
+    return densities
+
+
+def layer_nnz(shapes: Shapes, sparsity: float, method: str = "erk", dense: Collection[str] = ()) -> dict[str, int]:
+    """Integer nonzero counts per layer: the sparse layers together hold exactly ``round((1 - s) * total)`` weights.
+
+    Rounding uses largest remainders, every sparse layer keeps at least one weight and at most all of them.
+    """
+    densities = layer_densities(shapes, sparsity, method, dense)
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    counts = {name: numel[name] for name in dense}
+    sparse = [name for name in shapes if name not in dense]
+    if not sparse:
+        return counts
+    target = round((1.0 - sparsity) * sum(numel[name] for name in sparse))
+    target = max(target, len(sparse))
+    exact = {name: densities[name] * numel[name] for name in sparse}
+    floor = {name: min(numel[name], max(1, math.floor(exact[name]))) for name in sparse}
+    missing = target - sum(floor.values())
+    # Hand out (or take back) single weights by largest remainder, never exceeding a layer's size.
+    order = sorted(sparse, key=lambda n: exact[n] - math.floor(exact[n]), reverse=missing > 0)
+    step = 1 if missing > 0 else -1
+    while missing:
+        progressed = False
+        for name in order:
+            if missing == 0:
+                break
+            if (step > 0 and floor[name] < numel[name]) or (step < 0 and floor[name] > 1):
+                floor[name] += step
+                missing -= step
+                progressed = True
+        if not progressed:
+            raise ValueError(f"cannot place {target} nonzeros in layers of sizes {numel}")
+    return counts | floor
+
+
+def constant_fan_in_nnz(shapes: Shapes, nnz: Mapping[str, int]) -> dict[str, int]:
+    """Round each layer's nonzero count to a multiple of its rows (every output keeps the same fan-in)."""
+    result = {}
+    for name, count in nnz.items():
+        rows, cols = shapes[name][0], math.prod(shapes[name][1:])
+        result[name] = rows * min(cols, max(1, round(count / rows)))
+    return result
