@@ -275,7 +275,7 @@ class SparseLinear(SparseWeightMixin):
         self.weight_shape = (out_features, in_features)
         self.matrix_shape = (out_features, in_features)
         if mask is None:
-            nnz = nnz_for_density(out_features, in_features, 1.0 - _check_sparsity(sparsity), constant_fan_in)
+            nnz = nnz_for_density(out_features, in_features, 1.0 - check_sparsity(sparsity), constant_fan_in)
             mask = random_mask(out_features, in_features, nnz, constant_fan_in, generator)
         elif tuple(mask.shape) != self.weight_shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight shape {self.weight_shape}")
@@ -353,7 +353,7 @@ class SparseConv2d(SparseWeightMixin):
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
         self.matrix_shape = (out_channels, fan_in)
         if mask is None:
-            nnz = nnz_for_density(out_channels, fan_in, 1.0 - _check_sparsity(sparsity), constant_fan_in)
+            nnz = nnz_for_density(out_channels, fan_in, 1.0 - check_sparsity(sparsity), constant_fan_in)
             mask = random_mask(out_channels, fan_in, nnz, constant_fan_in, generator)
         elif mask.numel() != out_channels * fan_in:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match the weight shape {self.weight_shape}")
@@ -403,7 +403,8 @@ class SparseConv2d(SparseWeightMixin):
 SparseLayer = SparseLinear | SparseConv2d
 
 
-def _check_sparsity(sparsity: float) -> float:
+def check_sparsity(sparsity: object) -> float:
+    """Return ``sparsity`` as a float in [0, 1), or raise a ``ValueError`` that says what is expected."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1) (fraction of zero weights), got {sparsity!r}")
+        raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of zero weights), got {sparsity!r}")
     return float(sparsity)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 
+from sparse_rl.nn.layers import check_sparsity
+
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 Shapes = Mapping[str, Sequence[int]]
@@ -26,13 +28,6 @@ def _raw_scale(shape: Sequence[int], method: str) -> float:
         return sum(shape) / math.prod(shape)
     n_out, n_in = shape[0], shape[1]
     return (n_out + n_in) / (n_out * n_in)
-
-
-def check_sparsity(sparsity: object) -> float:
-    """Return ``sparsity`` as a float in [0, 1), or raise a ``ValueError`` that says what is expected."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of zero weights), got {sparsity!r}")
-    return float(sparsity)
 
 
 def layer_densities(shapes: Shapes, sparsity: float, method: str = "erk", dense: Collection[str] = ()) -> dict[str, float]:
@@ -62,8 +57,11 @@ def layer_densities(shapes: Shapes, sparsity: float, method: str = "erk", dense:
     numel = {name: math.prod(shape) for name, shape in sparse.items()}
     budget = density * sum(numel.values())
     forced_dense: set[str] = set()
+    epsilon = 0.0
     while True:
         free = [name for name in sparse if name not in forced_dense]
+        if not free:
+            break
         remaining = budget - sum(numel[name] for name in forced_dense)
         weighted = sum(_raw_scale(sparse[name], method) * numel[name] for name in free)
         epsilon = remaining / weighted

@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine with python3, pip and g++:
+#   make demo   - create .venv, install torch (pinned) and the package, run a short dense-vs-sparse training run
+#   make test   - same set-up, then the test suite
+# torch is installed first and pinned (override: make test TORCH_SPEC="torch==2.5.1"), so pip never pulls a
+# multi-GB CUDA build on a CPU machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,mujoco,atari,analysis
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sparse_rl-installed
+
+.PHONY: install demo test bench lint
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m sparse_rl.nn.backends --build
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m sparse_rl.train $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/bench_kernels.py --quick
+
+lint: $(STAMP)
+	$(PY) -m ruff check sparse_rl tests scripts

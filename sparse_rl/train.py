@@ -1,0 +1,146 @@
+"""``python -m sparse_rl.train``: train a sparse (or dense baseline) SB3 agent, RL Zoo style.
+
+Example::
+
+    python -m sparse_rl.train --algo sac --env HalfCheetah-v4 --sparsity 0.9 --method rigl --seed 1 -tb runs/
+
+Outputs go to ``logs/<algo>/<Env>_<n>/``: the final model ``<Env>.zip``, ``best_model.zip``, ``evaluations.npz``,
+``<Env>/config.yml`` and ``<Env>/args.yml`` (RL Zoo's layout, so its ``enjoy`` and plotting scripts work),
+``command.txt`` and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sparse_rl import config as cfg
+from sparse_rl import experiment as exp
+
+
+def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
+    parser = argparse.ArgumentParser(prog="python -m sparse_rl.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--algo", default="sac", help=f"one of {', '.join(exp.ALGOS)}")
+    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id (Atari ids get the Atari wrappers)")
+    parser.add_argument("--sparsity", default=None, help="fraction of zero weights in [0, 1); 0 trains the dense baseline")
+    parser.add_argument("--method", default=None, help=f"topology method: {', '.join(exp.METHODS)} (default: config, else rigl)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: config)")
+    parser.add_argument("-conf", "--conf-file", default=None, help="RL-Zoo-style YAML (default: configs/<algo>.yml)")
+    parser.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE",
+                        help="override hyperparameters, e.g. -params learning_rate:0.001 buffer_size:10000")
+    parser.add_argument("-f", "--log-folder", default="logs")
+    parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard log directory")
+    parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (-1: never)")
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N env steps (-1: never)")
+    parser.add_argument("--n-envs", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default=None, help="sparse kernel backend (auto, reference, cpu, ...)")
+    parser.add_argument("--distribution", default=None, help="per-layer sparsity: erk, er or uniform")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    parser.add_argument("-v", "--verbose", type=int, default=1)
+    args = parser.parse_args(argv)
+    return exp.RunSpec(
+        algo=args.algo, env=args.env, sparsity=_parse_sparsity(args.sparsity), method=args.method, seed=args.seed,
+        n_timesteps=args.n_timesteps, conf_file=args.conf_file, hyperparams=_parse_overrides(args.hyperparams),
+        log_folder=args.log_folder, tensorboard_log=args.tensorboard_log, eval_freq=args.eval_freq,
+        eval_episodes=args.eval_episodes, save_freq=args.save_freq, n_envs=args.n_envs, device=args.device,
+        backend=args.backend, distribution=args.distribution, progress=args.progress, verbose=args.verbose,
+    )
+
+
+def _parse_sparsity(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--sparsity must be a number in [0, 1), got {text!r}") from None
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise ValueError(f"-params expects KEY:VALUE pairs, got {item!r}")
+        result[key] = cfg.parse_value(value)
+    return result
+
+
+def sparse_policy_class(algo: str, image_obs: bool) -> Any:
+    from sparse_rl import sb3
+
+    classes = {
+        ("sac", False): sb3.SparseSACPolicy, ("td3", False): sb3.SparseTD3Policy,
+        ("dqn", False): sb3.SparseDQNPolicy, ("dqn", True): sb3.SparseDQNCnnPolicy,
+        ("ppo", False): sb3.SparseActorCriticPolicy, ("ppo", True): sb3.SparseActorCriticCnnPolicy,
+    }
+    if (algo, image_obs) not in classes:
+        raise ValueError(f"{algo.upper()} has no sparse CNN policy: use dqn or ppo for image observations")
+    return classes[(algo, image_obs)]
+
+
+def train(spec: exp.RunSpec) -> Path:
+    """Run one training job; returns its run folder."""
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+
+    exp.validate(spec)
+    hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
+    env = exp.build_env(spec, hyperparams)
+    exp.check_action_space(spec.algo, env)
+    run_dir = exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
+    exp.save_run_files(run_dir, spec.env, hyperparams, spec, topology)
+    policy = hyperparams["policy"]
+    if sparse:
+        policy = sparse_policy_class(spec.algo, policy == "SparseCnnPolicy")
+    model = exp.algo_class(spec.algo)(
+        policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
+        tensorboard_log=spec.tensorboard_log, **exp.model_kwargs(hyperparams, env),
+    )
+    callbacks = cfg.build_callbacks(hyperparams["callback"])
+    if topology is not None:
+        from sparse_rl.sb3 import TopologyCallback
+
+        callbacks.append(TopologyCallback(**topology))
+    n_envs = env.num_envs
+    if spec.eval_freq > 0:
+        callbacks.append(EvalCallback(
+            exp.build_env(spec, hyperparams, for_evaluation=True), n_eval_episodes=spec.eval_episodes,
+            eval_freq=max(spec.eval_freq // n_envs, 1), log_path=str(run_dir), best_model_save_path=str(run_dir),
+            deterministic=True, verbose=spec.verbose,
+        ))
+    if spec.save_freq > 0:
+        callbacks.append(CheckpointCallback(save_freq=max(spec.save_freq // n_envs, 1), save_path=str(run_dir),
+                                            save_vecnormalize=True))
+    started = time.perf_counter()
+    model.learn(int(hyperparams["n_timesteps"]), callback=CallbackList(callbacks), progress_bar=spec.progress,
+                tb_log_name=run_dir.name)
+    wall_time = time.perf_counter() - started
+    env_name = spec.env.replace("/", "-").replace(":", "-")
+    model.save(run_dir / f"{env_name}.zip")
+    if hyperparams.get("normalize"):
+        env.save(str(run_dir / env_name / "vecnormalize.pkl"))
+    method = topology["method"] if topology is not None else "dense"
+    sparsity = hyperparams["policy_kwargs"].get("sparsity", 0.0) if sparse else 0.0
+    exp.write_run_summary(run_dir, spec, model, method, sparsity, wall_time)
+    print(f"saved to {run_dir}")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(parse_args(argv))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``python -m sparse_rl.train`` and ``python -m sparse_rl.compare`` on real short runs, and their bad-input errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from stable_baselines3 import SAC
+
+from sparse_rl.compare import main as compare_main
+from sparse_rl.train import main as train_main
+
+SHORT = ["-n", "300", "--eval-freq", "150", "--eval-episodes", "1", "-v", "0",
+         "-params", "learning_starts:50", "buffer_size:1000", "batch_size:32"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logs")
+    for sparsity in ("0", "0.9"):
+        assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "--sparsity", sparsity, "-f", str(root),
+                           "-tb", str(root / "tb"), *SHORT]) == 0
+    return root
+
+
+def test_rl_zoo_layout(runs):
+    dense_dir, sparse_dir = runs / "sac" / "Pendulum-v1_1", runs / "sac" / "Pendulum-v1_2"
+    for run_dir in (dense_dir, sparse_dir):
+        for name in ("Pendulum-v1.zip", "best_model.zip", "evaluations.npz", "command.txt", "run.json",
+                     "Pendulum-v1/config.yml", "Pendulum-v1/args.yml"):
+            assert (run_dir / name).is_file(), name
+        assert np.load(run_dir / "evaluations.npz")["timesteps"].tolist() == [150, 300]
+    config = yaml.load((sparse_dir / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert config["policy"] == "SparseMlpPolicy" and "sparsity" in config["policy_kwargs"]
+    assert yaml.load((dense_dir / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)["policy"] == "MlpPolicy"
+    args = yaml.load((sparse_dir / "Pendulum-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert "env_kwargs" in args and args["algo"] == "sac"
+    model = SAC.load(sparse_dir / "Pendulum-v1.zip")
+    assert type(model.policy).__name__ == "SparseSACPolicy"
+    action, _ = model.predict(np.zeros(3, dtype=np.float32), deterministic=True)
+    assert action.shape == (1,)
+
+
+def test_compare_report(runs, tmp_path, capsys):
+    assert compare_main([str(runs), "-o", str(tmp_path)]) == 0
+    table = (tmp_path / "report.md").read_text()
+    assert "| sac | Pendulum-v1 | dense | 1 |" in table and "| sac | Pendulum-v1 | rigl 90% | 1 |" in table
+    assert (tmp_path / "report.html").read_text().count("<tr>") == 3
+    assert (tmp_path / "curves_sac_Pendulum-v1.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--algo", "a2c"], "unknown algo 'a2c'"),
+    (["--env", "Pendulm-v1"], "Did you mean Pendulum-v1"),
+    (["--sparsity", "1.0"], "sparsity must be a number in [0, 1)"),
+    (["--sparsity", "abc"], "--sparsity must be a number"),
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--backend", "gpu9000"], "unknown backend"),
+    (["--distribution", "normal"], "unknown distribution"),
+    (["--algo", "dqn", "--env", "Pendulum-v1"], "DQN needs a discrete action space"),
+    (["--algo", "sac", "--env", "CartPole-v1"], "SAC needs a continuous"),
+    (["-conf", "/nonexistent.yml"], "not found"),
+    (["-params", "oops"], "KEY:VALUE"),
+])
+def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
+    assert train_main([*argv, "-f", str(tmp_path), "-n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_exit_code_in_a_subprocess(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sparse_rl.train", "--algo", "nope"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown algo 'nope'")

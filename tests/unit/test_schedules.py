@@ -1,0 +1,49 @@
+"""Topology schedules: exact update steps, fractions of training, drop-fraction decay, cubic pruning ramp."""
+
+import math
+
+import pytest
+
+from sparse_rl.topology import TopologySchedule, polynomial_sparsity
+
+
+def test_updates_fire_at_exact_steps():
+    schedule = TopologySchedule(update_every=100, start=1000, end=1500)
+    fired = [step for step in range(0, 3000) if schedule.is_update_step(step)]
+    assert fired == [1100, 1200, 1300, 1400, 1500]
+    assert schedule.next_update_step(0) == 1100
+    assert schedule.next_update_step(1100) == 1200
+    assert schedule.next_update_step(1137) == 1200
+    assert schedule.next_update_step(1500) is None
+
+
+def test_fractions_resolve_against_total_steps():
+    schedule = TopologySchedule(update_every=10, start=0.1, end=0.8, total_steps=1000)
+    assert (schedule.start_step, schedule.end_step) == (100, 800)
+    with pytest.raises(ValueError, match="give total_steps"):
+        TopologySchedule(end=0.5).end_step
+
+
+@pytest.mark.parametrize("step", [0, 1000, 1250, 1500, 1999, 2000, 2600])
+def test_cosine_and_linear_decay_match_formula(step):
+    kwargs = dict(update_every=10, start=1000, end=2000, drop_fraction=0.3)
+    p = min(1.0, max(0.0, (step - 1000) / 1000))
+    assert TopologySchedule(**kwargs).drop_fraction_at(step) == pytest.approx(0.15 * (1 + math.cos(math.pi * p)))
+    assert TopologySchedule(**kwargs, drop_decay="linear").drop_fraction_at(step) == pytest.approx(0.3 * (1 - p))
+    assert TopologySchedule(**kwargs, drop_decay="constant").drop_fraction_at(step) == 0.3
+
+
+def test_cubic_sparsity_ramp():
+    assert polynomial_sparsity(0.0, 0.9) == 0.0
+    assert polynomial_sparsity(1.0, 0.9) == pytest.approx(0.9)
+    assert polynomial_sparsity(0.5, 0.9) == pytest.approx(0.9 * (1 - 0.5**3))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(update_every=0), "update_every"), (dict(update_every=2.5), "update_every"),
+    (dict(drop_fraction=1.2), "drop_fraction"), (dict(drop_decay="exp"), "drop_decay"),
+    (dict(start=500, end=100, total_steps=1000), "must not come before"),
+])
+def test_bad_schedules(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TopologySchedule(**kwargs)
