@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,mujoco,atari,analysis
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+DEMO_DIR ?= logs/demo
+DEMO_STEPS ?= 5000
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sparse_rl-installed
 
@@ -24,8 +26,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The main job: SAC on Pendulum-v1, dense vs 90 % sparse RigL, same seed and hyperparameters, then the report.
+# The full CLI: $(PY) -m sparse_rl.train --algo sac --env HalfCheetah-v4 --sparsity 0.9
 demo: $(STAMP)
-	$(PY) -m sparse_rl.train $(DEMO_ARGS)
+	$(PY) -m sparse_rl.train --algo sac --env Pendulum-v1 --sparsity 0 -n $(DEMO_STEPS) --eval-freq 1000 -f $(DEMO_DIR) -tb $(DEMO_DIR)/tb $(DEMO_ARGS)
+	$(PY) -m sparse_rl.train --algo sac --env Pendulum-v1 --sparsity 0.9 --method rigl -n $(DEMO_STEPS) --eval-freq 1000 -f $(DEMO_DIR) -tb $(DEMO_DIR)/tb $(DEMO_ARGS)
+	$(PY) -m sparse_rl.compare $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -73,3 +73,30 @@ def test_cli_exit_code_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparse_rl.train", "--algo", "nope"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown algo 'nope'")
+
+
+def test_enjoy_replays_a_run(runs, capsys):
+    from sparse_rl.enjoy import main as enjoy_main
+
+    assert enjoy_main([str(runs / "sac" / "Pendulum-v1_2"), "--episodes", "1"]) == 0
+    assert "returns over 1 episodes" in capsys.readouterr().out
+    assert enjoy_main([str(runs / "sac" / "Pendulum-v1_2"), "--best", "--episodes", "1"]) == 0
+    assert enjoy_main([str(runs / "sac"), "--episodes", "1"]) == 2
+
+
+def test_enjoy_writes_a_mujoco_video(tmp_path):
+    import cv2
+
+    from sparse_rl.enjoy import main as enjoy_main
+
+    assert train_main(["--algo", "sac", "--env", "HalfCheetah-v4", "--sparsity", "0.9", "-f", str(tmp_path), "-n", "64",
+                       "--eval-freq", "-1", "-v", "0", "-params", "learning_starts:32", "buffer_size:100",
+                       "batch_size:16"]) == 0
+    video = tmp_path / "cheetah.mp4"
+    assert enjoy_main([str(tmp_path / "sac" / "HalfCheetah-v4_1"), "--episodes", "1", "-n", "60", "--video", str(video),
+                       "--video-size", "96"]) == 0
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 60
+    assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+    ok, frame = capture.read()
+    assert ok and frame.std() > 10, "frames are real images"
