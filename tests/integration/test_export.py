@@ -1,0 +1,72 @@
+"""Safe export: safetensors + JSON, loaded without unpickling, same actions as the trained policy, and small."""
+
+import pickle
+
+import numpy as np
+import pytest
+from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sparse_rl.envs import make_env
+from sparse_rl.export import export_policy, load_exported
+from sparse_rl.export import main as export_main
+from sparse_rl.sb3 import SparseActorCriticPolicy, SparseDQNCnnPolicy
+from sparse_rl.train import main as train_main
+
+
+def _no_pickle(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_exported must not unpickle anything")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+
+def _file_size(folder):
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def test_sac_run_export_is_small_and_acts_identically(tmp_path, monkeypatch):
+    common = ["--algo", "sac", "--env", "HalfCheetah-v4", "-f", str(tmp_path), "-n", "120", "--eval-freq", "-1", "-v", "0"]
+    params = ["-params", "learning_starts:60", "buffer_size:200", "batch_size:32"]
+    assert train_main([*common, "--sparsity", "0.9", *params, "policy_kwargs:dict(dense_layers=())"]) == 0
+    assert train_main([*common, "--sparsity", "0", *params]) == 0
+    sparse_out, dense_out = tmp_path / "sparse_export", tmp_path / "dense_export"
+    assert export_main([str(tmp_path / "sac" / "HalfCheetah-v4_1"), "-o", str(sparse_out)]) == 0
+    assert export_main([str(tmp_path / "sac" / "HalfCheetah-v4_2"), "-o", str(dense_out)]) == 0
+    assert _file_size(sparse_out) <= 0.16 * _file_size(dense_out)
+    model = SAC.load(tmp_path / "sac" / "HalfCheetah-v4_1" / "HalfCheetah-v4.zip", device="cpu")
+    _no_pickle(monkeypatch)
+    policy = load_exported(sparse_out)
+    observations = np.stack([model.observation_space.sample() for _ in range(16)])
+    np.testing.assert_allclose(policy.predict(observations)[0], model.predict(observations, deterministic=True)[0], atol=1e-6)
+    np.testing.assert_allclose(policy.predict(observations[0])[0], model.predict(observations[0], deterministic=True)[0],
+                               atol=1e-6)
+
+
+def test_ppo_export_applies_vecnormalize_statistics(tmp_path):
+    env = VecNormalize(make_env("Pendulum-v1", n_envs=1, seed=0))
+    model = PPO(SparseActorCriticPolicy, env, n_steps=64, batch_size=32, n_epochs=1, policy_kwargs=dict(sparsity=0.8), seed=0)
+    model.learn(128)
+    export_policy(model, tmp_path, obs_rms=env.obs_rms, clip_obs=env.clip_obs, epsilon=env.epsilon)
+    policy = load_exported(tmp_path)
+    raw = np.stack([env.observation_space.sample() for _ in range(8)])
+    expected = model.predict(env.normalize_obs(raw), deterministic=True)[0]
+    np.testing.assert_allclose(policy.predict(raw)[0], expected, atol=1e-5)
+
+
+def test_dqn_cnn_export_reads_channels_last_frames(tmp_path):
+    env = make_env("ALE/Pong-v5", n_envs=1, seed=0)
+    model = DQN(SparseDQNCnnPolicy, env, buffer_size=100, policy_kwargs=dict(sparsity=0.9), seed=0)
+    export_policy(model, tmp_path)
+    policy = load_exported(tmp_path)
+    frames = np.stack([env.observation_space.sample() for _ in range(4)])  # (4, 84, 84, 4): as the env gives them
+    assert frames.shape[1:] == (84, 84, 4)
+    np.testing.assert_array_equal(policy.predict(frames)[0], model.predict(frames, deterministic=True)[0])
+    env.close()
+
+
+def test_bad_export_folders(tmp_path):
+    with pytest.raises(ValueError, match="not an export folder"):
+        load_exported(tmp_path)
+    assert export_main([str(tmp_path), "-o", str(tmp_path / "out")]) == 2
