@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,mujoco,atari,analysis
+EXTRAS ?= dev,mujoco,atari,analysis,sweep
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 DEMO_DIR ?= logs/demo

@@ -157,6 +157,11 @@ class SparseWeightMixin(nn.Module):
         self._cache[key] = (stamp, value)
         return value
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy without the derived caches (they may hold kernel handles); they are rebuilt on use."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_cache": {}}
+
     def _topology_changed(self) -> None:
         self.topology_version += 1
         self._cache.clear()

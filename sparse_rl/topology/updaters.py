@@ -278,8 +278,12 @@ class GradualMagnitudePruning(BaseUpdater):
     name: ClassVar[str] = "gmp"
 
     def target_sparsity(self, layer_name: str, step: int) -> float:
+        """Sparsity of a layer at ``step``; the ramp ends at the last scheduled update, so the final value is reached."""
         final = self.final_sparsity if isinstance(self.final_sparsity, (int, float)) else self.final_sparsity[layer_name]
-        return polynomial_sparsity(self.schedule.progress(step), final, self.initial_sparsity, self.power)
+        start, every = self.schedule.start_step, self.schedule.update_every
+        last_update = start + max(0, (self.schedule.end_step - start) // every) * every
+        progress = 1.0 if last_update <= start else min(1.0, max(0.0, (step - start) / (last_update - start)))
+        return polynomial_sparsity(progress, final, self.initial_sparsity, self.power)
 
     def update(self, layers: Layers, step: int, optimizers: Iterable[th.optim.Optimizer] = ()) -> UpdateStats:
         optimizers = list(optimizers)

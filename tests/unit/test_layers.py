@@ -169,3 +169,15 @@ def test_same_seed_same_mask_and_values():
     th.manual_seed(1)
     b = make()
     assert th.equal(a.mask, b.mask) and th.equal(a.values, b.values)
+
+
+def test_deepcopy_and_pickle_after_the_kernel_ran():
+    import copy
+    import pickle
+
+    layer = SparseLinear(64, 32, sparsity=0.9)
+    x = th.randn(3, 64)
+    expected = layer(x)  # fills the backend caches
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        th.testing.assert_close(clone(x), expected)
+        assert th.equal(clone.mask, layer.mask)

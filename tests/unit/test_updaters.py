@@ -181,3 +181,11 @@ def test_static_and_dense_never_rewire_and_registry_names():
     assert create_updater({"name": "rigl", "update_every": 5}).schedule.update_every == 5
     with pytest.raises(ValueError, match="unknown method"):
         create_updater("magic")
+
+
+def test_gmp_reaches_final_sparsity_when_no_update_lands_on_end():
+    layer = SparseLinear(20, 10, sparsity=0.0, backend="reference")
+    gmp = create_updater("gmp", update_every=30, start=0, end=100, final_sparsity=0.9)
+    for step in (30, 60, 90):
+        gmp.update({"l": layer}, step)
+    assert layer.nnz == 20

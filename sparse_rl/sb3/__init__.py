@@ -1,0 +1,60 @@
+"""Stable-Baselines3 integration: sparse policies and the topology callback.
+
+Sparse deep RL as in Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning"), with the
+DST methods of :mod:`sparse_rl.topology` (SET, RigL of Evci et al. 2020, SRigL, gradual magnitude pruning)::
+
+    from stable_baselines3 import SAC
+    from sparse_rl.sb3 import SparseSACPolicy, TopologyCallback
+
+    model = SAC(SparseSACPolicy, "HalfCheetah-v4", policy_kwargs=dict(sparsity=0.9))
+    model.learn(100_000, callback=TopologyCallback(method="rigl"))
+
+This package is the only part of ``sparse_rl`` that imports ``stable_baselines3``. The names below are loaded
+lazily, so that :func:`sparsity_report` (``sparse_rl.sb3.report``, which needs no SB3) can be re-exported by
+``sparse_rl`` without importing SB3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparse_rl.sb3.callbacks import TopologyCallback
+    from sparse_rl.sb3.policies import (
+        SparseActorCriticCnnPolicy,
+        SparseActorCriticPolicy,
+        SparseDQNCnnPolicy,
+        SparseDQNPolicy,
+        SparseSACPolicy,
+        SparseTD3Policy,
+    )
+    from sparse_rl.sb3.report import sparsity_report
+
+_MODULE_OF = {
+    "SparseActorCriticCnnPolicy": "policies",
+    "SparseActorCriticPolicy": "policies",
+    "SparseDQNCnnPolicy": "policies",
+    "SparseDQNPolicy": "policies",
+    "SparseSACPolicy": "policies",
+    "SparseTD3Policy": "policies",
+    "TopologyCallback": "callbacks",
+    "sparsity_report": "report",
+}
+
+__all__ = [
+    "SparseActorCriticCnnPolicy", "SparseActorCriticPolicy", "SparseDQNCnnPolicy", "SparseDQNPolicy", "SparseSACPolicy",
+    "SparseTD3Policy", "TopologyCallback", "sparsity_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"sparse_rl.sb3.{_MODULE_OF[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sparse_rl.sb3' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

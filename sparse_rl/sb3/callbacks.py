@@ -1,0 +1,201 @@
+"""``TopologyCallback``: dynamic sparse training of a ``Sparse*Policy`` on SB3's environment-step clock.
+
+Methods: ``static``, ``set`` (Mocanu et al. 2018), ``rigl`` (Evci et al. 2020, "Rigging the Lottery"), ``srigl``
+(Lasby et al. 2024) and ``gmp`` (gradual magnitude pruning, Zhu and Gupta 2017), in the deep-RL setting of Graesser
+et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning". The DST logic lives in
+:mod:`sparse_rl.topology`; this module only wires it to SB3.
+
+When updates run:
+
+- The clock is ``model.num_timesteps`` (environment steps, all envs counted). An update fires at the first check
+  where ``num_timesteps`` has reached the next scheduled step; the following one is the first scheduled step after
+  the current ``num_timesteps``. With ``n_envs > 1`` the clock jumps by ``n_envs``, so a scheduled step is never
+  repeated nor skipped (scheduled steps closer together than one check collapse into one update).
+- Off-policy (SAC, TD3, DQN): in ``_on_step``, called in ``collect_rollouts`` right after ``env.step``. ``train()``
+  runs only after ``collect_rollouts`` returns, so the update falls between two optimizer steps, never inside one.
+- On-policy (PPO, A2C): in ``_on_rollout_end``, once the rollout buffer is full and its advantages computed, before
+  ``train()``; never mid-rollout (the buffer's stored values and log-probs belong to one network).
+
+After each update: the optimizer state of changed entries is remapped (kept entries keep their moments, dropped and
+grown ones restart from 0) in every optimizer that owns the parameter, target networks get the online masks (pruned
+target weights are not stored, i.e. 0), and ``sparsity/density``, ``sparsity/updates``, ``sparsity/drop_fraction``
+and ``sparsity/changed_fraction`` are logged.
+
+The updater's state (updates done, last update step, next scheduled step, random generator, the total steps that
+fractions resolve against) is written to ``policy.topology_state``, which the policy saves in its state dict (key
+``_extra_state``): after ``Algo.load``, a new ``TopologyCallback`` with the same arguments resumes the schedule (no
+repeated and no skipped update).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from sparse_rl.sb3.builders import find_optimizers, sparse_layers, sync_targets
+from sparse_rl.sb3.report import sparsity_report
+from sparse_rl.topology.schedules import DROP_DECAYS, TopologySchedule, resolve_step
+from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, create_updater
+
+METHODS = ("static", "set", "rigl", "srigl", "gmp")
+
+
+class TopologyCallback(BaseCallback):
+    """Drop and regrow (or prune) the connections of a ``Sparse*Policy`` during ``learn``.
+
+    :param method: ``"rigl"``, ``"set"``, ``"static"``, ``"srigl"`` (needs ``policy_kwargs=dict(constant_fan_in=True)``)
+        or ``"gmp"`` (needs ``policy_kwargs=dict(start_dense=True)``; prunes to the policy's ``sparsity``)
+    :param update_every: environment steps (``model.num_timesteps``) between topology updates
+    :param drop_fraction: fraction of each layer's connections replaced at the first update
+    :param drop_schedule: decay of the drop fraction: ``"cosine"``, ``"constant"`` or ``"linear"``
+    :param start: first step of the schedule (default: ``learning_starts``, 0 for on-policy algorithms)
+    :param end: last step at which an update may fire: an absolute step, or a fraction (float <= 1) of the total
+        steps of the first ``learn`` call (``model._total_timesteps``), remembered across save/load
+    :param seed: seed of the random grow criterion (SET) and tie-breaking
+    :param ablation_threshold: SRigL's neuron ablation threshold (0 disables it)
+    :param verbose: 1 prints a line per update
+    """
+
+    def __init__(
+        self,
+        method: str = "rigl",
+        update_every: int = 1000,
+        drop_fraction: float = 0.3,
+        drop_schedule: str = "cosine",
+        start: int | float | None = None,
+        end: int | float = 0.8,
+        seed: int | None = None,
+        ablation_threshold: float = 0.0,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if method not in METHODS or method not in UPDATERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+        if drop_schedule not in DROP_DECAYS:
+            raise ValueError(f"unknown drop_schedule {drop_schedule!r}; choose one of {list(DROP_DECAYS)}")
+        # Validate the numbers now (fractions resolve once the total is known).
+        TopologySchedule(update_every=update_every, start=0 if start is None else start, end=end,
+                         drop_fraction=drop_fraction, drop_decay=drop_schedule)
+        if not 0.0 <= ablation_threshold <= 1.0:
+            raise ValueError(f"ablation_threshold must lie in [0, 1], got {ablation_threshold!r}")
+        self.method = method
+        self.update_every = update_every
+        self.drop_fraction = drop_fraction
+        self.drop_schedule = drop_schedule
+        self.start = start
+        self.end = end
+        self.seed = seed
+        self.ablation_threshold = ablation_threshold
+        self.updater: BaseUpdater | None = None
+        self.next_update_step: int | None = None
+        self.total_steps: int | None = None
+        self.last_stats: Any = None
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def _check_policy(self, layers: dict[str, Any]) -> None:
+        config = getattr(self.model.policy, "sparse_config", None)
+        if config is None:
+            raise ValueError(
+                f"TopologyCallback needs a sparse_rl policy (SparseSACPolicy, SparseTD3Policy, SparseDQNPolicy, "
+                f"SparseActorCriticPolicy...), got {type(self.model.policy).__name__}"
+            )
+        if not layers:
+            raise ValueError("the policy has no sparse layer: pass policy_kwargs=dict(sparsity=0.9) (any value in (0, 1))")
+        if self.method == "gmp" and not config.start_dense:
+            raise ValueError("method='gmp' prunes from dense: build the policy with policy_kwargs=dict(start_dense=True, ...)")
+        if self.method != "gmp" and config.start_dense:
+            raise ValueError(f"method={self.method!r} keeps nnz constant but the policy starts dense (start_dense=True): "
+                             "use method='gmp' or drop start_dense")
+        if self.method == "srigl" and not config.constant_fan_in:
+            raise ValueError("method='srigl' needs constant fan-in masks: pass policy_kwargs=dict(constant_fan_in=True, ...)")
+
+    def _init_callback(self) -> None:
+        policy = self.model.policy
+        self.layers = sparse_layers(policy)
+        self._check_policy(self.layers)
+        saved = dict(getattr(policy, "topology_state", None) or {})
+        last = (saved.get("updater") or {}).get("last_update_step")
+        if saved and (self.model.num_timesteps == 0 or (last is not None and self.model.num_timesteps < last)):
+            # learn(reset_num_timesteps=True) restarted the clock: a new schedule; the same method keeps its generator.
+            same = saved.get("method") == self.method and saved.get("updater")
+            saved = {"updater": {**saved["updater"], "last_update_step": None}} if same else {}
+        elif saved and saved.get("method") != self.method:
+            raise ValueError(f"this model was trained with method={saved.get('method')!r}; pass the same method to "
+                             f"TopologyCallback to continue its schedule (got {self.method!r})")
+        self.total_steps = int(saved.get("total_steps") or self.model._total_timesteps)
+        start = resolve_step(self.start if self.start is not None else getattr(self.model, "learning_starts", 0),
+                             self.total_steps, "start")
+        end = resolve_step(self.end, self.total_steps, "end")
+        if end < start and UPDATERS[self.method].rewires:
+            warnings.warn(f"TopologyCallback: the schedule ends (end={self.end} -> step {end}) before it starts (step "
+                          f"{start}, learning_starts by default): no topology update will happen", stacklevel=2)
+        end = max(end, start)
+        kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=end,
+                                      drop_fraction=self.drop_fraction, drop_decay=self.drop_schedule,
+                                      total_steps=self.total_steps, seed=self.seed)
+        if self.method == "gmp":
+            kwargs["final_sparsity"] = {name: policy.sparse_config.target_sparsity[name] for name in self.layers}
+        if self.method == "srigl":
+            kwargs["ablation_threshold"] = self.ablation_threshold
+        self.updater = create_updater(self.method, **kwargs)
+        if saved.get("updater"):
+            self.updater.load_state_dict(saved["updater"])
+        if "next_update_step" in saved:  # resume exactly where the saved run stood
+            self.next_update_step = saved["next_update_step"]
+        elif self.updater.rewires:
+            # First scheduled step after the current clock (one equal to the clock that has not fired yet still fires).
+            self.next_update_step = self.updater.schedule.next_update_step(self.model.num_timesteps - 1)
+        else:
+            self.next_update_step = None
+        self._save_state()
+
+    def _save_state(self) -> None:
+        assert self.updater is not None
+        self.model.policy.topology_state = {
+            "method": self.method,
+            "total_steps": self.total_steps,
+            "next_update_step": self.next_update_step,
+            "updater": self.updater.state_dict(),
+        }
+
+    # ------------------------------------------------------------------------------------------------ updates
+    def _due(self) -> bool:
+        return self.next_update_step is not None and self.model.num_timesteps >= self.next_update_step
+
+    def _on_step(self) -> bool:
+        if not isinstance(self.model, OnPolicyAlgorithm) and self._due():
+            self.update_topology()
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm) and self._due():
+            self.update_topology()
+
+    def update_topology(self) -> None:
+        """Run one topology update now (dense gradients, drop/grow, optimizer state, target masks, logs)."""
+        assert self.updater is not None, "the callback is not initialised: call it through model.learn(callback=...)"
+        step = self.model.num_timesteps
+        # The drop fraction follows the scheduled step (the clock may have run past it by up to one check).
+        scheduled = step if self.next_update_step is None else min(self.next_update_step, step)
+        if self.updater.needs_dense_grad:
+            from sparse_rl.sb3.losses import compute_dense_gradients
+
+            compute_dense_gradients(self.model, self.layers)
+        stats = self.updater.update(self.layers, scheduled, find_optimizers(self.model))
+        for layer in self.layers.values():
+            layer.dense_grad = None
+        sync_targets(self.model.policy)
+        self.next_update_step = self.updater.schedule.next_update_step(step)
+        self._save_state()
+        self.last_stats = stats
+        density = sparsity_report(self.model.policy)["total"]["density"]
+        self.logger.record("sparsity/density", density)
+        self.logger.record("sparsity/updates", self.updater.num_updates)
+        self.logger.record("sparsity/drop_fraction", stats.drop_fraction)
+        self.logger.record("sparsity/changed_fraction", stats.changed_fraction)
+        if self.verbose >= 1:
+            print(f"topology update {self.updater.num_updates} ({self.method}) at step {step} (scheduled {scheduled}): "
+                  f"density {density:.4f}, changed {stats.changed_fraction:.4f}")

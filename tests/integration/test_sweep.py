@@ -1,0 +1,54 @@
+"""A real local Ray sweep: 2 x 2 tiny runs complete, a failing run is reported, finished runs are skipped on re-run."""
+
+import pytest
+import yaml
+
+from sparse_rl.sweep import expand_grid, load_sweep
+from sparse_rl.sweep import main as sweep_main
+
+TINY = ["--eval-freq", "100", "--eval-episodes", "1", "-params", "learning_starts:50", "buffer_size:500", "batch_size:16"]
+
+
+def _write(path, **spec):
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_expansion_dedupes_dense(tmp_path):
+    spec = load_sweep(_write(tmp_path / "s.yml", algo="sac", env=["Pendulum-v1"], method=["set", "rigl"],
+                             sparsity=[0.0, 0.9], seed=[0, 1]))
+    names = sorted(run.name for run in expand_grid(spec))
+    assert len(names) == 6 and sum("dense" in n for n in names) == 2
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_sweep(_write(tmp_path / "bad.yml", algo="sac", env="Pendulum-v1", seeds=[1]))
+
+
+def test_local_ray_sweep_2x2_completes_and_rerun_skips_finished(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sparse_rl[sweep]')")
+    root = tmp_path / "sweep"
+    conf = _write(tmp_path / "sweep.yml", algo="sac", env="Pendulum-v1", method="rigl", sparsity=[0.0, 0.9], seed=[0, 1],
+                  n_timesteps=200, train_args=TINY, log_folder=str(root))
+    assert sweep_main(["-conf", str(conf), "--num-cpus", "2"]) == 0
+    assert "4 finished, 0 already done, 0 failed" in capsys.readouterr().out
+    assert len(list(root.rglob("run.json"))) == 4 and len(list(root.rglob("evaluations.npz"))) == 4
+    report = (root / "report" / "report.md").read_text()
+    assert "| sac | Pendulum-v1 | dense | 2 |" in report and "| sac | Pendulum-v1 | rigl 90% | 2 |" in report
+    assert sweep_main(["-conf", str(conf)]) == 0
+    assert "0 finished, 4 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sparse_rl[sweep]')")
+    root = tmp_path / "sweep"
+    conf = _write(tmp_path / "sweep.yml", algo="sac", env=["Pendulum-v1", "CartPole-v1"], sparsity=0.9, seed=0,
+                  n_timesteps=200, train_args=TINY, log_folder=str(root), max_retries=1)
+    assert sweep_main(["-conf", str(conf), "--num-cpus", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "1 finished, 0 already done, 1 failed" in out
+    assert "failed: sac_CartPole-v1_rigl_0.9_seed0" in out and "SAC needs a continuous (Box) action space" in out
+    assert len(list(root.rglob("run.json"))) == 1
+
+
+def test_missing_ray_or_bad_file_gives_one_line(tmp_path, capsys):
+    assert sweep_main(["-conf", str(tmp_path / "nope.yml")]) == 2
+    assert capsys.readouterr().err.startswith("error: sweep file")

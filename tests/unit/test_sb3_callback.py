@@ -1,0 +1,62 @@
+"""TopologyCallback: compatibility checks with the policy, logging, clock restarts."""
+
+from __future__ import annotations
+
+import pytest
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.dqn.policies import DQNPolicy
+
+from sparse_rl.sb3 import SparseDQNPolicy, TopologyCallback
+
+th.set_num_threads(1)
+
+
+def dqn(policy=SparseDQNPolicy, **policy_kwargs) -> DQN:
+    return DQN(policy, "CartPole-v1", learning_starts=10, batch_size=8, buffer_size=100, seed=0,
+               policy_kwargs=dict(net_arch=[16], **policy_kwargs))
+
+
+@pytest.mark.parametrize("policy_kwargs, method, match", [
+    (dict(sparsity=0.9), "gmp", "start_dense"),
+    (dict(sparsity=0.9, start_dense=True), "rigl", "start_dense"),
+    (dict(sparsity=0.9), "srigl", "constant_fan_in"),
+    (dict(sparsity=0.0), "set", "no sparse layer"),
+])
+def test_incompatible_policy(policy_kwargs, method, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        dqn(**policy_kwargs).learn(5, callback=TopologyCallback(method=method))
+
+
+def test_needs_sparse_policy() -> None:
+    with pytest.raises(ValueError, match="sparse_rl policy"):
+        dqn(policy=DQNPolicy).learn(5, callback=TopologyCallback(method="set"))
+
+
+def test_logs_and_state() -> None:
+    model = dqn(sparsity=0.9)
+    callback = TopologyCallback(method="rigl", update_every=10, end=10_000, seed=0)
+    model.learn(40, callback=callback)
+    assert callback.updater.num_updates == 3  # 20, 30, 40 (start = learning_starts = 10)
+    logged = model.logger.name_to_value
+    callback.update_topology()
+    for key in ("sparsity/density", "sparsity/updates", "sparsity/drop_fraction", "sparsity/changed_fraction"):
+        assert key in logged
+    assert logged["sparsity/updates"] == 4
+    assert 0.0 < logged["sparsity/density"] < 1.0
+    state = model.policy.topology_state
+    assert state["method"] == "rigl" and state["updater"]["num_updates"] == 4
+
+
+def test_clock_restart_starts_a_new_schedule() -> None:
+    model = dqn(sparsity=0.9)
+    model.learn(40, callback=TopologyCallback(method="set", update_every=10, end=10_000, seed=0))
+    again = TopologyCallback(method="set", update_every=10, end=10_000, seed=0)
+    model.learn(30, callback=again)  # reset_num_timesteps=True: the clock starts from 0 again
+    assert again.updater.num_updates == 3 + 2  # updates at 20 and 30 of the new run
+    other = TopologyCallback(method="static")
+    model.learn(10, callback=other)  # another method is fine on a restarted clock
+    late = TopologyCallback(method="set", update_every=5)
+    with pytest.warns(UserWarning, match="no topology update"):
+        model.learn(10, callback=late)  # end = 0.8 * 10 = 8 comes before learning_starts = 10
+    assert late.updater.num_updates == 0 and late.next_update_step is None  # the static run replaced the state

@@ -1,0 +1,246 @@
+"""Sparse SB3 policies: construction, layer allocation, targets, init, validation, report."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.dqn.policies import DQNPolicy
+from stable_baselines3.sac.policies import SACPolicy
+from stable_baselines3.td3.policies import TD3Policy
+from torch import nn
+
+import sparse_rl.sb3 as sb3
+from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
+from sparse_rl.sb3 import (
+    SparseActorCriticCnnPolicy,
+    SparseActorCriticPolicy,
+    SparseDQNCnnPolicy,
+    SparseDQNPolicy,
+    SparseSACPolicy,
+    SparseTD3Policy,
+    TopologyCallback,
+    sparsity_report,
+)
+from sparse_rl.sb3.builders import same_topology, sparse_layers, target_pairs
+
+th.set_num_threads(1)
+
+BOX_OBS = gym.spaces.Box(-1.0, 1.0, (11,), np.float32)
+BOX_ACT = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+DISCRETE = gym.spaces.Discrete(4)
+IMAGE_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+def lr(_: float) -> float:
+    return 1e-3
+
+
+def sac(**kwargs) -> SparseSACPolicy:
+    return SparseSACPolicy(BOX_OBS, BOX_ACT, lr, **{"net_arch": [64, 64], **kwargs})
+
+
+def total_of(policy: nn.Module, prefix: str) -> tuple[int, int]:
+    layers = {n: m for n, m in sparse_layers(policy).items() if n.startswith(prefix)}
+    return sum(m.nnz for m in layers.values()), sum(m.numel_dense for m in layers.values())
+
+
+def test_public_api() -> None:
+    for name in ["SparseSACPolicy", "SparseTD3Policy", "SparseDQNPolicy", "SparseDQNCnnPolicy", "SparseActorCriticPolicy",
+                 "SparseActorCriticCnnPolicy", "TopologyCallback", "sparsity_report"]:
+        assert hasattr(sb3, name)
+
+
+@pytest.mark.parametrize(
+    "sparse_cls, dense_cls, obs, act",
+    [(SparseSACPolicy, SACPolicy, BOX_OBS, BOX_ACT), (SparseTD3Policy, TD3Policy, BOX_OBS, BOX_ACT),
+     (SparseDQNPolicy, DQNPolicy, BOX_OBS, DISCRETE), (SparseActorCriticPolicy, ActorCriticPolicy, BOX_OBS, DISCRETE)],
+)
+def test_sparsity_zero_is_sb3_policy(sparse_cls, dense_cls, obs, act) -> None:
+    th.manual_seed(0)
+    sparse = sparse_cls(obs, act, lr, sparsity=0.0)
+    th.manual_seed(0)
+    dense = dense_cls(obs, act, lr)
+    assert not any(isinstance(m, SparseWeightMixin) for m in sparse.modules())
+    a, b = sparse.state_dict(), dense.state_dict()
+    a.pop("_extra_state")
+    assert a.keys() == b.keys()
+    assert all(th.equal(a[k], b[k]) for k in a)
+
+
+def test_sac_layers_heads_dense_and_exact_sparsity() -> None:
+    policy = sac(sparsity=0.9)
+    names = set(sparse_layers(policy))
+    assert names == {"actor.latent_pi.0", "actor.latent_pi.2", "critic.qf0.0", "critic.qf0.2", "critic.qf1.0", "critic.qf1.2"}
+    assert isinstance(policy.actor.mu, nn.Linear) and isinstance(policy.actor.log_std, nn.Linear)
+    assert isinstance(policy.critic.qf0[4], nn.Linear)
+    for prefix in ("actor.", "critic."):
+        nnz, numel = total_of(policy, prefix)
+        assert nnz == round(0.1 * numel)
+    # ERK gives the small input layer a higher density than the 64x64 hidden layer
+    assert policy.actor.latent_pi[0].density > policy.actor.latent_pi[2].density
+
+
+def test_actor_critic_overrides_and_uniform() -> None:
+    policy = sac(sparsity=0.5, actor_sparsity=0.8, critic_sparsity=0.95, distribution="uniform")
+    nnz, numel = total_of(policy, "actor.")
+    assert nnz == round(0.2 * numel)
+    nnz, numel = total_of(policy, "critic.")
+    assert nnz == round(0.05 * numel)
+    assert policy.critic.qf0[0].density == pytest.approx(0.05, abs=0.01)
+    assert policy.critic.qf0[2].density == pytest.approx(0.05, abs=0.01)
+    only_actor = sac(actor_sparsity=0.9)
+    assert all(n.startswith("actor.") for n in sparse_layers(only_actor))
+
+
+@pytest.mark.parametrize("policy_fn", [
+    lambda: sac(sparsity=0.9),
+    lambda: SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32]),
+    lambda: SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32], share_features_extractor=True),
+    lambda: SparseDQNPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9),
+])
+def test_targets_carry_online_masks_after_construction(policy_fn) -> None:
+    policy = policy_fn()
+    pairs = list(target_pairs(policy))
+    assert pairs, "expected sparse target layers"
+    for online, target in pairs:
+        assert online is not target
+        assert same_topology(online, target)
+        assert th.equal(online.mask, target.mask)
+        assert th.equal(online.dense_weight(), target.dense_weight())
+
+
+def test_td3_heads() -> None:
+    policy = SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32])
+    assert isinstance(policy.actor.mu[4], nn.Linear) and isinstance(policy.actor.mu[0], SparseLinear)
+    every = SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32], dense_layers=())
+    assert isinstance(every.actor.mu[4], SparseLinear) and isinstance(every.critic.qf1[4], SparseLinear)
+
+
+def test_dense_layers_aliases_and_prefixes() -> None:
+    policy = sac(sparsity=0.9, dense_layers=["input", "output"])
+    assert set(sparse_layers(policy)) == {"actor.latent_pi.2", "critic.qf0.2", "critic.qf1.2"}
+    policy = sac(sparsity=0.9, dense_layers=["critic", "actor.latent_pi.0"])
+    assert set(sparse_layers(policy)) == {"actor.latent_pi.2", "actor.mu", "actor.log_std"}
+    with pytest.raises(ValueError, match="dense_layers"):
+        sac(sparsity=0.9, dense_layers=["critic.qf9"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity=1.0), "sparsity"), (dict(sparsity=-0.1), "sparsity"), (dict(sparsity="0.9"), "sparsity"),
+    (dict(actor_sparsity=1.5), "actor_sparsity"), (dict(critic_sparsity=1.0), "critic_sparsity"),
+    (dict(sparsity=0.9, distribution="gaussian"), "distribution"), (dict(sparsity=0.9, backend="cuda-magic"), "backend"),
+    (dict(sparsity=0.9, init_scale="big"), "init_scale"),
+])
+def test_bad_policy_kwargs(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        sac(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="magic"), "method"), (dict(drop_schedule="exp"), "drop_schedule"), (dict(update_every=0), "update_every"),
+    (dict(drop_fraction=1.5), "drop_fraction"),
+])
+def test_bad_callback_args(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        TopologyCallback(**kwargs)
+
+
+def test_constant_fan_in_and_start_dense() -> None:
+    policy = sac(sparsity=0.9, constant_fan_in=True)
+    for layer in sparse_layers(policy).values():
+        counts = layer.mask.reshape(layer.matrix_shape).sum(dim=1)
+        assert (counts == counts[0]).all()
+    dense_start = sac(sparsity=0.9, start_dense=True)
+    for name, layer in sparse_layers(dense_start).items():
+        assert layer.density == 1.0
+        assert 0.0 < dense_start.sparse_config.target_sparsity[name] < 1.0
+
+
+def test_constructor_parameters_keep_sparse_kwargs() -> None:
+    policy = sac(sparsity=0.8, critic_sparsity=0.9, distribution="er", dense_layers=["output"], constant_fan_in=True)
+    data = policy._get_constructor_parameters()
+    assert data["sparsity"] == 0.8 and data["critic_sparsity"] == 0.9 and data["distribution"] == "er"
+    assert data["constant_fan_in"] is True and tuple(data["dense_layers"]) == ("output",)
+
+
+def test_cnn_policies_sparse_extractor() -> None:
+    policy = SparseDQNCnnPolicy(IMAGE_OBS, DISCRETE, lr, sparsity=0.9)
+    fe = policy.q_net.features_extractor
+    assert all(isinstance(fe.cnn[i], SparseConv2d) for i in (0, 2, 4))
+    assert isinstance(fe.linear[0], SparseLinear) and fe.linear[0].matrix_shape == (512, 3136)
+    assert isinstance(policy.q_net.q_net[0], nn.Linear)  # the Q-value head stays dense
+    assert all(same_topology(o, t) for o, t in target_pairs(policy))
+    ppo = SparseActorCriticCnnPolicy(IMAGE_OBS, DISCRETE, lr, sparsity=0.9)
+    assert isinstance(ppo.features_extractor.cnn[0], SparseConv2d)
+    assert ppo.pi_features_extractor is ppo.features_extractor
+    obs = th.randint(0, 255, (2, *IMAGE_OBS.shape), dtype=th.uint8).float()
+    assert ppo(obs)[0].shape == (2,)
+
+
+def sparse_row_norms(layer: SparseWeightMixin) -> th.Tensor:
+    return layer.dense_weight().reshape(layer.matrix_shape).norm(dim=1)
+
+
+def test_ppo_orthogonal_init_on_sparse_layers() -> None:
+    th.manual_seed(0)
+    policy = SparseActorCriticPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, dense_layers=(), net_arch=[128, 128])
+    hidden = policy.mlp_extractor.policy_net[2]
+    assert isinstance(hidden, SparseLinear) and isinstance(policy.action_net, SparseLinear)
+    for layer, gain in [(hidden, math.sqrt(2)), (policy.mlp_extractor.value_net[2], math.sqrt(2)),
+                        (policy.action_net, 0.01), (policy.value_net, 1.0)]:
+        assert th.all(layer.bias == 0)
+        assert sparse_row_norms(layer).mean().item() == pytest.approx(gain, rel=0.35)
+    # nothing is stored at pruned positions, and the optimizer owns exactly the policy's parameters
+    assert hidden.values.numel() == hidden.nnz == int(hidden.mask.sum())
+    owned = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
+    assert owned == {id(p) for p in policy.parameters()}
+    # without ortho_init: the sparse-fan-in uniform init (bias not zero)
+    plain = SparseActorCriticPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, ortho_init=False, net_arch=[128, 128])
+    layer = plain.mlp_extractor.policy_net[2]
+    bound = 1.0 / math.sqrt(128 * layer.density)
+    assert layer.values.abs().max().item() <= bound + 1e-6
+    assert layer.values.abs().max().item() > 0.5 * bound
+    # SB3's init_weights hook handles sparse layers too
+    SparseActorCriticPolicy.init_weights(layer, gain=1.0)
+    assert th.all(layer.bias == 0)
+
+
+def test_sparsity_report() -> None:
+    policy = sac(sparsity=0.9)
+    report = sparsity_report(policy)
+    layers = report["layers"]
+    assert not any(name.startswith("critic_target") for name in layers)
+    assert layers["actor.mu"]["density"] == 1.0
+    assert layers["critic.qf0.2"]["numel"] == 64 * 64
+    assert report["total"]["nnz"] == sum(v["nnz"] for v in layers.values())
+    assert report["total"]["numel"] == sum(v["numel"] for v in layers.values())
+    assert 0.0 < report["total"]["density"] < 1.0
+    assert set(report["total"]) == {"nnz", "numel", "density"}
+    with pytest.raises(ValueError):
+        sparsity_report(42)
+
+
+def test_topology_state_in_state_dict() -> None:
+    policy = sac(sparsity=0.9)
+    policy.topology_state = {"method": "rigl", "next_update_step": 150}
+    state = policy.state_dict()
+    other = sac(sparsity=0.9)
+    other.load_state_dict(state)
+    assert other.topology_state == {"method": "rigl", "next_update_step": 150}
+    assert all(th.equal(a.indices, b.indices) for a, b in zip(sparse_layers(policy).values(), sparse_layers(other).values()))
+
+
+def test_policy_save_load(tmp_path) -> None:
+    policy = sac(sparsity=0.9, distribution="uniform", critic_sparsity=0.8)
+    policy.save(tmp_path / "policy.pth")
+    loaded = SparseSACPolicy.load(tmp_path / "policy.pth")
+    assert loaded.sparse_config.kwargs() == policy.sparse_config.kwargs()
+    for (name, a), (_, b) in zip(sparse_layers(policy).items(), sparse_layers(loaded).items()):
+        assert th.equal(a.indices, b.indices) and th.equal(a.values, b.values), name
+    obs = th.rand(5, *BOX_OBS.shape) * 2 - 1
+    assert th.equal(policy(obs, deterministic=True), loaded(obs, deterministic=True))
