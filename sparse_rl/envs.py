@@ -38,7 +38,8 @@ def check_env_id(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    extra = " Atari ids need the atari extra (pip install 'sparse_rl[atari]')." if "ALE" in env_id or "NoFrameskip" in env_id else ""
+    atari = "ALE" in env_id or "NoFrameskip" in env_id
+    extra = " Atari ids need the atari extra (pip install 'sparse_rl[atari]')." if atari else ""
     raise ValueError(f"unknown environment id {env_id!r}.{hint}{extra}")
 
 

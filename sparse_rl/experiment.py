@@ -1,4 +1,5 @@
-"""One training run, as RL Zoo lays it out: hyperparameters resolved, env and model built, outputs in ``logs/<algo>/<Env>_<n>/``.
+"""One training run as RL Zoo lays it out: hyperparameters resolved, env and model built, outputs in
+``logs/<algo>/<Env>_<n>/``.
 
 The dense baseline (``sparsity 0`` or ``method dense``) runs SB3's own ``MlpPolicy``/``CnnPolicy`` with every other
 hyperparameter identical, so dense-vs-sparse comparisons are fair.
@@ -22,7 +23,8 @@ from sparse_rl.envs import check_env_id, is_atari, make_env
 
 ALGOS = ("sac", "td3", "dqn", "ppo")
 METHODS = ("dense", "static", "set", "rigl", "srigl", "gmp")
-SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend")
+SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
+                        "constant_fan_in", "start_dense", "init_scale")
 
 
 @dataclass
@@ -84,6 +86,10 @@ def resolve_hyperparams(spec: RunSpec) -> tuple[dict[str, Any], dict[str, Any] |
         for key, value in (("backend", spec.backend), ("distribution", spec.distribution)):
             if value is not None:
                 policy_kwargs[key] = value
+        if method == "srigl":
+            policy_kwargs["constant_fan_in"] = True
+        if method == "gmp":
+            policy_kwargs["start_dense"] = True
         topology = {**(topology or {}), "method": method}
         topology.setdefault("seed", spec.seed)
         hyperparams["policy"] = "SparseCnnPolicy" if atari else "SparseMlpPolicy"
@@ -117,7 +123,8 @@ def save_run_files(run_dir: Path, env_id: str, hyperparams: dict[str, Any], spec
     args = asdict(spec) | {"env_kwargs": spec.env_kwargs, "folder": spec.log_folder}
     with open(params_dir / "args.yml", "w") as f:
         yaml.dump(OrderedDict(sorted(args.items())), f)
-    (run_dir / "command.txt").write_text(" ".join([os.path.basename(sys.executable), "-m", "sparse_rl.train", *sys.argv[1:]]) + "\n")
+    command = [os.path.basename(sys.executable), "-m", "sparse_rl.train", *sys.argv[1:]]
+    (run_dir / "command.txt").write_text(" ".join(command) + "\n")
 
 
 def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool = False) -> Any:
@@ -188,8 +195,10 @@ def write_run_summary(run_dir: Path, spec: RunSpec, model: Any, method: str, spa
     from sparse_rl.sb3.report import sparsity_report
 
     total = sparsity_report(model)["total"]
-    observation = model.observation_space.sample()
-    flops = policy_flops(model.policy, observation)
+    import numpy as np
+
+    space = model.observation_space
+    flops = policy_flops(model.policy, np.zeros(space.shape, dtype=space.dtype))
     summary = {
         "algo": spec.algo, "env": spec.env, "method": method, "sparsity": sparsity, "seed": spec.seed,
         "n_timesteps": int(model.num_timesteps), "nnz": total["nnz"], "numel": total["numel"], "density": total["density"],

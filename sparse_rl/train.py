@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
     parser.add_argument("--algo", default="sac", help=f"one of {', '.join(exp.ALGOS)}")
     parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id (Atari ids get the Atari wrappers)")
     parser.add_argument("--sparsity", default=None, help="fraction of zero weights in [0, 1); 0 trains the dense baseline")
-    parser.add_argument("--method", default=None, help=f"topology method: {', '.join(exp.METHODS)} (default: config, else rigl)")
+    parser.add_argument("--method", default=None,
+                        help=f"topology method: {', '.join(exp.METHODS)} (default: the config's, else rigl)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: config)")
     parser.add_argument("-conf", "--conf-file", default=None, help="RL-Zoo-style YAML (default: configs/<algo>.yml)")
@@ -103,7 +104,14 @@ def train(spec: exp.RunSpec) -> Path:
         policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
         tensorboard_log=spec.tensorboard_log, **exp.model_kwargs(hyperparams, env),
     )
-    callbacks = cfg.build_callbacks(hyperparams["callback"])
+    from sparse_rl.sb3.tensorboard import HParamsCallback
+
+    method = topology["method"] if topology is not None else "dense"
+    sparsity = hyperparams["policy_kwargs"].get("sparsity", 0.0) if sparse else 0.0
+    distribution = hyperparams["policy_kwargs"].get("distribution", "erk") if sparse else "none"
+    callbacks = [HParamsCallback(dict(algo=spec.algo, env=spec.env, method=method, sparsity=sparsity,
+                                      distribution=distribution, seed=spec.seed)),
+                 *cfg.build_callbacks(hyperparams["callback"])]
     if topology is not None:
         from sparse_rl.sb3 import TopologyCallback
 
@@ -126,8 +134,6 @@ def train(spec: exp.RunSpec) -> Path:
     model.save(run_dir / f"{env_name}.zip")
     if hyperparams.get("normalize"):
         env.save(str(run_dir / env_name / "vecnormalize.pkl"))
-    method = topology["method"] if topology is not None else "dense"
-    sparsity = hyperparams["policy_kwargs"].get("sparsity", 0.0) if sparse else 0.0
     exp.write_run_summary(run_dir, spec, model, method, sparsity, wall_time)
     print(f"saved to {run_dir}")
     return run_dir

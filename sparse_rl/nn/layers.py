@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch as th
-import torch.nn.functional as F
 from torch import nn
 
 from sparse_rl.nn import backends
@@ -351,7 +350,8 @@ class SparseConv2d(SparseWeightMixin):
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.padding, self.dilation = pair(kernel_size), pair(stride), pair(padding), pair(dilation)
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups")
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)

@@ -37,6 +37,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from sparse_rl.sb3.builders import find_optimizers, sparse_layers, sync_targets
 from sparse_rl.sb3.report import sparsity_report
+from sparse_rl.sb3.tensorboard import SparsityLog
 from sparse_rl.topology.schedules import DROP_DECAYS, TopologySchedule, resolve_step
 from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, create_updater
 
@@ -151,6 +152,11 @@ class TopologyCallback(BaseCallback):
         else:
             self.next_update_step = None
         self._save_state()
+        self.sparsity_log = SparsityLog(self.layers)
+
+    def _on_training_start(self) -> None:
+        self.sparsity_log.record(self.logger, self.model)
+        self.logger.record("sparsity/updates", self.updater.num_updates if self.updater else 0)
 
     def _save_state(self) -> None:
         assert self.updater is not None
@@ -180,6 +186,7 @@ class TopologyCallback(BaseCallback):
         step = self.model.num_timesteps
         # The drop fraction follows the scheduled step (the clock may have run past it by up to one check).
         scheduled = step if self.next_update_step is None else min(self.next_update_step, step)
+        before = self.sparsity_log.masks()
         if self.updater.needs_dense_grad:
             from sparse_rl.sb3.losses import compute_dense_gradients
 
@@ -192,10 +199,11 @@ class TopologyCallback(BaseCallback):
         self._save_state()
         self.last_stats = stats
         density = sparsity_report(self.model.policy)["total"]["density"]
-        self.logger.record("sparsity/density", density)
+        self.sparsity_log.record(self.logger, self.model, before)
         self.logger.record("sparsity/updates", self.updater.num_updates)
         self.logger.record("sparsity/drop_fraction", stats.drop_fraction)
         self.logger.record("sparsity/changed_fraction", stats.changed_fraction)
+        self.logger.dump(step)  # one dump per update, so no update's images are overwritten before SB3's next dump
         if self.verbose >= 1:
             print(f"topology update {self.updater.num_updates} ({self.method}) at step {step} (scheduled {scheduled}): "
                   f"density {density:.4f}, changed {stats.changed_fraction:.4f}")

@@ -10,7 +10,8 @@ from sparse_rl.topology import constant_fan_in_nnz, layer_densities, layer_nnz
 
 shape_2d = st.tuples(st.integers(1, 300), st.integers(1, 300))
 shape_4d = st.tuples(st.integers(1, 64), st.integers(1, 32), st.integers(1, 8), st.integers(1, 8))
-shapes_strategy = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), st.one_of(shape_2d, shape_4d), min_size=1, max_size=6)
+shapes_strategy = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), st.one_of(shape_2d, shape_4d),
+                                  min_size=1, max_size=6)
 
 
 @settings(max_examples=60, deadline=None)

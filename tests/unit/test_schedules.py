@@ -21,7 +21,7 @@ def test_fractions_resolve_against_total_steps():
     schedule = TopologySchedule(update_every=10, start=0.1, end=0.8, total_steps=1000)
     assert (schedule.start_step, schedule.end_step) == (100, 800)
     with pytest.raises(ValueError, match="give total_steps"):
-        TopologySchedule(end=0.5).end_step
+        _ = TopologySchedule(end=0.5).end_step
 
 
 @pytest.mark.parametrize("step", [0, 1000, 1250, 1500, 1999, 2000, 2600])

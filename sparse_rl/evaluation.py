@@ -1,0 +1,311 @@
+"""Evaluating saved agents across seeds on a benchmark suite, with sparsity-aware cost columns.
+
+Each run folder written by ``python -m sparse_rl.train`` is played for full episodes under the suite's protocol
+(:mod:`sparse_rl.suites`): deterministic actions; for Atari, no episodic life, unclipped rewards, a 108k-frame cap
+(27k agent steps) and epsilon 0.001 for value-based agents. Scores are normalised per task, then aggregated with
+rliable (Agarwal et al. 2021) in :mod:`sparse_rl.analysis.aggregate`.
+
+Acting latency: ``model.policy.predict`` on one real observation, timed for the sparse policy and for its *dense
+counterpart* (the same policy with its sparse layers swapped for ``nn.Linear``/``nn.Conv2d`` holding the same weights,
+zeros included), interleaved in rounds in one process with one torch thread; the ratio of the medians is
+``latency_vs_dense``. This isolates the layer kernels: observation preprocessing, architecture and weights are equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch import nn
+
+from sparse_rl.analysis.runs import Run, find_runs
+from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
+from sparse_rl.suites import Suite, load_suite
+
+VALUE_BASED = ("dqn",)
+CSV_COLUMNS = (
+    "run", "algo", "env", "eval_env", "task", "method", "sparsity", "label", "group", "seed", "model", "episodes",
+    "return_mean", "return_std", "normalized", "reference_low", "reference_high", "reference_name", "density", "nnz",
+    "numel", "inference_flops_vs_dense", "backend", "latency_ms", "dense_latency_ms", "latency_vs_dense",
+)
+
+
+# ------------------------------------------------------------------------------------------------ dense counterpart
+def dense_module(layer: SparseWeightMixin) -> nn.Module:
+    """An ``nn.Linear``/``nn.Conv2d`` with the sparse layer's weights (zeros at pruned positions) and bias."""
+    with th.no_grad():
+        weight = layer.dense_weight().detach().clone()
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+    if isinstance(layer, SparseLinear):
+        module: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None)
+    elif isinstance(layer, SparseConv2d):
+        module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, bias=bias is not None,
+                           **layer.conv_kwargs())
+    else:
+        raise ValueError(f"no dense counterpart for {type(layer).__name__}")
+    module = module.to(device=weight.device, dtype=weight.dtype)
+    with th.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module
+
+
+def _swap_sparse_layers(policy: nn.Module, replacement: dict[int, nn.Module]) -> dict[int, nn.Module]:
+    """Put ``replacement[id(layer)]`` in place of each layer keyed there (shared layers stay shared).
+
+    :return: the reverse map, to swap the original layers back
+    """
+    reverse: dict[int, nn.Module] = {}
+    for parent in list(policy.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in replacement:
+                new = replacement[id(child)]
+                reverse[id(new)] = child
+                setattr(parent, name, new)
+    return reverse
+
+
+def dense_replacements(policy: nn.Module) -> dict[int, nn.Module]:
+    """``id(sparse layer) -> dense equivalent`` for every sparse layer of ``policy``."""
+    return {id(m): dense_module(m) for m in policy.modules() if isinstance(m, SparseWeightMixin)}
+
+
+def set_backend(policy: nn.Module, backend: str) -> None:
+    """Run every sparse layer of ``policy`` on ``backend`` (``auto`` or a backend available on the CPU)."""
+    from sparse_rl.nn import backends
+
+    backends.check_name(backend)
+    if backend != backends.AUTO and backend not in backends.available("cpu"):
+        choices = [backends.AUTO, *backends.available("cpu")]
+        raise ValueError(f"backend {backend!r} is not available here; available: {choices}")
+    for module in policy.modules():
+        if isinstance(module, SparseWeightMixin):
+            module.backend = backend
+
+
+def acting_latency(policy: Any, observation: Any, steps: int = 100, rounds: int = 5) -> dict[str, float]:
+    """Seconds per ``policy.predict`` call with the sparse layers and with their dense counterparts, interleaved.
+
+    The dense counterpart is the same policy object with each sparse layer swapped for an ``nn.Linear``/``nn.Conv2d``
+    holding its weights (swapped back afterwards), so everything but the layer kernels is shared. One torch thread.
+
+    :param policy: an SB3 policy (sparse layers are timed with their current backend)
+    :param observation: one observation as ``predict`` takes it
+    :param steps: calls per round and variant (after warm-up calls)
+    :param rounds: alternating rounds; the median per-call time over rounds is reported
+    :return: ``{"latency_ms", "dense_latency_ms", "latency_vs_dense"}``
+    """
+    to_dense = dense_replacements(policy)
+    variants = ("sparse", "dense") if to_dense else ("sparse",)
+    times: dict[str, list[float]] = {"sparse": [], "dense": []}
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    try:
+        with th.inference_mode():
+            for round_ in range(rounds + 1):  # round 0 warms both variants up
+                for variant in variants:
+                    to_sparse = _swap_sparse_layers(policy, to_dense) if variant == "dense" else {}
+                    try:
+                        started = time.perf_counter()
+                        for _ in range(steps if round_ else max(steps // 5, 3)):
+                            policy.predict(observation, deterministic=True)
+                        if round_:
+                            times[variant].append((time.perf_counter() - started) / steps)
+                    finally:
+                        _swap_sparse_layers(policy, to_sparse)
+    finally:
+        th.set_num_threads(threads)
+    sparse_s = float(np.median(times["sparse"]))
+    dense_s = float(np.median(times["dense"])) if to_dense else sparse_s
+    return {"latency_ms": 1e3 * sparse_s, "dense_latency_ms": 1e3 * dense_s, "latency_vs_dense": sparse_s / dense_s}
+
+
+# ------------------------------------------------------------------------------------------------ playing episodes
+def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int) -> Any:
+    """The run's evaluation VecEnv for ``env_id`` (Atari: full episodes, unclipped), with its VecNormalize statistics."""
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecNormalize, VecTransposeImage
+
+    from sparse_rl.experiment import RunSpec, build_env
+
+    spec = RunSpec(algo=run.algo, env=env_id, seed=seed)
+    env = build_env(spec, {**hyperparams, "normalize": False}, for_evaluation=True)
+    stats = run.path / run.env.replace("/", "-").replace(":", "-") / "vecnormalize.pkl"
+    if stats.is_file():
+        env = VecNormalize.load(str(stats), env)
+        env.training, env.norm_reward = False, False
+    space = env.observation_space
+    if is_image_space(space) and not is_image_space_channels_first(space):
+        env = VecTransposeImage(env)  # as SB3 wraps image envs at training time
+    return env
+
+
+def play(model: Any, env: Any, episodes: int, deterministic: bool = True, epsilon: float = 0.0,
+         max_episode_steps: int | None = None, seed: int = 0) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes; an episode longer than ``max_episode_steps`` is cut there.
+
+    :param epsilon: probability of a uniformly random action at each step (value-based agents)
+    """
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    returns: list[float] = []
+    obs, total, steps = env.reset(), 0.0, 0
+    while len(returns) < episodes:
+        action, _ = model.predict(obs, deterministic=deterministic)
+        if epsilon > 0 and rng.random() < epsilon:
+            action = np.array([env.action_space.sample()])
+        obs, reward, done, infos = env.step(action)
+        total += float(reward[0])
+        steps += 1
+        if done[0] or (max_episode_steps is not None and steps >= max_episode_steps):
+            episode = infos[0].get("episode") if done[0] else None  # Monitor's return: unclipped, whole game
+            returns.append(float(episode["r"]) if episode else total)
+            total, steps = 0.0, 0
+            if not done[0]:
+                obs = env.reset()
+    return returns
+
+
+def group_name(run: Run, several_algos: bool) -> str:
+    """Configuration label of a run (``Run.label``), prefixed by the algorithm when several are evaluated together."""
+    return f"{run.algo.upper()} {run.label}" if several_algos else run.label
+
+
+def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_id: str | None = None,
+                 max_episode_steps: int | None = None, epsilon: float = 0.0, deterministic: bool = True,
+                 backend: str | None = None, latency_steps: int = 100, seed: int = 0, group: str | None = None
+                 ) -> dict[str, Any]:
+    """Play one run's agent and measure its costs; returns one row of ``results.csv``.
+
+    :param env_id: evaluate on this env instead of the run's own (same spaces required)
+    :param latency_steps: ``predict`` calls per round when timing latency (0: skip the timing)
+    """
+    from stable_baselines3.common.utils import check_for_correct_spaces
+
+    from sparse_rl.analysis.flops import policy_flops
+    from sparse_rl.enjoy import load_agent
+    from sparse_rl.sb3.report import sparsity_report
+
+    env_id = env_id or run.env
+    task = suite.task_of(env_id)
+    if task is None:
+        raise ValueError(f"{env_id!r} is not part of suite {suite.name!r} (tasks: {suite.tasks})")
+    model, _, hyperparams = load_agent(run.path, best)
+    if backend is not None:
+        set_backend(model.policy, backend)
+    env = build_eval_env(run, hyperparams, env_id, seed)
+    try:
+        try:
+            check_for_correct_spaces(env, model.observation_space, model.action_space)
+        except ValueError as error:
+            raise ValueError(f"the agent of {run.path} does not fit {env_id}: {error}") from None
+        eps = epsilon if run.algo in VALUE_BASED else 0.0
+        returns = play(model, env, episodes, deterministic, eps, max_episode_steps, seed)
+        observation = env.reset()
+    finally:
+        env.close()
+    total = sparsity_report(model)["total"]
+    flops = policy_flops(model.policy, observation)  # one real observation, batch of one
+    low, high, high_name = suite.reference(task, run.algo)
+    mean = float(np.mean(returns))
+    row: dict[str, Any] = {
+        "run": str(run.path), "algo": run.algo, "env": run.env, "eval_env": env_id, "task": task, "method": run.method,
+        "sparsity": run.sparsity, "label": run.label, "group": group or run.label, "seed": run.seed,
+        "model": "best" if best else "last", "episodes": len(returns), "returns": returns, "return_mean": mean,
+        "return_std": float(np.std(returns)), "normalized": suite.normalize(task, mean, run.algo), "reference_low": low,
+        "reference_high": high, "reference_name": high_name, "density": total["density"], "nnz": total["nnz"],
+        "numel": total["numel"], "inference_flops_vs_dense": flops["inference_vs_dense"],
+        "backend": backend or "auto",
+    }
+    if latency_steps > 0:
+        row.update(acting_latency(model.policy, observation, steps=latency_steps))
+    else:
+        row.update(latency_ms=math.nan, dense_latency_ms=math.nan, latency_vs_dense=math.nan)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ a whole suite
+def select_runs(suite: Suite, runs_dir: str | Path, env_id: str | None = None) -> list[Run]:
+    """The runs under ``runs_dir`` that belong to the suite (every run when ``env_id`` overrides their env)."""
+    runs = find_runs(runs_dir)
+    if not runs:
+        raise ValueError(f"no runs under {str(runs_dir)!r}: point --runs at a folder written by python -m sparse_rl.train")
+    selected = runs if env_id is not None else [r for r in runs if suite.task_of(r.env) is not None]
+    if not selected:
+        envs = sorted({r.env for r in runs})
+        raise ValueError(f"none of the runs under {str(runs_dir)!r} (envs {envs}) belongs to suite {suite.name!r} "
+                         f"(tasks: {suite.tasks})")
+    return selected
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: Path, extra: dict[str, Any]) -> dict[str, Path]:
+    """``results.csv`` (one row per run, the cost columns included) and ``results.json`` (rows, returns, aggregates)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, np.generic):
+            return clean(value.item())
+        return value
+
+    (out_dir / "results.json").write_text(json.dumps(clean({**extra, "runs": rows}), indent=2))
+    return {"csv": out_dir / "results.csv", "json": out_dir / "results.json"}
+
+
+def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | None = None, episodes: int | None = None,
+                   best: bool = False, env_id: str | None = None, max_episode_steps: int | None = None,
+                   epsilon: float | None = None, backend: str | None = None, latency_steps: int = 100, reps: int = 2000,
+                   seed: int = 0, plots: bool = True) -> dict[str, Any]:
+    """Evaluate every run of a suite under ``runs_dir``, write ``results.csv``/``results.json`` and the rliable plots.
+
+    :param suite_name: ``mujoco``, ``atari`` (Atari-5), ``atari26``, ``atari57`` or one env id
+    :param episodes: episodes per run (default: the suite's protocol)
+    :param max_episode_steps: cap on agent steps per episode (default: the protocol's; 27000 for Atari)
+    :param reps: stratified-bootstrap resamples of the rliable confidence intervals
+    :return: ``{"rows", "aggregate", "paths", "suite"}``
+    """
+    from sparse_rl.analysis.aggregate import aggregate
+
+    suite = load_suite(suite_name)
+    if env_id is not None:
+        from sparse_rl.envs import check_env_id
+
+        check_env_id(env_id)
+        if suite.task_of(env_id) is None:
+            raise ValueError(f"--env {env_id!r} is not part of suite {suite.name!r} (tasks: {suite.tasks})")
+    if backend is not None:
+        from sparse_rl.nn import backends
+
+        backends.check_name(backend)
+    protocol = suite.protocol
+    episodes = int(episodes or protocol.get("episodes", 10))
+    if episodes <= 0:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
+    max_steps = max_episode_steps if max_episode_steps is not None else protocol.get("max_episode_steps")
+    eps = float(protocol.get("epsilon", 0.0) if epsilon is None else epsilon)
+    runs = select_runs(suite, runs_dir, env_id)
+    several = len({r.algo for r in runs}) > 1
+    rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, bool(protocol.get("deterministic", True)),
+                         backend, latency_steps, seed, group_name(run, several)) for run in runs]
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "evaluation"
+    summary = aggregate(rows, out, reps=reps, seed=seed, plots=plots)
+    extra = {"suite": suite.name, "tasks": suite.tasks, "protocol": {**protocol, "episodes": episodes,
+             "max_episode_steps": max_steps, "epsilon": eps}, "model": "best" if best else "last", "aggregate": summary}
+    paths = {**write_results(rows, out, extra), **summary.get("plots", {})}
+    return {"rows": rows, "aggregate": summary, "paths": paths, "suite": suite}
