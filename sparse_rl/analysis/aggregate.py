@@ -10,10 +10,7 @@ of the aggregate, and raw returns are used when no task has any. Each configurat
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import types
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -25,19 +22,7 @@ METRICS = ("iqm", "median", "mean", "optimality_gap")
 
 
 def import_rliable() -> tuple[Any, Any, Any]:
-    """``(library, metrics, plot_utils)`` of rliable.
-
-    rliable uses only ``arch.bootstrap``, but ``arch/__init__`` imports ``arch.univariate`` (statsmodels, seconds to
-    import), which fails outright with arch < 8 (which rliable requires) on pandas >= 3. So ``arch`` is registered as a
-    bare package first, and ``arch.bootstrap`` imports alone.
-    """
-    if "arch" not in sys.modules:
-        spec = importlib.util.find_spec("arch")
-        if spec is not None and spec.submodule_search_locations:
-            package = types.ModuleType("arch")
-            package.__path__ = list(spec.submodule_search_locations)
-            package.__spec__ = spec
-            sys.modules["arch"] = package
+    """``(library, metrics, plot_utils)`` of rliable, imported on first use (it pulls in arch and statsmodels)."""
     from rliable import library, metrics, plot_utils
 
     return library, metrics, plot_utils
