@@ -51,6 +51,8 @@ class RunSpec:
     progress: bool = False
     verbose: int = 1
     env_kwargs: dict[str, Any] | None = None
+    resume: str | None = None
+    save_replay_buffer: bool = False
 
 
 def algo_class(algo: str) -> Any:
@@ -210,3 +212,81 @@ def write_run_summary(run_dir: Path, spec: RunSpec, model: Any, method: str, spa
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(run_dir / "run.json")
     return summary
+
+
+def method_and_sparsity(hyperparams: dict[str, Any], topology: dict[str, Any] | None) -> tuple[str, float]:
+    """The run's topology method (``dense`` for the baseline) and its sparsity."""
+    if topology is None:
+        return "dense", 0.0
+    return topology["method"], float(hyperparams["policy_kwargs"].get("sparsity", 0.0))
+
+
+def atomic_save(model: Any, path: Path) -> None:
+    """``model.save`` to a temporary file, then rename: a crash never leaves a half-written model."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def resume_spec(spec: RunSpec) -> RunSpec:
+    """The saved run's own spec (``args.yml``), with this invocation's ``-n``, ``--progress`` and ``--resume``."""
+    run_dir = Path(spec.resume)
+    args_files = list(run_dir.glob("*/args.yml"))
+    if not run_dir.is_dir() or not args_files:
+        raise ValueError(f"--resume {str(run_dir)!r} is not a run folder written by python -m sparse_rl.train")
+    saved = yaml.load(args_files[0].read_text(), Loader=yaml.UnsafeLoader)
+    if saved["algo"] != spec.algo:
+        raise ValueError(f"--resume {str(run_dir)!r} is a {saved['algo']} run, but --algo {spec.algo} was given: "
+                         f"pass --algo {saved['algo']}")
+    fields = {k: v for k, v in dict(saved).items() if k in RunSpec.__dataclass_fields__}
+    fields.update(resume=str(run_dir), progress=spec.progress)
+    if spec.n_timesteps is not None:
+        fields["n_timesteps"] = spec.n_timesteps
+    return RunSpec(**fields)
+
+
+def load_checkpoint(spec: RunSpec, run_dir: Path, env: Any) -> tuple[Any, Any]:
+    """The model (and env, with its VecNormalize statistics) of the last complete checkpoint of ``run_dir``."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sparse_rl.sb3.checkpoints import latest_checkpoint, restore_rng_state
+
+    for stale in (run_dir / "checkpoints").glob(".tmp_step_*"):  # a write interrupted by a crash: never committed
+        import shutil
+
+        shutil.rmtree(stale, ignore_errors=True)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} has no complete checkpoint (train with --save-freq N to write them): "
+                         "start the run again without --resume")
+    if (checkpoint / "vecnormalize.pkl").is_file():
+        env = VecNormalize.load(str(checkpoint / "vecnormalize.pkl"), env.venv if isinstance(env, VecNormalize) else env)
+    import torch as th
+
+    try:
+        model = algo_class(spec.algo).load(checkpoint / "model.zip", env=env, device=spec.device,
+                                           tensorboard_log=spec.tensorboard_log, verbose=spec.verbose)
+    except (RuntimeError, KeyError) as error:
+        first_line = str(error).splitlines()[0]
+        raise ValueError(f"checkpoint {checkpoint} does not fit this policy architecture: {first_line}") from None
+    if (checkpoint / "replay_buffer.pkl").is_file():
+        model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    restore_rng_state(model, th.load(checkpoint / "rng.pt", weights_only=False))
+    print(f"resuming {run_dir} from step {model.num_timesteps}")
+    return model, env
+
+
+def restore_evaluations(evaluation: Any, run_dir: Path, upto: int) -> None:
+    """Carry a resumed run's evaluations up to step ``upto`` into its new ``EvalCallback`` (none lost, none doubled)."""
+    path = run_dir / "evaluations.npz"
+    if not path.is_file():
+        return
+    import numpy as np
+
+    data = np.load(path)
+    keep = data["timesteps"] <= upto
+    evaluation.evaluations_timesteps = data["timesteps"][keep].tolist()
+    evaluation.evaluations_results = data["results"][keep].tolist()
+    evaluation.evaluations_length = data["ep_lengths"][keep].tolist()
+    if keep.any():
+        evaluation.best_mean_reward = float(np.max(np.mean(data["results"][keep], axis=1)))

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
     parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (-1: never)")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N env steps (-1: never)")
+    parser.add_argument("--save-replay-buffer", action="store_true", help="include the replay buffer in checkpoints")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue RUN_DIR from its last complete checkpoint up to -n (or its original) steps")
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--backend", default=None, help="sparse kernel backend (auto, reference, cpu, ...)")
@@ -52,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
         log_folder=args.log_folder, tensorboard_log=args.tensorboard_log, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, save_freq=args.save_freq, n_envs=args.n_envs, device=args.device,
         backend=args.backend, distribution=args.distribution, progress=args.progress, verbose=args.verbose,
+        resume=args.resume, save_replay_buffer=args.save_replay_buffer,
     )
 
 
@@ -87,53 +91,71 @@ def sparse_policy_class(algo: str, image_obs: bool) -> Any:
     return classes[(algo, image_obs)]
 
 
-def train(spec: exp.RunSpec) -> Path:
-    """Run one training job; returns its run folder."""
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+def build_callbacks(spec: exp.RunSpec, hyperparams: dict[str, Any], topology: dict[str, Any] | None, run_dir: Path,
+                    n_envs: int, start_step: int = 0) -> list[Any]:
+    """HParams, the config's own callbacks, the TopologyCallback, evaluation (RL Zoo files) and checkpoints."""
+    from stable_baselines3.common.callbacks import EvalCallback
 
-    exp.validate(spec)
-    hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
-    env = exp.build_env(spec, hyperparams)
-    exp.check_action_space(spec.algo, env)
-    run_dir = exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
-    exp.save_run_files(run_dir, spec.env, hyperparams, spec, topology)
-    policy = hyperparams["policy"]
-    if sparse:
-        policy = sparse_policy_class(spec.algo, policy == "SparseCnnPolicy")
-    model = exp.algo_class(spec.algo)(
-        policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
-        tensorboard_log=spec.tensorboard_log, **exp.model_kwargs(hyperparams, env),
-    )
+    from sparse_rl.sb3 import TopologyCallback
+    from sparse_rl.sb3.checkpoints import AtomicCheckpointCallback
     from sparse_rl.sb3.tensorboard import HParamsCallback
 
-    method = topology["method"] if topology is not None else "dense"
-    sparsity = hyperparams["policy_kwargs"].get("sparsity", 0.0) if sparse else 0.0
-    distribution = hyperparams["policy_kwargs"].get("distribution", "erk") if sparse else "none"
+    method, sparsity = exp.method_and_sparsity(hyperparams, topology)
+    distribution = hyperparams["policy_kwargs"].get("distribution", "erk") if topology is not None else "none"
     callbacks = [HParamsCallback(dict(algo=spec.algo, env=spec.env, method=method, sparsity=sparsity,
                                       distribution=distribution, seed=spec.seed)),
                  *cfg.build_callbacks(hyperparams["callback"])]
     if topology is not None:
-        from sparse_rl.sb3 import TopologyCallback
-
         callbacks.append(TopologyCallback(**topology))
-    n_envs = env.num_envs
     if spec.eval_freq > 0:
-        callbacks.append(EvalCallback(
+        evaluation = EvalCallback(
             exp.build_env(spec, hyperparams, for_evaluation=True), n_eval_episodes=spec.eval_episodes,
             eval_freq=max(spec.eval_freq // n_envs, 1), log_path=str(run_dir), best_model_save_path=str(run_dir),
             deterministic=True, verbose=spec.verbose,
-        ))
+        )
+        if start_step > 0:
+            exp.restore_evaluations(evaluation, run_dir, upto=start_step)
+        callbacks.append(evaluation)
     if spec.save_freq > 0:
-        callbacks.append(CheckpointCallback(save_freq=max(spec.save_freq // n_envs, 1), save_path=str(run_dir),
-                                            save_vecnormalize=True))
+        callbacks.append(AtomicCheckpointCallback(spec.save_freq, run_dir / "checkpoints", spec.save_replay_buffer))
+    return callbacks
+
+
+def train(spec: exp.RunSpec) -> Path:
+    """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
+    from stable_baselines3.common.callbacks import CallbackList
+
+    if spec.resume:
+        spec = exp.resume_spec(spec)
+    exp.validate(spec)
+    hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
+    env = exp.build_env(spec, hyperparams)
+    exp.check_action_space(spec.algo, env)
+    if spec.resume:
+        run_dir = Path(spec.resume)
+        model, env = exp.load_checkpoint(spec, run_dir, env)
+    else:
+        run_dir = exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
+        exp.save_run_files(run_dir, spec.env, hyperparams, spec, topology)
+        policy = hyperparams["policy"]
+        if sparse:
+            policy = sparse_policy_class(spec.algo, policy == "SparseCnnPolicy")
+        model = exp.algo_class(spec.algo)(
+            policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
+            tensorboard_log=spec.tensorboard_log, **exp.model_kwargs(hyperparams, env),
+        )
+    callbacks = build_callbacks(spec, hyperparams, topology, run_dir, env.num_envs, model.num_timesteps)
+    total = int(hyperparams["n_timesteps"])
     started = time.perf_counter()
-    model.learn(int(hyperparams["n_timesteps"]), callback=CallbackList(callbacks), progress_bar=spec.progress,
-                tb_log_name=run_dir.name)
+    if model.num_timesteps < total:
+        model.learn(total - model.num_timesteps, callback=CallbackList(callbacks), progress_bar=spec.progress,
+                    tb_log_name=run_dir.name, reset_num_timesteps=not spec.resume)
     wall_time = time.perf_counter() - started
     env_name = spec.env.replace("/", "-").replace(":", "-")
-    model.save(run_dir / f"{env_name}.zip")
+    exp.atomic_save(model, run_dir / f"{env_name}.zip")
     if hyperparams.get("normalize"):
         env.save(str(run_dir / env_name / "vecnormalize.pkl"))
+    method, sparsity = exp.method_and_sparsity(hyperparams, topology)
     exp.write_run_summary(run_dir, spec, model, method, sparsity, wall_time)
     print(f"saved to {run_dir}")
     return run_dir

@@ -216,6 +216,11 @@ class SparseWeightMixin(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         """Accept a checkpoint whose nnz differs (e.g. gradual pruning) and invalidate caches after loading."""
+        indptr = state_dict.get(prefix + "indptr")
+        if indptr is not None and indptr.numel() != self.matrix_shape[0] + 1:
+            error_msgs.append(f"{prefix or 'layer'}: the checkpoint has {indptr.numel() - 1} output rows but this layer has "
+                              f"{self.matrix_shape[0]}: it was saved from another architecture (check net_arch)")
+            return
         key = prefix + "values"
         if key in state_dict and state_dict[key].shape != self.values.shape:
             with th.no_grad():

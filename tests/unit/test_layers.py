@@ -181,3 +181,9 @@ def test_deepcopy_and_pickle_after_the_kernel_ran():
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         th.testing.assert_close(clone(x), expected)
         assert th.equal(clone.mask, layer.mask)
+
+
+def test_checkpoint_of_another_architecture_is_refused_clearly():
+    small, big = nn.Sequential(SparseLinear(8, 16)), nn.Sequential(SparseLinear(8, 32))
+    with pytest.raises(RuntimeError, match="saved from another architecture"):
+        big.load_state_dict(small.state_dict())

@@ -1,0 +1,98 @@
+"""Crash safety and determinism: SIGKILL mid-run and mid-checkpoint, then --resume; same seed, same masks and weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch as th
+import yaml
+from stable_baselines3 import SAC
+
+from sparse_rl.train import main as train_main
+
+TOTAL = 800
+
+
+def _conf(tmp_path):
+    conf = tmp_path / "sac.yml"
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": {
+        "n_timesteps": TOTAL, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": 2000, "batch_size": 32,
+        "policy_kwargs": "dict(sparsity=0.9, net_arch=[64, 64])",
+        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set", "update_every": 100, "end": 0.8}}],
+    }}))
+    return conf
+
+
+def _argv(tmp_path, *extra):
+    return ["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(_conf(tmp_path)), "--sparsity", "0.9", "--seed", "7",
+            "-f", str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "1", "-v", "0", *extra]
+
+
+def _start(tmp_path, delay: float = 0.0):
+    env = {**os.environ, "SPARSE_RL_CHECKPOINT_DELAY": str(delay), "SPARSE_RL_CHECKPOINT_DELAY_AFTER": "200",
+           "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "sparse_rl.train", *_argv(tmp_path, "--save-freq", "200", "--save-replay-buffer")]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(condition, process, timeout=240):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"training exited early: {process.stderr.read().decode()[-2000:]}"
+        assert time.time() < deadline, "timed out waiting for the training process"
+        time.sleep(0.05)
+
+
+def _latest_step(checkpoints):
+    pointer = checkpoints / "latest.json"
+    return json.loads(pointer.read_text())["step"] if pointer.is_file() else 0
+
+
+@pytest.mark.parametrize("during_write", [False, True])
+def test_sigkill_then_resume_finishes_at_the_requested_step(tmp_path, during_write):
+    run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
+    checkpoints = run_dir / "checkpoints"
+    process = _start(tmp_path, delay=60.0 if during_write else 0.0)
+    if during_write:  # checkpoint 200 is committed; checkpoint 400 is written but not committed when the process dies
+        _wait_for(lambda: any(checkpoints.glob(".tmp_step_400_*/replay_buffer.pkl")), process)
+    else:
+        _wait_for(lambda: _latest_step(checkpoints) >= 400, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed = _latest_step(checkpoints)
+    assert committed == 200 if during_write else committed >= 400
+    assert train_main(["--algo", "sac", "--resume", str(run_dir), "-v", "0"]) == 0
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert summary["n_timesteps"] == TOTAL
+    model = SAC.load(run_dir / "Pendulum-v1.zip")
+    state = model.policy.topology_state
+    assert state["updater"]["num_updates"] == 5 and state["updater"]["last_update_step"] == 600  # 200..600, no repeat
+    for step_dir in checkpoints.glob("step_*"):
+        SAC.load(step_dir / "model.zip")  # every committed checkpoint is complete
+    assert not list(checkpoints.glob(".tmp_step_*"))
+    import numpy as np
+
+    assert np.load(run_dir / "evaluations.npz")["timesteps"].tolist() == [200, 400, 600, 800]
+
+
+def test_resume_errors(tmp_path):
+    assert train_main(["--algo", "sac", "--resume", str(tmp_path / "nothing")]) == 2
+    assert train_main(_argv(tmp_path, "-n", "150", "--save-freq", "100")) == 0
+    run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
+    assert train_main(["--algo", "td3", "--resume", str(run_dir)]) == 2
+
+
+def test_same_seed_same_masks_and_weights(tmp_path):
+    for _ in range(2):
+        assert train_main(_argv(tmp_path, "-n", "400")) == 0
+    a = SAC.load(tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1.zip").policy.state_dict()
+    b = SAC.load(tmp_path / "logs" / "sac" / "Pendulum-v1_2" / "Pendulum-v1.zip").policy.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], th.Tensor):
+            assert th.equal(a[key], b[key]), key
+    assert any(key.endswith("indices") for key in a)
