@@ -129,12 +129,14 @@ def save_run_files(run_dir: Path, env_id: str, hyperparams: dict[str, Any], spec
     (run_dir / "command.txt").write_text(" ".join(command) + "\n")
 
 
-def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool = False) -> Any:
+def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool = False,
+              monitor_dir: Path | None = None) -> Any:
     """The training (or evaluation) VecEnv, normalised when the config says ``normalize``."""
     n_envs = 1 if for_evaluation else int(hyperparams.get("n_envs", 1))
     seed = spec.seed + (10_000 if for_evaluation else 0)
     env = make_env(spec.env, n_envs=n_envs, seed=seed, env_kwargs=spec.env_kwargs or hyperparams.get("env_kwargs"),
-                   frame_stack=hyperparams.get("frame_stack"), for_evaluation=for_evaluation)
+                   frame_stack=hyperparams.get("frame_stack"), for_evaluation=for_evaluation,
+                   monitor_dir=str(monitor_dir) if monitor_dir is not None else None)
     normalize = hyperparams.get("normalize", False)
     if normalize:
         from stable_baselines3.common.vec_env import VecNormalize
@@ -146,11 +148,14 @@ def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool =
     return env
 
 
-def check_action_space(algo: str, env: Any) -> None:
-    """A clear error when the algorithm cannot handle the env's action space."""
+def check_action_space(algo: str, env_id: str) -> None:
+    """A clear error when the algorithm cannot handle the env's action space (checked before any file is written)."""
+    import gymnasium as gym
     from gymnasium import spaces
 
-    space = env.action_space
+    probe = gym.make(env_id)
+    space = probe.action_space
+    probe.close()
     if algo == "dqn" and not isinstance(space, spaces.Discrete):
         raise ValueError(f"DQN needs a discrete action space, but this env's is {space}: use --algo sac, td3 or ppo")
     if algo in ("sac", "td3") and not isinstance(space, spaces.Box):
@@ -178,6 +183,7 @@ def validate(spec: RunSpec) -> None:
     """Fail fast with one clear line on bad flags, before anything is built."""
     algo_class(spec.algo)
     check_env_id(spec.env)
+    check_action_space(spec.algo, spec.env)
     if spec.n_timesteps is not None and spec.n_timesteps <= 0:
         raise ValueError(f"-n must be a positive number of steps, got {spec.n_timesteps}")
     if spec.backend is not None:

@@ -129,13 +129,11 @@ def train(spec: exp.RunSpec) -> Path:
         spec = exp.resume_spec(spec)
     exp.validate(spec)
     hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
-    env = exp.build_env(spec, hyperparams)
-    exp.check_action_space(spec.algo, env)
+    run_dir = Path(spec.resume) if spec.resume else exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
+    env = exp.build_env(spec, hyperparams, monitor_dir=None if spec.resume else run_dir)  # Monitor CSVs: RL Zoo's plots
     if spec.resume:
-        run_dir = Path(spec.resume)
         model, env = exp.load_checkpoint(spec, run_dir, env)
     else:
-        run_dir = exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
         exp.save_run_files(run_dir, spec.env, hyperparams, spec, topology)
         policy = hyperparams["policy"]
         if sparse:

@@ -197,3 +197,24 @@ class SparseActorCriticCnnPolicy(SparseActorCriticPolicy):
 
     def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+def register_policy_aliases() -> None:
+    """Let SB3 (and RL Zoo configs) name the sparse policies by string: ``SparseMlpPolicy`` / ``SparseCnnPolicy``.
+
+    Adds entries to each algorithm's public ``policy_aliases`` table; existing aliases are never replaced.
+    """
+    from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+
+    table = {
+        SAC: {"SparseMlpPolicy": SparseSACPolicy}, TD3: {"SparseMlpPolicy": SparseTD3Policy},
+        DQN: {"SparseMlpPolicy": SparseDQNPolicy, "SparseCnnPolicy": SparseDQNCnnPolicy},
+        PPO: {"SparseMlpPolicy": SparseActorCriticPolicy, "SparseCnnPolicy": SparseActorCriticCnnPolicy},
+        A2C: {"SparseMlpPolicy": SparseActorCriticPolicy, "SparseCnnPolicy": SparseActorCriticCnnPolicy},
+    }
+    for algo, aliases in table.items():
+        for alias, policy in aliases.items():
+            algo.policy_aliases.setdefault(alias, policy)
+
+
+register_policy_aliases()
