@@ -174,6 +174,9 @@ class SparseWeightMixin(nn.Module):
             grown connection). Optimizer state must be remapped with the same ``source``
             (:func:`sparse_rl.topology.optim.remap_optimizer_state`).
         :param grown_values: values of grown connections (zeros when ``None``).
+
+        When nnz changes (gradual pruning), ``values`` becomes a new Parameter; swap it into the optimizers with
+        :func:`sparse_rl.topology.optim.replace_parameter`.
         """
         rows, cols = self.matrix_shape
         new_mask = new_mask.reshape(rows, cols).to(self.values.device)
@@ -188,8 +191,8 @@ class SparseWeightMixin(nn.Module):
                 new_values[~kept] = grown_values.to(new_values)
             if nnz == self.nnz:
                 self.values.copy_(new_values)
-            else:
-                self.values.data = new_values
+            else:  # a new Parameter: autograd may still hold the old one's size (optimizers: replace_parameter)
+                self.values = nn.Parameter(new_values, requires_grad=self.values.requires_grad)
             self.values.grad = None
             counts = new_mask.sum(dim=1)
             self.indptr[0] = 0
@@ -207,7 +210,7 @@ class SparseWeightMixin(nn.Module):
             raise ValueError(f"cannot copy a {other.matrix_shape} topology into a {self.matrix_shape} layer")
         with th.no_grad():
             if other.nnz != self.nnz:
-                self.values.data = self.values.new_zeros(other.nnz)
+                self.values = nn.Parameter(self.values.new_zeros(other.nnz), requires_grad=self.values.requires_grad)
                 self.indices = other.indices.clone()
             else:
                 self.indices.copy_(other.indices)

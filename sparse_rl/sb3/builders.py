@@ -297,7 +297,7 @@ def sync_targets(policy: nn.Module) -> int:
         with th.no_grad():
             old = target.dense_weight().detach().reshape(-1).clone()
             target.copy_topology_from(online)
-            target.values.data = old[target.flat_indices()].clone()
+            target.values.copy_(old[target.flat_indices()])
         changed += 1
     return changed
 

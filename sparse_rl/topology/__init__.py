@@ -2,7 +2,7 @@
 
 from sparse_rl.topology.criteria import capture_dense_grad, gradient_score, magnitude_score, random_score
 from sparse_rl.topology.distributions import DISTRIBUTIONS, check_sparsity, constant_fan_in_nnz, layer_densities, layer_nnz
-from sparse_rl.topology.optim import remap_optimizer_state
+from sparse_rl.topology.optim import remap_optimizer_state, replace_parameter
 from sparse_rl.topology.schedules import TopologySchedule, polynomial_sparsity
 from sparse_rl.topology.updaters import (
     SET,
@@ -21,5 +21,5 @@ __all__ = [
     "DISTRIBUTIONS", "SET", "UPDATERS", "BaseUpdater", "Dense", "GradualMagnitudePruning", "RigL", "SRigL", "Static",
     "TopologySchedule", "UpdateStats", "capture_dense_grad", "check_sparsity", "constant_fan_in_nnz", "create_updater",
     "gradient_score", "layer_densities", "layer_nnz", "magnitude_score", "polynomial_sparsity", "random_score",
-    "remap_optimizer_state",
+    "remap_optimizer_state", "replace_parameter",
 ]

@@ -42,3 +42,14 @@ def remap_optimizer_state(
                 state[key] = remap_state_tensor(value, source)
                 remapped += 1
     return remapped
+
+
+def replace_parameter(optimizers: Iterable[th.optim.Optimizer], old: th.Tensor, new: th.Tensor) -> None:
+    """Point every optimizer that holds ``old`` at ``new`` instead, carrying its (already remapped) state over."""
+    if old is new:
+        return
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        if old in optimizer.state:
+            optimizer.state[new] = optimizer.state.pop(old)

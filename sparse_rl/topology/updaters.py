@@ -24,7 +24,7 @@ import torch as th
 
 from sparse_rl.nn.layers import SparseWeightMixin
 from sparse_rl.topology.criteria import gradient_score, magnitude_score, random_score
-from sparse_rl.topology.optim import remap_optimizer_state
+from sparse_rl.topology.optim import remap_optimizer_state, replace_parameter
 from sparse_rl.topology.schedules import TopologySchedule, polynomial_sparsity
 
 Layers = Mapping[str, SparseWeightMixin]
@@ -108,7 +108,10 @@ class BaseUpdater:
         return self.rewires and self.schedule.is_update_step(step)
 
     def update(self, layers: Layers, step: int, optimizers: Iterable[th.optim.Optimizer] = ()) -> UpdateStats:
-        """Rewire every layer at ``step`` and remap the optimizers' state; returns what changed."""
+        """Rewire every layer at ``step`` and remap the optimizers' state; returns what changed (nothing for static)."""
+        if not self.rewires:
+            return UpdateStats(step=step, drop_fraction=0.0,
+                               layers={name: LayerChange(0, 0, layer.nnz) for name, layer in layers.items()})
         optimizers = list(optimizers)
         fraction = self.schedule.drop_fraction_at(step)
         changes = {name: self._update_layer(layer, fraction, step, optimizers) for name, layer in layers.items()}
@@ -167,8 +170,10 @@ def _apply(
     slot_of.view(-1)[layer.flat_indices()] = th.arange(old_nnz, device=active.device)
     new_mask = keep | grow
     source = slot_of.masked_fill(~keep, -1)[new_mask]  # CSR order: row-major boolean indexing
-    remap_optimizer_state(optimizers, layer.values, source, old_nnz)
+    old_param = layer.values
+    remap_optimizer_state(optimizers, old_param, source, old_nnz)
     layer.rewire(new_mask, source)
+    replace_parameter(optimizers, old_param, layer.values)
     return LayerChange(dropped=int((active & ~keep).sum()), grown=int(grow.sum()), nnz=old_nnz)
 
 

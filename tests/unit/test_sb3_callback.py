@@ -34,16 +34,28 @@ def test_needs_sparse_policy() -> None:
 
 
 def test_logs_and_state() -> None:
+    from stable_baselines3.common.logger import KVWriter, Logger
+
+    class Capture(KVWriter):
+        def __init__(self) -> None:
+            self.dumps: list[dict] = []
+
+        def write(self, key_values, key_excluded, step=0) -> None:  # noqa: ANN001
+            self.dumps.append({**key_values, "_step": step})
+
     model = dqn(sparsity=0.9)
+    capture = Capture()
+    model.set_logger(Logger(folder=None, output_formats=[capture]))
     callback = TopologyCallback(method="rigl", update_every=10, end=10_000, seed=0)
     model.learn(40, callback=callback)
     assert callback.updater.num_updates == 3  # 20, 30, 40 (start = learning_starts = 10)
-    logged = model.logger.name_to_value
     callback.update_topology()
+    logged = capture.dumps[-1]  # every update is dumped at its own step
     for key in ("sparsity/density", "sparsity/updates", "sparsity/drop_fraction", "sparsity/changed_fraction"):
         assert key in logged
-    assert logged["sparsity/updates"] == 4
+    assert logged["sparsity/updates"] == 4 and logged["_step"] == model.num_timesteps
     assert 0.0 < logged["sparsity/density"] < 1.0
+    assert [d["sparsity/updates"] for d in capture.dumps if "sparsity/drop_fraction" in d] == [1, 2, 3, 4]
     state = model.policy.topology_state
     assert state["method"] == "rigl" and state["updater"]["num_updates"] == 4
 

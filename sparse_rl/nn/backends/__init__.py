@@ -12,7 +12,12 @@ from typing import Any
 
 import torch as th
 
+from sparse_rl.nn.backends._common import cache_hit
+from sparse_rl.nn.backends.cpu import CpuBackend
 from sparse_rl.nn.backends.reference import ReferenceBackend
+from sparse_rl.nn.backends.semi_structured import SemiStructuredBackend
+from sparse_rl.nn.backends.torch_csr import TorchCsrBackend
+from sparse_rl.nn.backends.triton import TritonBackend
 
 _REGISTRY: dict[str, Any] = {}
 AUTO = "auto"
@@ -25,6 +30,10 @@ def register(backend: Any) -> Any:
 
 
 register(ReferenceBackend())
+register(CpuBackend())
+register(TorchCsrBackend())
+register(TritonBackend())
+register(SemiStructuredBackend())
 
 
 def names() -> list[str]:
@@ -54,8 +63,42 @@ def resolve(name: str, layer: Any) -> str:
     """Concrete backend for a layer: ``"auto"`` picks the fastest available for its device and shape."""
     if name != AUTO:
         return name
-    return layer.cached("auto_backend", lambda: _auto_select(layer))
+    return cache_hit(layer, "auto_backend") or layer.cached("auto_backend", lambda: _auto_select(layer))
+
+
+# Above this density dense MKL (~3x the multiply-add rate of a gathered sparse product) is as fast as the kernel.
+CPU_MAX_DENSITY = 0.25
+# Without the compiled kernel, torch.sparse beats dense MKL only on big, very sparse layers (1024x1024 at 99%: ~7x
+# forward and ~3.5x forward+backward at batch 256, on par at batch 1; at 90% it loses to dense).
+TORCH_CSR_MAX_DENSITY = 0.02
+TORCH_CSR_MIN_NUMEL = 1 << 19
+# Below this density the triton kernel is expected to beat cuBLAS on the dense weight (untuned: no GPU was at hand).
+TRITON_MAX_DENSITY = 0.2
 
 
 def _auto_select(layer: Any) -> str:
+    """Fastest available backend for the layer's device, dtype and shape (cached per topology by ``resolve``).
+
+    Convolutions always run on the reference path (every backend delegates ``conv2d`` to it). On CPU the compiled
+    kernel beats dense ``nn.Linear`` from batch 1 up once sparsity reaches ~75-80% (see
+    ``scripts/results/bench_kernels.md``); denser layers stay on the reference path. Without the kernel, torch.sparse
+    is used only for big layers at >= 98% sparsity, else the reference (dense MKL) path. On CUDA: 2:4
+    semi-structured when the layout allows it, else triton at high sparsity.
+    """
+    if not hasattr(layer, "in_features"):
+        return "reference"
+    device = layer.values.device
+    if device.type == "cpu":
+        cpu = _REGISTRY["cpu"]
+        if cpu.supports(layer) and cpu.available(device) and layer.density <= CPU_MAX_DENSITY:
+            return "cpu"
+        big = layer.numel_dense >= TORCH_CSR_MIN_NUMEL and layer.density <= TORCH_CSR_MAX_DENSITY
+        return "torch_csr" if big and layer.values.dtype in (th.float32, th.float64) else "reference"
+    if device.type == "cuda":
+        semi = _REGISTRY["semi_structured"]
+        if semi.available(device) and semi.supports(layer):
+            return "semi_structured"
+        triton = _REGISTRY["triton"]
+        if triton.available(device) and triton.supports(layer) and layer.density <= TRITON_MAX_DENSITY:
+            return "triton"
     return "reference"

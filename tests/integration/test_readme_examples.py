@@ -20,3 +20,13 @@ def test_pytorch_rigl_example_runs_and_learns():
     assert all(layer.density < 0.2 for layer in layers.values())
     assert sum(layer.nnz for layer in layers.values()) == namespace["nnz_at_start"]
     assert namespace["loss_fn"]().item() < 0.5 * y.var().item()
+
+
+def test_sb3_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_example("sb3"), "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert type(model.policy).__name__ == "SparseSACPolicy" and model.num_timesteps == 800
+    assert model.policy.topology_state["updater"]["num_updates"] == 3  # steps 250, 400, 550 (start 100, end 0.8 * 800)
+    assert (tmp_path / "sparse_sac.zip").is_file()

@@ -1,0 +1,108 @@
+"""Portable backend on ``torch.sparse`` CSR tensors, with a hand-written backward.
+
+Forward ``y = (W x^T)^T + b`` and the gradient to the inputs ``(W^T dy^T)^T`` are CSR-times-dense products (the
+transposed matrix comes from the cached CSC layout); the gradient to the values is a sampled dense-dense product
+(``torch.sparse.sampled_addmm``) evaluated only at the stored positions, so nothing is densified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch as th
+
+from sparse_rl.nn.backends._common import csc_layout, flatten_inputs, needs_grad
+from sparse_rl.nn.backends.reference import ReferenceBackend
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+_reference = ReferenceBackend()
+_SAMPLED_CHUNK = 1 << 22  # elements of a gathered [nnz-chunk, B] block when sampled_addmm is unsupported
+
+
+def _index(layer: Any) -> tuple[th.Tensor, th.Tensor]:
+    """int64 ``(crow, col)`` of the layer (torch.sparse needs matching index dtypes), cached per topology."""
+    return layer.cached("torch_csr_index", lambda: (layer.indptr.long(), layer.indices.long()))
+
+
+def _csr(crow: th.Tensor, col: th.Tensor, values: th.Tensor, shape: tuple[int, int]) -> th.Tensor:
+    return th.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _grad_values(layer: Any, values: th.Tensor, x2: th.Tensor, dy: th.Tensor) -> th.Tensor:
+    """``dv[k] = sum_b dy[b, row_k] x[b, col_k]`` without forming the dense ``dy^T x``."""
+    crow, col = _index(layer)
+    if values.device.type == "cuda" or values.dtype in (th.float32, th.float64):
+        try:
+            pattern = _csr(crow, col, th.zeros_like(values), layer.matrix_shape)
+            return th.sparse.sampled_addmm(pattern, dy.t(), x2, beta=0.0).values()
+        except (RuntimeError, NotImplementedError):
+            pass
+    rows_of, out = layer.row_indices(), th.empty_like(values)
+    step = max(1, _SAMPLED_CHUNK // max(1, x2.shape[0]))
+    dyt, xt = dy.t(), x2.t()
+    for start in range(0, values.numel(), step):
+        sl = slice(start, start + step)
+        out[sl] = (dyt[rows_of[sl]] * xt[col[sl]]).sum(1)
+    return out
+
+
+class _LinearFn(th.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: Any) -> th.Tensor:
+        ctx.layer = layer
+        ctx.csc = csc_layout(layer) if ctx.needs_input_grad[0] else None
+        ctx.index = _index(layer)
+        ctx.save_for_backward(x2, values)
+        ctx.has_bias = bias is not None
+        return _forward(layer, x2, values, bias)
+
+    @staticmethod
+    @th.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: th.Tensor) -> tuple[th.Tensor | None, ...]:
+        x2, values = ctx.saved_tensors
+        layer = ctx.layer
+        rows, cols = layer.matrix_shape
+        dy = grad_out.to(values.dtype)
+        dx = dv = db = None
+        if ctx.needs_input_grad[0]:
+            colptr, rowidx, perm = ctx.csc
+            wt = _csr(colptr, rowidx, values[perm], (cols, rows))
+            dx = th.sparse.mm(wt, dy.t()).t()
+        if ctx.needs_input_grad[1]:
+            dv = _grad_values(layer, values, x2, dy)
+        if ctx.needs_input_grad[2] and ctx.has_bias:
+            db = dy.sum(0)
+        return dx, dv, db, None
+
+
+def _forward(layer: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+    crow, col = _index(layer)
+    w = _csr(crow, col, values, layer.matrix_shape)
+    if bias is None:
+        return th.sparse.mm(w, x2.t()).t()
+    return th.addmm(bias.unsqueeze(1), w, x2.t()).t()
+
+
+class TorchCsrBackend:
+    """``torch.sparse`` CSR products on any device torch supports them on; convolutions use the reference path."""
+
+    name = "torch_csr"
+
+    def available(self, device: th.device) -> bool:
+        return th.device(device).type in ("cpu", "cuda") and (th.device(device).type == "cpu" or th.cuda.is_available())
+
+    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
+        if inputs.dtype != layer.values.dtype or not inputs.is_floating_point():
+            return _reference.linear(layer, inputs)
+        x2, lead = flatten_inputs(layer, inputs)
+        if x2.shape[0] == 0:
+            return _reference.linear(layer, inputs)
+        if needs_grad(layer, inputs):
+            y = _LinearFn.apply(x2, layer.values, layer.bias, layer)
+        else:
+            y = _forward(layer, x2, layer.values, layer.bias)
+        return y.reshape(*lead, layer.matrix_shape[0])
+
+    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
+        return _reference.conv2d(layer, inputs)
