@@ -148,7 +148,8 @@ class SparseWeightMixin(nn.Module):
 
         Every backend keeps its derived layouts here, so a topology update can never leave a stale cache.
         """
-        stamp = (self.topology_version, self.values.device, self.values.dtype, self.indices.data_ptr())
+        values = self._parameters["values"]  # the dicts, not nn.Module.__getattr__: this runs on every batch-1 call
+        stamp = (self.topology_version, values.device, values.dtype, self._buffers["indices"].data_ptr())
         hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]

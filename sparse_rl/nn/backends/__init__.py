@@ -12,7 +12,6 @@ from typing import Any
 
 import torch as th
 
-from sparse_rl.nn.backends._common import cache_hit
 from sparse_rl.nn.backends.cpu import CpuBackend
 from sparse_rl.nn.backends.reference import ReferenceBackend
 from sparse_rl.nn.backends.semi_structured import SemiStructuredBackend
@@ -63,7 +62,7 @@ def resolve(name: str, layer: Any) -> str:
     """Concrete backend for a layer: ``"auto"`` picks the fastest available for its device and shape."""
     if name != AUTO:
         return name
-    return cache_hit(layer, "auto_backend") or layer.cached("auto_backend", lambda: _auto_select(layer))
+    return layer.cached("auto_backend", lambda: _auto_select(layer))
 
 
 # Above this density dense MKL (~3x the multiply-add rate of a gathered sparse product) is as fast as the kernel.

@@ -26,24 +26,6 @@ def csc_layout(layer: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
     return layer.cached("csc", build)
 
 
-def cache_hit(layer: Any, key: str) -> Any:
-    """The value ``layer.cached(key, ...)`` would return without rebuilding, or None (miss, stale or unknown format).
-
-    Recomputes the same stamp as ``SparseWeightMixin.cached`` through the module's parameter/buffer dicts, which avoids
-    ``nn.Module.__getattr__`` (about 1 us per attribute): it matters for batch-1 calls. Any mismatch means a miss, so
-    the caller falls back to ``layer.cached``, the single source of truth.
-    """
-    try:
-        hit = layer.__dict__["_cache"].get(key)
-        if hit is None:
-            return None
-        values = layer._parameters["values"]
-        stamp = (layer.topology_version, values.device, values.dtype, layer._buffers["indices"].data_ptr())
-        return hit[1] if hit[0] == stamp else None
-    except (KeyError, AttributeError, TypeError, IndexError):
-        return None
-
-
 def flatten_inputs(layer: Any, inputs: th.Tensor) -> tuple[th.Tensor, tuple[int, ...]]:
     """Inputs ``[..., in]`` as a 2-D ``[B, in]`` tensor (a view when possible) and the leading shape."""
     cols = layer.matrix_shape[1]

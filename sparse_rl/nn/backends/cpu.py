@@ -13,7 +13,7 @@ from typing import Any
 import torch as th
 
 from sparse_rl.nn.backends import _build
-from sparse_rl.nn.backends._common import cache_hit, csc_layout, flatten_inputs
+from sparse_rl.nn.backends._common import csc_layout, flatten_inputs
 from sparse_rl.nn.backends.reference import ReferenceBackend
 
 _DTYPES = {th.float32: "f32", th.float64: "f64"}
@@ -126,9 +126,6 @@ class CpuBackend:
 
     def kernel(self, layer: Any) -> _Kernel | None:
         """The layer's kernel handles (kept in ``layer.cached``), or None when its dtypes/device are unsupported."""
-        kern = cache_hit(layer, "cpu_kernel")  # fast path for batch-1 calls; same validity rule as layer.cached
-        if isinstance(kern, _Kernel) and layer._buffers["indptr"] is kern.indptr:
-            return kern
         return layer.cached("cpu_kernel", lambda: _Kernel(layer, _build.load()) if self._usable(layer) else None)
 
     def _usable(self, layer: Any) -> bool:
