@@ -27,15 +27,20 @@ def default_config_file(algo: str) -> Path:
     return CONFIG_DIR / f"{algo}.yml"
 
 
+def read_yaml(path: Path, what: str, hint: str = "") -> Any:
+    """Parse a YAML file, or raise a one-line ``ValueError`` naming ``what`` is missing or malformed."""
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} not found" + (f": {hint}" if hint else ""))
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+
+
 def load_entry(config_file: str | Path, env_id: str, atari: bool) -> dict[str, Any]:
     """The hyperparameters for ``env_id``: its own entry, else ``atari`` (Atari ids), else ``default``."""
     path = Path(config_file)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} not found: pass an existing YAML file with -conf")
-    try:
-        entries = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    entries = read_yaml(path, "config file", "pass an existing YAML file with -conf")
     if not isinstance(entries, dict):
         raise ValueError(f"config file {str(path)!r} must map env ids to hyperparameters (RL Zoo schema)")
     for key in (env_id, "atari" if atari else None, "default"):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sparse_rl.config import read_yaml
 
 INSTALL_HINT = "Ray is not installed: pip install 'sparse_rl[sweep]' (or pip install 'ray[default]')"
 GRID_KEYS = ("algo", "env", "method", "sparsity", "seed")
@@ -83,12 +83,7 @@ def _as_list(value: Any) -> list[Any]:
 def load_sweep(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep file {str(path)!r} not found")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"sweep file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict) or "algo" not in spec or "env" not in spec:
         raise ValueError(f"sweep file {str(path)!r} needs at least 'algo' and 'env' keys (see python -m sparse_rl.sweep -h)")
     unknown = set(spec) - {*GRID_KEYS, "n_timesteps", "train_args", "log_folder", "max_retries"}
