@@ -53,6 +53,7 @@ class RunSpec:
     env_kwargs: dict[str, Any] | None = None
     resume: str | None = None
     save_replay_buffer: bool = False
+    threads: int = 1
 
 
 def algo_class(algo: str) -> Any:
@@ -184,6 +185,8 @@ def validate(spec: RunSpec) -> None:
     algo_class(spec.algo)
     check_env_id(spec.env)
     check_action_space(spec.algo, spec.env)
+    if spec.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {spec.threads}")
     if spec.n_timesteps is not None and spec.n_timesteps <= 0:
         raise ValueError(f"-n must be a positive number of steps, got {spec.n_timesteps}")
     if spec.backend is not None:
@@ -245,7 +248,7 @@ def resume_spec(spec: RunSpec) -> RunSpec:
         raise ValueError(f"--resume {str(run_dir)!r} is a {saved['algo']} run, but --algo {spec.algo} was given: "
                          f"pass --algo {saved['algo']}")
     fields = {k: v for k, v in dict(saved).items() if k in RunSpec.__dataclass_fields__}
-    fields.update(resume=str(run_dir), progress=spec.progress)
+    fields.update(resume=str(run_dir), progress=spec.progress, threads=spec.threads)
     if spec.n_timesteps is not None:
         fields["n_timesteps"] = spec.n_timesteps
     return RunSpec(**fields)

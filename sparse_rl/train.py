@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
                         help="continue RUN_DIR from its last complete checkpoint up to -n (or its original) steps")
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: one per process; run seeds as parallel processes)")
     parser.add_argument("--backend", default=None, help="sparse kernel backend (auto, reference, cpu, ...)")
     parser.add_argument("--distribution", default=None, help="per-layer sparsity: erk, er or uniform")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> exp.RunSpec:
         log_folder=args.log_folder, tensorboard_log=args.tensorboard_log, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, save_freq=args.save_freq, n_envs=args.n_envs, device=args.device,
         backend=args.backend, distribution=args.distribution, progress=args.progress, verbose=args.verbose,
-        resume=args.resume, save_replay_buffer=args.save_replay_buffer,
+        resume=args.resume, save_replay_buffer=args.save_replay_buffer, threads=args.threads,
     )
 
 
@@ -123,11 +125,13 @@ def build_callbacks(spec: exp.RunSpec, hyperparams: dict[str, Any], topology: di
 
 def train(spec: exp.RunSpec) -> Path:
     """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
+    import torch as th
     from stable_baselines3.common.callbacks import CallbackList
 
     if spec.resume:
         spec = exp.resume_spec(spec)
     exp.validate(spec)
+    th.set_num_threads(spec.threads)
     hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
     run_dir = Path(spec.resume) if spec.resume else exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
     env = exp.build_env(spec, hyperparams, monitor_dir=None if spec.resume else run_dir)  # Monitor CSVs: RL Zoo's plots

@@ -62,6 +62,7 @@ def test_compare_report(runs, tmp_path, capsys):
     (["--algo", "sac", "--env", "CartPole-v1"], "SAC needs a continuous"),
     (["-conf", "/nonexistent.yml"], "not found"),
     (["-params", "oops"], "KEY:VALUE"),
+    (["--threads", "0"], "--threads must be at least 1"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     assert train_main([*argv, "-f", str(tmp_path), "-n", "10"]) == 2
