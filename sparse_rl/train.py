@@ -80,17 +80,14 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return result
 
 
-def sparse_policy_class(algo: str, image_obs: bool) -> Any:
-    from sparse_rl import sb3
+def sparse_policy_class(algo: str, alias: str) -> Any:
+    """The sparse policy registered under ``alias`` (``SparseMlpPolicy``/``SparseCnnPolicy``) for ``algo``."""
+    import sparse_rl.sb3.policies  # noqa: F401  (registers the aliases)
 
-    classes = {
-        ("sac", False): sb3.SparseSACPolicy, ("td3", False): sb3.SparseTD3Policy,
-        ("dqn", False): sb3.SparseDQNPolicy, ("dqn", True): sb3.SparseDQNCnnPolicy,
-        ("ppo", False): sb3.SparseActorCriticPolicy, ("ppo", True): sb3.SparseActorCriticCnnPolicy,
-    }
-    if (algo, image_obs) not in classes:
+    policy = exp.algo_class(algo).policy_aliases.get(alias)
+    if policy is None:
         raise ValueError(f"{algo.upper()} has no sparse CNN policy: use dqn or ppo for image observations")
-    return classes[(algo, image_obs)]
+    return policy
 
 
 def build_callbacks(spec: exp.RunSpec, hyperparams: dict[str, Any], topology: dict[str, Any] | None, run_dir: Path,
@@ -141,7 +138,7 @@ def train(spec: exp.RunSpec) -> Path:
         exp.save_run_files(run_dir, spec.env, hyperparams, spec, topology)
         policy = hyperparams["policy"]
         if sparse:
-            policy = sparse_policy_class(spec.algo, policy == "SparseCnnPolicy")
+            policy = sparse_policy_class(spec.algo, policy)
         model = exp.algo_class(spec.algo)(
             policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
             tensorboard_log=spec.tensorboard_log, **exp.model_kwargs(hyperparams, env),

@@ -198,12 +198,12 @@ class TopologyCallback(BaseCallback):
         self.next_update_step = self.updater.schedule.next_update_step(step)
         self._save_state()
         self.last_stats = stats
-        density = sparsity_report(self.model.policy)["total"]["density"]
         self.sparsity_log.record(self.logger, self.model, before)
         self.logger.record("sparsity/updates", self.updater.num_updates)
         self.logger.record("sparsity/drop_fraction", stats.drop_fraction)
         self.logger.record("sparsity/changed_fraction", stats.changed_fraction)
         self.logger.dump(step)  # one dump per update, so no update's images are overwritten before SB3's next dump
         if self.verbose >= 1:
+            density = sparsity_report(self.model.policy)["total"]["density"]
             print(f"topology update {self.updater.num_updates} ({self.method}) at step {step} (scheduled {scheduled}): "
                   f"density {density:.4f}, changed {stats.changed_fraction:.4f}")
