@@ -157,6 +157,47 @@ def test_multithreaded(backend: str) -> None:
         th.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+@pytest.mark.parametrize("batch", [256, 77, 200])
+def test_parity_column_blocked(dtype: th.dtype, batch: int) -> None:
+    """Layers wide enough for the cache-blocked kernel (forward, dv and dx all blocked), odd batch chunks too."""
+    layer = _layer(1100, 700, 0.85, dtype=dtype, seed=batch)
+    kern = backends.get("cpu").kernel(layer)
+    if kern is None:
+        pytest.skip("compiled kernel unavailable")
+    assert kern.nblk > 1 and kern.csc()[3] is not None and kern.ncblk > 1
+    check_parity(layer, "cpu", th.randn(batch, 1100, dtype=dtype))
+    threads = th.get_num_threads()
+    th.set_num_threads(2)
+    try:
+        check_parity(layer, "cpu", th.randn(batch, 1100, dtype=dtype))
+    finally:
+        th.set_num_threads(threads)
+
+
+def test_column_blocks_partition_each_row() -> None:
+    from sparse_rl.nn.backends.cpu import column_blocks
+
+    layer = _layer(1000, 300, 0.8)
+    starts, nblk = column_blocks(layer.indptr, layer.indices, 300, 1000)
+    assert nblk > 1
+    starts = starts.view(nblk + 1, 300).long()
+    assert th.equal(starts[0], layer.indptr[:-1].long()) and th.equal(starts[-1], layer.indptr[1:].long())
+    assert bool((starts.diff(dim=0) >= 0).all())
+    width = -(-1000 // nblk)
+    cols = layer.indices.long()
+    for c in range(nblk):
+        for r in (0, 7, 299):
+            inside = cols[starts[c, r]:starts[c + 1, r]]
+            assert bool(((inside >= c * width) & (inside < (c + 1) * width)).all())
+    # too sparse to pay, or columns out of order within a row: no blocks
+    sparse = _layer(1000, 300, 0.995)
+    assert column_blocks(sparse.indptr, sparse.indices, 300, 1000) == (None, 0)
+    shuffled = layer.indices.clone()
+    shuffled[layer.indptr[0]:layer.indptr[1]] = shuffled[layer.indptr[0]:layer.indptr[1]].flip(0)
+    assert column_blocks(layer.indptr, shuffled, 300, 1000) == (None, 0)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_conv2d_delegates(backend: str) -> None:
     conv = SparseConv2d(3, 8, 3, padding=1, sparsity=0.7)

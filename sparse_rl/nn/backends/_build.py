@@ -105,11 +105,11 @@ def _bind(lib: ctypes.CDLL) -> None:
     ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in SUFFIXES:
         fwd = getattr(lib, f"srl_forward_{suffix}")
-        fwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, cint]
+        fwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, cint]
         fwd.restype = None
         bwd = getattr(lib, f"srl_backward_{suffix}")
-        bwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
-                        cint]
+        bwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr,
+                        i64, ptr, ptr, ptr, cint]
         bwd.restype = None
 
 

@@ -20,6 +20,33 @@ _DTYPES = {th.float32: "f32", th.float64: "f64"}
 _INDEX = {th.int16: "i16", th.int32: "i32"}
 _reference = ReferenceBackend()
 _local = threading.local()
+BLOCK_COLUMNS = 256  # columns per block: with a 64-wide batch chunk, a 64 KiB slice of the input (measured best of 64-512)
+MIN_BLOCK_ENTRIES = 8  # fewer entries per row per block on average and re-reading partial sums outweighs the gain
+
+
+def column_blocks(indptr: th.Tensor, indices: th.Tensor, rows: int, cols: int) -> tuple[th.Tensor | None, int]:
+    """Where each row's entries of each column block start: int32 ``[(nblk + 1) * rows]`` and ``nblk``.
+
+    Entry ``c * rows + r`` is the first slot of row ``r`` with column ``>= c * width`` (the last block ends at
+    ``indptr[r + 1]``). The kernel then sweeps one column block at a time over a group of rows, so the block's slice
+    of the input stays in cache while every row of the group uses it (a cache-blocked SpMM). ``(None, 0)`` when
+    blocks would hold too few entries to pay, or when the columns are not sorted within rows.
+    """
+    nnz = indices.numel()
+    nblk = min(-(-cols // BLOCK_COLUMNS), nnz // max(1, MIN_BLOCK_ENTRIES * rows))
+    if nblk < 2:
+        return None, 0
+    width = -(-cols // nblk)
+    counts = (indptr[1:] - indptr[:-1]).long()
+    row_of = th.repeat_interleave(th.arange(rows), counts)
+    cols_of = indices.long()
+    if nnz > 1 and not bool(((cols_of[1:] > cols_of[:-1]) | (row_of[1:] != row_of[:-1])).all()):
+        return None, 0
+    per_block = th.bincount(row_of * nblk + cols_of // width, minlength=rows * nblk).view(rows, nblk)
+    starts = th.zeros(rows, nblk + 1, dtype=th.long)
+    starts[:, 1:] = per_block.cumsum(1)
+    starts += indptr[:-1].long().unsqueeze(1)
+    return starts.t().contiguous().to(th.int32).reshape(-1), nblk
 
 
 class _Kernel:
@@ -34,13 +61,17 @@ class _Kernel:
         self.dtype = layer.values.dtype
         self.indices, self.indptr = layer.indices, layer.indptr
         self.indices_ptr, self.indptr_ptr = self.indices.data_ptr(), self.indptr.data_ptr()
+        self.blocks, self.nblk = column_blocks(layer.indptr.cpu(), layer.indices.cpu(), self.rows, self.cols)
         self._layer: Any = layer
         self._csc: tuple[th.Tensor, ...] | None = None
+        self.ncblk = 0
 
     def csc(self) -> tuple[th.Tensor, ...]:
-        """Int32 ``(colptr, rowidx, perm)`` for the gradient to the inputs."""
+        """``(colptr, rowidx, perm, blocks)`` for the gradient to the inputs (int32; blocks may be None)."""
         if self._csc is None:
-            self._csc = tuple(t.to(th.int32) for t in csc_layout(self._layer))
+            colptr, rowidx, perm = (t.to(th.int32) for t in csc_layout(self._layer))
+            blocks, self.ncblk = column_blocks(colptr, rowidx, self.cols, self.rows)
+            self._csc = (colptr, rowidx, perm, blocks)
             self._layer = None  # drop the reference once built
         return self._csc
 
@@ -80,7 +111,8 @@ def _forward(
     if xt is not None and keep:
         xt = th.empty(kern.cols * batch, dtype=x2.dtype)
     kern.forward(x2.data_ptr(), batch, kern.cols, sb, sj, _ptr(xt), values.data_ptr(), kern.indices_ptr,
-                 kern.indptr_ptr, kern.rows, _ptr(bias), y.data_ptr(), th.get_num_threads())
+                 kern.indptr_ptr, _ptr(kern.blocks), kern.nblk, kern.rows, _ptr(bias), y.data_ptr(),
+                 th.get_num_threads())
     return y, xt
 
 
@@ -105,10 +137,11 @@ class _LinearFn(th.autograd.Function):
         dx = th.empty(batch, kern.cols, dtype=values.dtype) if need_x else None
         dv = th.empty_like(values) if need_v else None
         db = th.empty(kern.rows, dtype=values.dtype) if need_b and ctx.has_bias else None
-        cptr, cidx, perm = kern.csc() if need_x else (None, None, None)
+        cptr, cidx, perm, cblocks = kern.csc() if need_x else (None, None, None, None)
         kern.backward(grad_out.data_ptr(), batch, kern.rows, sb, sj, _ptr(_chunk_buffer(grad_out, kern.rows, "dy")),
                       _ptr(x), kern.cols, 0, 0, _ptr(xt), values.data_ptr(), kern.indices_ptr, kern.indptr_ptr,
-                      _ptr(cptr), _ptr(cidx), _ptr(perm), _ptr(dx), _ptr(dv), _ptr(db), th.get_num_threads())
+                      _ptr(kern.blocks), kern.nblk, _ptr(cptr), _ptr(cidx), _ptr(perm), _ptr(cblocks),
+                      kern.ncblk if need_x else 0, _ptr(dx), _ptr(dv), _ptr(db), th.get_num_threads())
         return dx, dv, db, None
 
 

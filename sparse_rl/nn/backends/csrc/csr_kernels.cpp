@@ -21,6 +21,9 @@ static inline int omp_get_num_threads() { return 1; }
 namespace {
 
 constexpr int64_t kParallelWork = 1 << 18;  // (nnz + rows + cols) * batch below which a call stays single-threaded
+constexpr int64_t kL1Bytes = 24 << 10;       // chunk of the input above which column blocks are used (beyond L1)
+constexpr int32_t kAhead = 8;               // entries ahead whose input rows are prefetched
+constexpr int64_t kTileBytes = 128 << 10;    // partial sums of one row group in a column-blocked chunk (half of L2)
 
 typedef float vf __attribute__((vector_size(32), aligned(4)));
 typedef double vd __attribute__((vector_size(32), aligned(8)));
@@ -96,6 +99,17 @@ inline void block_transpose<double>(const double* s, int64_t ls, double* d, int6
 }
 #endif
 
+// Prefetch the W-wide input row that entry k + kAhead will read (rows are visited in random order, which the hardware
+// prefetchers cannot predict), when that entry belongs to the same row range (< e).
+template <int W, typename T, typename I>
+inline void prefetch_ahead(const T* xc, const I* idx, int32_t k, int32_t e) {
+  if (k + kAhead < e) {
+    const char* p = reinterpret_cast<const char*>(xc + (int64_t)idx[k + kAhead] * W);
+#pragma GCC unroll 8
+    for (int off = 0; off < W * (int)sizeof(T); off += 64) __builtin_prefetch(p + off);
+  }
+}
+
 // Chunked feature-major layout of a [B, n] activation: the batch is cut into chunks (b0, w) by chunk_width and
 // element (b, j) of chunk (b0, w) lives at dst[b0 * n + j * w + (b - b0)], so each chunk is one contiguous block.
 template <typename T>
@@ -119,10 +133,11 @@ void to_chunked_blocks(const T* src, int64_t B, int64_t n, int64_t sb, int64_t s
   }
 }
 
-// y[b * ldy + r] = bias[r] + sum_k vals[k] * xc[idx[k] * W + b] for b < W = NV * L, rows r0..r1 (one chunk).
+// y[b * ldy + r] = bias[r] + sum_k vals[k] * xc[idx[k] * W + b] for b < W = NV * L, rows r0..r1 (one chunk); row r
+// holds entries s0[r] <= k < s1[r] (s0 = ptr, s1 = ptr + 1 for a whole CSR matrix).
 template <typename T, typename I, int NV>
-void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* ptr, int64_t r0, int64_t r1, const T* bias,
-               T* y, int64_t ldy) {
+void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* s0, const int32_t* s1, int64_t r0, int64_t r1,
+               const T* bias, T* y, int64_t ldy) {
   typedef typename Simd<T>::type V;
   constexpr int L = Simd<T>::L, W = NV * L, G = 64 / sizeof(T);  // G rows fill one cache line of y
   alignas(64) T tile[G * W];  // [G rows][W batch]: staged so y is written whole cache lines at a time
@@ -133,7 +148,7 @@ void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* ptr, int
       const T bv = bias ? bias[r] : T(0);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[v] = V{} + bv;
-      for (int32_t k = ptr[r], e = ptr[r + 1]; k < e; ++k) {
+      for (int32_t k = s0[r], e = s1[r]; k < e; ++k) {
         const T w = vals[k];
         const T* xp = xc + (int64_t)idx[k] * W;
 #pragma GCC unroll 16
@@ -155,12 +170,12 @@ void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* ptr, int
 
 // Same for a narrow chunk of W < L batch columns (W == 1 uses four partial sums to hide the FMA latency).
 template <typename T, typename I, int W>
-void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* ptr, int64_t r0, int64_t r1, const T* bias,
-                  T* y, int64_t ldy) {
+void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* s0, const int32_t* s1, int64_t r0,
+                  int64_t r1, const T* bias, T* y, int64_t ldy) {
   for (int64_t r = r0; r < r1; ++r) {
     const T bv = bias ? bias[r] : T(0);
-    int32_t k = ptr[r];
-    const int32_t e = ptr[r + 1];
+    int32_t k = s0[r];
+    const int32_t e = s1[r];
     if (W == 1) {
       T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
       for (; k + 4 <= e; k += 4) {
@@ -184,63 +199,156 @@ void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* ptr, 
   }
 }
 
-// Y[B, rows] (row stride ldy) = X W^T + bias for rows r0..r1, X given chunked feature-major (xt, n_in features).
+// Cache-blocked chunk_vec: rows are taken in groups whose partial sums (`tile`, [rows][W]) fit in L2, and within a
+// group the nblk column blocks (row r's entries of block c are bs[c * rows + r] <= k < bs[(c + 1) * rows + r]) one at a
+// time, so the block's slice of xc stays in cache while every row of the group uses it; then tile goes into y.
+template <typename T, typename I, int NV>
+void chunk_blocked(const T* xc, const T* vals, const I* idx, const int32_t* bs, int64_t nblk, int64_t rows, int64_t r0,
+                   int64_t r1, const T* bias, T* y, int64_t ldy) {
+  typedef typename Simd<T>::type V;
+  constexpr int L = Simd<T>::L, W = NV * L;
+  constexpr int64_t R = kTileBytes / (W * sizeof(T));
+  alignas(64) static thread_local T tile[R * W];
+  for (int64_t g0 = r0, g1; g0 < r1; g0 = g1) {
+    g1 = std::min(r1, g0 + R);
+    for (int64_t c = 0; c < nblk; ++c) {
+      const int32_t* s0 = bs + c * rows;
+      const int32_t* s1 = s0 + rows;
+      for (int64_t r = g0; r < g1; ++r) {
+        V* tp = reinterpret_cast<V*>(tile + (r - g0) * W);
+        int32_t k = s0[r];
+        const int32_t e = s1[r];
+        if (c > 0 && k == e) continue;
+        V acc[NV];
+        const T bv = bias ? bias[r] : T(0);
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) acc[v] = c == 0 ? V{} + bv : tp[v];
+        for (; k < e; ++k) {
+          const T w = vals[k];
+          const T* xp = xc + (int64_t)idx[k] * W;
+#pragma GCC unroll 16
+          for (int v = 0; v < NV; ++v) acc[v] += w * *reinterpret_cast<const V*>(xp + v * L);
+        }
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) tp[v] = acc[v];
+      }
+    }
+    int64_t r = g0;
+    for (; r + L <= g1; r += L)
+      for (int v = 0; v < NV; ++v) block_transpose<T>(tile + (r - g0) * W + v * L, W, y + v * L * ldy + r, ldy);
+    for (; r < g1; ++r)
+      for (int b = 0; b < W; ++b) y[b * ldy + r] = tile[(r - g0) * W + b];
+  }
+}
+
+// Whether a chunk of width w over n features is worth column blocking (the chunk of the input overflows L1).
+template <typename T>
+inline bool use_blocks(int64_t nblk, int64_t w, int64_t n) {
+  return nblk > 1 && w >= Simd<T>::L && n * w * (int64_t)sizeof(T) > kL1Bytes;
+}
+
+// Y[B, rows] (row stride ldy) = X W^T + bias for rows r0..r1, X given chunked feature-major (xt, n_in features);
+// bs/nblk: optional column blocks of the matrix (see chunk_blocked), nblk <= 1 for none.
 template <typename T, typename I>
-void spmm_rows(const T* xt, int64_t B, int64_t n_in, const T* vals, const I* idx, const int32_t* ptr, int64_t r0,
-               int64_t r1, const T* bias, T* y, int64_t ldy) {
+void spmm_rows(const T* xt, int64_t B, int64_t n_in, const T* vals, const I* idx, const int32_t* ptr,
+               const int32_t* bs, int64_t nblk, int64_t rows, int64_t r0, int64_t r1, const T* bias, T* y,
+               int64_t ldy) {
   constexpr int L = Simd<T>::L;
+  const int32_t* e = ptr + 1;
   for (int64_t b0 = 0, w; b0 < B; b0 += w) {
     w = chunk_width<T>(B - b0);
     const T* xc = xt + b0 * n_in;
     T* yc = y + b0 * ldy;
-    if (w == 8 * L) chunk_vec<T, I, 8>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else if (w == 4 * L) chunk_vec<T, I, 4>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else if (w == 2 * L) chunk_vec<T, I, 2>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else if (w == L) chunk_vec<T, I, 1>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else if (w == 4) chunk_scalar<T, I, 4>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else if (w == 2) chunk_scalar<T, I, 2>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
-    else chunk_scalar<T, I, 1>(xc, vals, idx, ptr, r0, r1, bias, yc, ldy);
+    if (use_blocks<T>(nblk, w, n_in)) {
+      if (w == 8 * L) chunk_blocked<T, I, 8>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
+      else if (w == 4 * L) chunk_blocked<T, I, 4>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
+      else if (w == 2 * L) chunk_blocked<T, I, 2>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
+      else chunk_blocked<T, I, 1>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
+    }
+    else if (w == 8 * L) chunk_vec<T, I, 8>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else if (w == 4 * L) chunk_vec<T, I, 4>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else if (w == 2 * L) chunk_vec<T, I, 2>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else if (w == L) chunk_vec<T, I, 1>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else if (w == 4) chunk_scalar<T, I, 4>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else if (w == 2) chunk_scalar<T, I, 2>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    else chunk_scalar<T, I, 1>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
   }
 }
 
-// dv[k] (+)= sum_{b < W} gc[row_k * W + b] * xc[idx[k] * W + b] for rows r0..r1 of one chunk of width W = NV * L.
+// The L lane sums of L vectors: out[j] = sum of the lanes of s[j] (horizontal adds, one store for L results).
+template <typename T>
+inline typename Simd<T>::type lane_sums(const typename Simd<T>::type* s) {
+  typedef typename Simd<T>::type V;
+  constexpr int L = Simd<T>::L;
+  V out;
+  for (int j = 0; j < L; ++j) {
+    T t = 0;
+    for (int i = 0; i < L; ++i) t += s[j][i];
+    out[j] = t;
+  }
+  return out;
+}
+#if defined(__AVX__)
+template <>
+inline vf lane_sums<float>(const vf* s) {
+  const __m256 h0 = _mm256_hadd_ps((__m256)s[0], (__m256)s[1]), h1 = _mm256_hadd_ps((__m256)s[2], (__m256)s[3]),
+               h2 = _mm256_hadd_ps((__m256)s[4], (__m256)s[5]), h3 = _mm256_hadd_ps((__m256)s[6], (__m256)s[7]);
+  const __m256 q0 = _mm256_hadd_ps(h0, h1), q1 = _mm256_hadd_ps(h2, h3);  // lane halves of s0..s3 and s4..s7
+  return (vf)_mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+template <>
+inline vd lane_sums<double>(const vd* s) {
+  const __m256d h0 = _mm256_hadd_pd((__m256d)s[0], (__m256d)s[1]), h1 = _mm256_hadd_pd((__m256d)s[2], (__m256d)s[3]);
+  return (vd)_mm256_add_pd(_mm256_permute2f128_pd(h0, h1, 0x20), _mm256_permute2f128_pd(h0, h1, 0x31));
+}
+#endif
+
+// dv[k] (+)= sum_{b < W} gc[row_k * W + b] * xc[idx[k] * W + b] for rows r0..r1 of one chunk of width W = NV * L
+// (row r holds entries s0[r] <= k < s1[r]). L entries at a time: their L dot products end in one lane_sums.
 template <typename T, typename I, int NV>
-void sddmm_vec(const T* gc, const T* xc, const I* idx, const int32_t* ptr, int64_t r0, int64_t r1, T* dv, bool first) {
+void sddmm_vec(const T* gc, const T* xc, const I* idx, const int32_t* s0, const int32_t* s1, int64_t r0, int64_t r1,
+               T* dv, bool first) {
   typedef typename Simd<T>::type V;
   constexpr int L = Simd<T>::L, W = NV * L;
   for (int64_t r = r0; r < r1; ++r) {
-    V g[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) g[v] = *reinterpret_cast<const V*>(gc + r * W + v * L);
-    for (int32_t k = ptr[r], e = ptr[r + 1]; k < e; ++k) {
-      const T* xp = xc + (int64_t)idx[k] * W;
-      constexpr int P = NV < 4 ? NV : 4;  // independent partial sums: short dependency chains
-      V part[P];
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) {
-        const V prod = g[v] * *reinterpret_cast<const V*>(xp + v * L);
-        part[v % P] = v < P ? prod : part[v % P] + prod;
-      }
-#pragma GCC unroll 4
-      for (int h = P / 2; h >= 1; h /= 2)
-        for (int i = 0; i < h; ++i) part[i] += part[i + h];
-      T lanes[L];
-      std::memcpy(lanes, &part[0], sizeof(V));
+    int32_t k = s0[r];
+    const int32_t e = s1[r];
+    if (k == e) continue;
+    const V* g = reinterpret_cast<const V*>(gc + r * W);
+    for (; k + L <= e; k += L) {
+      V dots[L];
 #pragma GCC unroll 8
-      for (int h = L / 2; h >= 1; h /= 2)
-        for (int i = 0; i < h; ++i) lanes[i] += lanes[i + h];
-      dv[k] = first ? lanes[0] : dv[k] + lanes[0];
+      for (int j = 0; j < L; ++j) {
+        const V* xp = reinterpret_cast<const V*>(xc + (int64_t)idx[k + j] * W);
+        prefetch_ahead<W>(xc, idx, k + j, e);
+        V a = g[0] * xp[0];
+#pragma GCC unroll 16
+        for (int v = 1; v < NV; ++v) a += g[v] * xp[v];
+        dots[j] = a;
+      }
+      V sums = lane_sums<T>(dots);
+      V* out = reinterpret_cast<V*>(dv + k);
+      *out = first ? sums : *out + sums;
+    }
+    for (; k < e; ++k) {
+      const V* xp = reinterpret_cast<const V*>(xc + (int64_t)idx[k] * W);
+      V a = g[0] * xp[0];
+#pragma GCC unroll 16
+      for (int v = 1; v < NV; ++v) a += g[v] * xp[v];
+      T t = 0;
+      for (int i = 0; i < L; ++i) t += a[i];
+      dv[k] = first ? t : dv[k] + t;
     }
   }
 }
 
 template <typename T, typename I, int W>
-void sddmm_scalar(const T* gc, const T* xc, const I* idx, const int32_t* ptr, int64_t r0, int64_t r1, T* dv,
-                  bool first) {
+void sddmm_scalar(const T* gc, const T* xc, const I* idx, const int32_t* s0, const int32_t* s1, int64_t r0, int64_t r1,
+                  T* dv, bool first) {
   for (int64_t r = r0; r < r1; ++r) {
     T gr[W];
     for (int b = 0; b < W; ++b) gr[b] = gc[r * W + b];
-    for (int32_t k = ptr[r], e = ptr[r + 1]; k < e; ++k) {
+    for (int32_t k = s0[r], e = s1[r]; k < e; ++k) {
       const T* xp = xc + (int64_t)idx[k] * W;
       T total = gr[0] * xp[0];
       for (int b = 1; b < W; ++b) total += gr[b] * xp[b];
@@ -249,23 +357,32 @@ void sddmm_scalar(const T* gc, const T* xc, const I* idx, const int32_t* ptr, in
   }
 }
 
-// dv[k] (+)= sum_b g[b, row_k] x[b, idx_k] for rows r0..r1; g (rows features) and x (cols features) chunked.
+// dv[k] (+)= sum_b g[b, row_k] x[b, idx_k] for rows r0..r1; g (rows features) and x (cols features) chunked;
+// bs/nblk: optional column blocks, taken one at a time per row group so that the block's slice of x stays in cache.
 template <typename T, typename I>
 void sddmm_rows(const T* g, const T* xt, int64_t B, int64_t rows, int64_t cols, const I* idx, const int32_t* ptr,
-                int64_t r0, int64_t r1, T* dv) {
+                const int32_t* bs, int64_t nblk, int64_t r0, int64_t r1, T* dv) {
   constexpr int L = Simd<T>::L;
   for (int64_t b0 = 0, w; b0 < B; b0 += w) {
     w = chunk_width<T>(B - b0);
     const T* gc = g + b0 * rows;
     const T* xc = xt + b0 * cols;
-    const bool first = b0 == 0;
-    if (w == 8 * L) sddmm_vec<T, I, 8>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else if (w == 4 * L) sddmm_vec<T, I, 4>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else if (w == 2 * L) sddmm_vec<T, I, 2>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else if (w == L) sddmm_vec<T, I, 1>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else if (w == 4) sddmm_scalar<T, I, 4>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else if (w == 2) sddmm_scalar<T, I, 2>(gc, xc, idx, ptr, r0, r1, dv, first);
-    else sddmm_scalar<T, I, 1>(gc, xc, idx, ptr, r0, r1, dv, first);
+    const bool first = b0 == 0, blocked = use_blocks<T>(nblk, w, cols);
+    const int64_t group = blocked ? std::max<int64_t>(1, kTileBytes / (w * (int64_t)sizeof(T))) : r1 - r0;
+    for (int64_t g0 = r0, g1; g0 < r1; g0 = g1) {  // row groups whose gradient rows stay in L2
+      g1 = std::min(r1, g0 + group);
+      for (int64_t c = 0; c < (blocked ? nblk : 1); ++c) {
+        const int32_t* s0 = blocked ? bs + c * rows : ptr;
+        const int32_t* s1 = blocked ? s0 + rows : ptr + 1;
+        if (w == 8 * L) sddmm_vec<T, I, 8>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else if (w == 4 * L) sddmm_vec<T, I, 4>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else if (w == 2 * L) sddmm_vec<T, I, 2>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else if (w == L) sddmm_vec<T, I, 1>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else if (w == 4) sddmm_scalar<T, I, 4>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else if (w == 2) sddmm_scalar<T, I, 2>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        else sddmm_scalar<T, I, 1>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+      }
+    }
   }
 }
 
@@ -277,10 +394,11 @@ inline void run_parallel(int use, F body) {
   body(omp_get_thread_num(), omp_get_num_threads());
 }
 
-// y[B, rows] = x[B, cols] W^T + bias; x has strides (sb, sj); xt (when not null) receives x chunked feature-major.
+// y[B, rows] = x[B, cols] W^T + bias; x has strides (sb, sj); xt (when not null) receives x chunked feature-major;
+// bs/nblk: the matrix's column blocks (see chunk_blocked), or nblk <= 1.
 template <typename T, typename I>
 void forward(const T* x, int64_t B, int64_t cols, int64_t sb, int64_t sj, T* xt, const T* vals, const I* idx,
-             const int32_t* ptr, int64_t rows, const T* bias, T* y, int nt) {
+             const int32_t* ptr, const int32_t* bs, int64_t nblk, int64_t rows, const T* bias, T* y, int nt) {
   const int use = threads_for(nt, ((int64_t)ptr[rows] + rows + cols) * B);
   const int64_t nbj = (cols + 31) / 32;
   run_parallel(use, [&](int t, int n) {
@@ -288,19 +406,21 @@ void forward(const T* x, int64_t B, int64_t cols, int64_t sb, int64_t sj, T* xt,
       to_chunked_blocks<T>(x, B, cols, sb, sj, xt, nbj * t / n, nbj * (t + 1) / n);
 #pragma omp barrier
     }
-    spmm_rows<T, I>(xt ? xt : x, B, cols, vals, idx, ptr, split(ptr, rows, t, n), split(ptr, rows, t + 1, n), bias,
-                    y, rows);
+    spmm_rows<T, I>(xt ? xt : x, B, cols, vals, idx, ptr, bs, nblk, rows, split(ptr, rows, t, n),
+                    split(ptr, rows, t + 1, n), bias, y, rows);
   });
 }
 
 // Gradients of y = x W^T + b given dy [B, rows] (strides sb, sj; dyt receives it chunked when not null) and the
 // input: x (strides sxb, sxj) is re-chunked into xt when both are given; xt alone is an already chunked input; x alone
-// is used as is (valid for one contiguous row). cptr/cidx/perm: the CSC layout (column pointers, row of each entry, CSR slot of each entry).
+// is used as is (valid for one contiguous row). cptr/cidx/perm: the CSC layout (column pointers, row of each entry,
+// CSR slot of each entry); bs/nblk and cbs/ncblk: column blocks of the CSR and of the CSC layout (nblk <= 1: none).
 // Null outputs are skipped. One parallel region: transpose dy and gather the CSC values, then rows, then columns.
 template <typename T, typename I>
 void backward(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* dyt, const T* x, int64_t cols,
-              int64_t sxb, int64_t sxj, T* xt, const T* vals, const I* idx, const int32_t* ptr, const int32_t* cptr,
-              const int32_t* cidx, const int32_t* perm, T* dx, T* dv, T* db, int nt) {
+              int64_t sxb, int64_t sxj, T* xt, const T* vals, const I* idx, const int32_t* ptr, const int32_t* bs,
+              int64_t nblk, const int32_t* cptr, const int32_t* cidx, const int32_t* perm, const int32_t* cbs,
+              int64_t ncblk, T* dx, T* dv, T* db, int nt) {
   const T* g = dyt ? dyt : dy;
   const T* xf = xt ? xt : x;  // chunked input
   const int64_t nnz = ptr[rows], nbj = (rows + 31) / 32, nbx = (cols + 31) / 32;
@@ -328,10 +448,10 @@ void backward(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* d
         }
       }
     }
-    if (dv != nullptr) sddmm_rows<T, I>(g, xf, B, rows, cols, idx, ptr, r0, r1, dv);
+    if (dv != nullptr) sddmm_rows<T, I>(g, xf, B, rows, cols, idx, ptr, bs, nblk, r0, r1, dv);
     if (dx != nullptr)
-      spmm_rows<T, int32_t>(g, B, rows, vtp, cidx, cptr, split(cptr, cols, t, n), split(cptr, cols, t + 1, n),
-                            nullptr, dx, cols);
+      spmm_rows<T, int32_t>(g, B, rows, vtp, cidx, cptr, cbs, ncblk, cols, split(cptr, cols, t, n),
+                            split(cptr, cols, t + 1, n), nullptr, dx, cols);
   });
 }
 
@@ -339,15 +459,17 @@ void backward(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* d
 
 #define SPARSE_RL_EXPORT(T, I, SUFFIX)                                                                                  \
   extern "C" void srl_forward_##SUFFIX(const T* x, int64_t B, int64_t cols, int64_t sb, int64_t sj, T* xt,            \
-                                        const T* vals, const I* idx, const int32_t* ptr, int64_t rows, const T* bias,  \
-                                        T* y, int nt) {                                                                \
-    forward<T, I>(x, B, cols, sb, sj, xt, vals, idx, ptr, rows, bias, y, nt);                                          \
+                                        const T* vals, const I* idx, const int32_t* ptr, const int32_t* bs,            \
+                                        int64_t nblk, int64_t rows, const T* bias, T* y, int nt) {                     \
+    forward<T, I>(x, B, cols, sb, sj, xt, vals, idx, ptr, bs, nblk, rows, bias, y, nt);                                \
   }                                                                                                                    \
   extern "C" void srl_backward_##SUFFIX(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* dyt,          \
                                          const T* x, int64_t cols, int64_t sxb, int64_t sxj, T* xt, const T* vals,     \
-                                         const I* idx, const int32_t* ptr, const int32_t* cptr, const int32_t* cidx,   \
-                                         const int32_t* perm, T* dx, T* dv, T* db, int nt) {                           \
-    backward<T, I>(dy, B, rows, sb, sj, dyt, x, cols, sxb, sxj, xt, vals, idx, ptr, cptr, cidx, perm, dx, dv, db, nt); \
+                                         const I* idx, const int32_t* ptr, const int32_t* bs, int64_t nblk,            \
+                                         const int32_t* cptr, const int32_t* cidx, const int32_t* perm,                \
+                                         const int32_t* cbs, int64_t ncblk, T* dx, T* dv, T* db, int nt) {             \
+    backward<T, I>(dy, B, rows, sb, sj, dyt, x, cols, sxb, sxj, xt, vals, idx, ptr, bs, nblk, cptr, cidx, perm, cbs,   \
+                   ncblk, dx, dv, db, nt);                                                                             \
   }
 
 SPARSE_RL_EXPORT(float, int16_t, f32_i16)
@@ -355,4 +477,4 @@ SPARSE_RL_EXPORT(float, int32_t, f32_i32)
 SPARSE_RL_EXPORT(double, int16_t, f64_i16)
 SPARSE_RL_EXPORT(double, int32_t, f64_i32)
 
-extern "C" int srl_abi_version() { return 1; }
+extern "C" int srl_abi_version() { return 2; }
