@@ -175,6 +175,24 @@ def test_parity_column_blocked(dtype: th.dtype, batch: int) -> None:
         th.set_num_threads(threads)
 
 
+def test_fully_connected_layer_uses_values_as_the_weight() -> None:
+    """At density 1 the reference path uses values as the row-major weight: same outputs and gradients as the scatter."""
+    for layer in (_layer(23, 40, 0.0), SparseConv2d(3, 4, 3, sparsity=0.0)):
+        x = th.randn(5, 23) if isinstance(layer, SparseLinear) else th.randn(2, 3, 8, 8)
+        layer.backend = "reference"
+        assert layer.nnz == layer.numel_dense
+        out = layer(x)
+        out.square().sum().backward()
+        grad = layer.values.grad.clone()
+        layer.values.grad = None
+        dense = layer.dense_weight()
+        want = (th.nn.functional.linear(x, dense, layer.bias) if isinstance(layer, SparseLinear)
+                else th.nn.functional.conv2d(x, dense, layer.bias, **layer.conv_kwargs()))
+        want.square().sum().backward()
+        th.testing.assert_close(out, want)
+        th.testing.assert_close(grad, layer.values.grad)
+
+
 def test_column_blocks_partition_each_row() -> None:
     from sparse_rl.nn.backends.cpu import column_blocks
 

@@ -1,7 +1,8 @@
 """The reference backend: materialise the dense weight from values/indices, then ``F.linear`` / ``F.conv2d``.
 
 Exact and simple; every faster kernel is tested against it. Gradients flow to ``values`` through the scatter that
-builds the dense weight, so pruned positions never receive an update.
+builds the dense weight, so pruned positions never receive an update. A layer with every connection present (ERK often
+makes small first layers fully dense) skips the scatter: its CSR values are the row-major dense weight already.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ class ReferenceBackend:
         return True
 
     def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return F.linear(inputs, layer.dense_weight(), layer.bias)
+        return F.linear(inputs, _weight(layer), layer.bias)
 
     def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return F.conv2d(inputs, layer.dense_weight(), layer.bias, **layer.conv_kwargs())
+        return F.conv2d(inputs, _weight(layer), layer.bias, **layer.conv_kwargs())
+
+
+def _weight(layer: Any) -> th.Tensor:
+    """The dense weight: a view of ``values`` when the layer is fully connected, else the scatter of ``values``."""
+    values = layer.values
+    if values.numel() == layer.numel_dense:
+        return values.view(layer.weight_shape)
+    return layer.dense_weight()
