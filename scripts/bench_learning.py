@@ -7,7 +7,8 @@ each), then reports the final evaluation return (mean over seeds, 95 % bootstrap
     python scripts/bench_learning.py --bench sac-pendulum --seeds 5 --steps 10000 --jobs 2
     python scripts/bench_learning.py --bench ppo-halfcheetah --seeds 3 --steps 1000000 --jobs 16
 
-Writes ``scripts/results/bench_learning_<bench>.json`` and ``.md``; finished runs are reused when re-run.
+Writes ``scripts/results/bench_learning_<bench>.json`` and ``.md`` (``--out`` renames them); finished runs are reused
+when re-run, so re-running a command only renders its table again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
     parser.add_argument("--log-folder", default="logs/bench_learning")
+    parser.add_argument("--out", default=None, help="results file name in scripts/results (default bench_learning_BENCH)")
     args = parser.parse_args()
     algo, env, default_steps, flags = BENCHES[args.bench]
     steps = args.steps or default_steps
@@ -58,10 +60,11 @@ def main() -> int:
     command = " ".join(["python", "scripts/bench_learning.py", *sys.argv[1:]])
     RESULTS.mkdir(exist_ok=True)
     table = markdown_table(rows)
-    (RESULTS / f"bench_learning_{args.bench}.md").write_text(
+    out = args.out or f"bench_learning_{args.bench}"
+    (RESULTS / f"{out}.md").write_text(
         f"Command: `{command}` ({steps} steps per run, {args.seeds} seeds, sparsity {args.sparsity})\n\n{table}"
     )
-    (RESULTS / f"bench_learning_{args.bench}.json").write_text(json.dumps(
+    (RESULTS / f"{out}.json").write_text(json.dumps(
         {"command": command, "steps": steps, "seeds": args.seeds, "sparsity": args.sparsity, "rows": rows}, indent=2))
     print(table)
     return 0

@@ -52,11 +52,13 @@ def make_env(
     atari_wrapper_kwargs: dict[str, Any] | None = None,
     for_evaluation: bool = False,
     monitor_dir: str | None = None,
+    monitor_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """A ``VecEnv`` for ``env_id``: Atari preprocessing for Atari ids, ``make_vec_env`` (DummyVecEnv) otherwise.
 
     :param for_evaluation: keep full episodes and unclipped rewards (no episodic life, no reward clipping)
     :param monitor_dir: where the Monitor wrappers write ``<i>.monitor.csv`` (RL Zoo's training curves), or None
+    :param monitor_kwargs: passed to SB3's ``Monitor`` (``override_existing=False`` appends to existing files)
     """
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.vec_env import VecFrameStack
@@ -64,12 +66,13 @@ def make_env(
     check_env_id(env_id)
     env_kwargs = dict(env_kwargs or {})
     if not is_atari(env_id):
-        return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, monitor_dir=monitor_dir)
+        return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, monitor_dir=monitor_dir,
+                            monitor_kwargs=monitor_kwargs)
     if env_id.startswith("ALE/"):
         env_kwargs.setdefault("frameskip", 1)
     wrapper_kwargs = dict(atari_wrapper_kwargs or {})
     if for_evaluation:
         wrapper_kwargs.update(terminal_on_life_loss=False, clip_reward=False)
     venv = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, wrapper_kwargs=wrapper_kwargs,
-                          monitor_dir=monitor_dir)
+                          monitor_dir=monitor_dir, monitor_kwargs=monitor_kwargs)
     return VecFrameStack(venv, n_stack=frame_stack or 4)

@@ -131,13 +131,19 @@ def save_run_files(run_dir: Path, env_id: str, hyperparams: dict[str, Any], spec
 
 
 def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool = False,
-              monitor_dir: Path | None = None) -> Any:
-    """The training (or evaluation) VecEnv, normalised when the config says ``normalize``."""
+              monitor_dir: Path | None = None, monitor_t_start: float | None = None) -> Any:
+    """The training (or evaluation) VecEnv, normalised when the config says ``normalize``.
+
+    ``monitor_t_start``: continue the Monitor CSVs in ``monitor_dir`` (append, on the clock of their ``t_start``).
+    """
     n_envs = 1 if for_evaluation else int(hyperparams.get("n_envs", 1))
     seed = spec.seed + (10_000 if for_evaluation else 0)
     env = make_env(spec.env, n_envs=n_envs, seed=seed, env_kwargs=spec.env_kwargs or hyperparams.get("env_kwargs"),
                    frame_stack=hyperparams.get("frame_stack"), for_evaluation=for_evaluation,
-                   monitor_dir=str(monitor_dir) if monitor_dir is not None else None)
+                   monitor_dir=str(monitor_dir) if monitor_dir is not None else None,
+                   monitor_kwargs=None if monitor_t_start is None else {"override_existing": False})
+    if monitor_t_start is not None:
+        _set_monitor_start(env, monitor_t_start)
     normalize = hyperparams.get("normalize", False)
     if normalize:
         from stable_baselines3.common.vec_env import VecNormalize
@@ -147,6 +153,19 @@ def build_env(spec: RunSpec, hyperparams: dict[str, Any], for_evaluation: bool =
             kwargs = {**kwargs, "training": False, "norm_reward": False}
         env = VecNormalize(env, **kwargs)
     return env
+
+
+def _set_monitor_start(venv: Any, t_start: float) -> None:
+    """Put every Monitor wrapper of ``venv`` on the clock ``t_start`` (rows appended to a resumed run's CSVs)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    while hasattr(venv, "venv"):
+        venv = venv.venv
+    for env in getattr(venv, "envs", []):
+        while env is not None and not isinstance(env, Monitor):
+            env = getattr(env, "env", None)
+        if env is not None:
+            env.t_start = t_start
 
 
 def check_action_space(algo: str, env_id: str) -> None:

@@ -131,7 +131,12 @@ def train(spec: exp.RunSpec) -> Path:
     th.set_num_threads(spec.threads)
     hyperparams, topology, sparse = exp.resolve_hyperparams(spec)
     run_dir = Path(spec.resume) if spec.resume else exp.next_run_dir(spec.log_folder, spec.algo, spec.env)
-    env = exp.build_env(spec, hyperparams, monitor_dir=None if spec.resume else run_dir)  # Monitor CSVs: RL Zoo's plots
+    monitor_t_start = None
+    if spec.resume:  # Monitor CSVs (RL Zoo's plots) continue from the checkpoint: later episodes are replayed
+        from sparse_rl.sb3.checkpoints import checkpoint_time, rewind_monitor_logs
+
+        monitor_t_start = rewind_monitor_logs(run_dir, checkpoint_time(run_dir / "checkpoints"))
+    env = exp.build_env(spec, hyperparams, monitor_dir=run_dir, monitor_t_start=monitor_t_start)
     if spec.resume:
         model, env = exp.load_checkpoint(spec, run_dir, env)
     else:

@@ -45,7 +45,7 @@ def restore_rng_state(model: Any, state: dict[str, Any]) -> None:
 def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False) -> Path:
     """Write a complete checkpoint of ``model`` under ``folder`` and point ``latest.json`` at it."""
     folder.mkdir(parents=True, exist_ok=True)
-    step = int(model.num_timesteps)
+    step, captured = int(model.num_timesteps), time.time()
     final, tmp = folder / f"step_{step}", folder / f".tmp_step_{step}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -62,7 +62,7 @@ def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = folder / f".{LATEST}.{os.getpid()}"
-    pointer.write_text(json.dumps({"step": step, "path": final.name}))
+    pointer.write_text(json.dumps({"step": step, "path": final.name, "time": captured}))
     os.replace(pointer, folder / LATEST)
     return final
 
@@ -74,6 +74,33 @@ def latest_checkpoint(folder: Path) -> Path | None:
         return None
     path = folder / json.loads(pointer.read_text())["path"]
     return path if (path / "model.zip").is_file() else None
+
+
+def checkpoint_time(folder: Path) -> float | None:
+    """Wall-clock time at which the last complete checkpoint under ``folder`` captured the model (None if unknown)."""
+    pointer = folder / LATEST
+    return json.loads(pointer.read_text()).get("time") if pointer.is_file() else None
+
+
+def rewind_monitor_logs(run_dir: Path, until: float | None) -> float | None:
+    """Drop the Monitor CSV rows of episodes that ended after ``until`` (the resumed run replays them); atomically.
+
+    Returns the files' ``t_start``, so the resumed run's Monitors can append rows on the same clock (None: no file).
+    """
+    t_start = None
+    for path in sorted(run_dir.glob("*.monitor.csv")):
+        lines = path.read_text().splitlines(keepends=True)
+        if len(lines) < 2 or not lines[0].startswith("#"):
+            continue
+        t_start = float(json.loads(lines[0][1:])["t_start"])
+        column = lines[1].strip().split(",").index("t")
+        rows = [line for line in lines[2:] if line.strip()]
+        if until is not None:
+            rows = [line for line in rows if t_start + float(line.strip().split(",")[column]) <= until]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text("".join(lines[:2] + rows))
+        os.replace(tmp, path)
+    return t_start
 
 
 class AtomicCheckpointCallback(BaseCallback):

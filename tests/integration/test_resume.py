@@ -77,6 +77,12 @@ def test_sigkill_then_resume_finishes_at_the_requested_step(tmp_path, during_wri
     import numpy as np
 
     assert np.load(run_dir / "evaluations.npz")["timesteps"].tolist() == [200, 400, 600, 800]
+    # the Monitor CSV continues: episodes after the checkpoint were dropped and replayed, on one clock
+    from stable_baselines3.common.monitor import load_results
+
+    episodes = load_results(str(run_dir))
+    assert episodes["l"].sum() == TOTAL and len(episodes) == TOTAL // 200
+    assert episodes["t"].is_monotonic_increasing
 
 
 def test_resume_errors(tmp_path):
