@@ -168,7 +168,7 @@ void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* s0, cons
   }
 }
 
-// Same for a narrow chunk of W < L batch columns (W == 1 uses four partial sums to hide the FMA latency).
+// Same for a narrow chunk of W < L batch columns (W == 1: a dot product per row, two vector accumulators).
 template <typename T, typename I, int W>
 void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* s0, const int32_t* s1, int64_t r0,
                   int64_t r1, const T* bias, T* y, int64_t ldy) {
@@ -178,6 +178,24 @@ void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* s0, c
     const int32_t e = s1[r];
     if (W == 1) {
       T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      typedef typename Simd<T>::type V;
+      constexpr int L = Simd<T>::L;
+      V a0 = V{}, a1 = V{};
+      for (; k + 2 * L <= e; k += 2 * L) {  // one vector load of values per L entries; inputs assembled in a register
+        V g0, g1;
+#pragma GCC unroll 8
+        for (int j = 0; j < L; ++j) {
+          g0[j] = xc[idx[k + j]];
+          g1[j] = xc[idx[k + L + j]];
+        }
+        a0 += *reinterpret_cast<const V*>(vals + k) * g0;
+        a1 += *reinterpret_cast<const V*>(vals + k + L) * g1;
+      }
+      a0 += a1;
+      for (int j = 0; j < L; j += 2) {
+        s0 += a0[j];
+        s1 += a0[j + 1];
+      }
       for (; k + 4 <= e; k += 4) {
         s0 += vals[k] * xc[idx[k]];
         s1 += vals[k + 1] * xc[idx[k + 1]];
