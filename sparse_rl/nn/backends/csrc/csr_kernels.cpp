@@ -217,6 +217,14 @@ void chunk_scalar(const T* xc, const T* vals, const I* idx, const int32_t* s0, c
   }
 }
 
+// A per-thread scratch buffer of at least n elements, reused across calls (one per thread and value type).
+template <typename T>
+inline T* tile_buffer(int64_t n) {
+  static thread_local std::vector<T> buf;
+  if ((int64_t)buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 // Cache-blocked chunk_vec: rows are taken in groups whose partial sums (`tile`, [rows][W]) fit in L2, and within a
 // group the nblk column blocks (row r's entries of block c are bs[c * rows + r] <= k < bs[(c + 1) * rows + r]) one at a
 // time, so the block's slice of xc stays in cache while every row of the group uses it; then tile goes into y.
@@ -226,7 +234,7 @@ void chunk_blocked(const T* xc, const T* vals, const I* idx, const int32_t* bs, 
   typedef typename Simd<T>::type V;
   constexpr int L = Simd<T>::L, W = NV * L;
   constexpr int64_t R = kTileBytes / (W * sizeof(T));
-  alignas(64) static thread_local T tile[R * W];
+  T* tile = tile_buffer<T>(R * W);
   for (int64_t g0 = r0, g1; g0 < r1; g0 = g1) {
     g1 = std::min(r1, g0 + R);
     for (int64_t c = 0; c < nblk; ++c) {
