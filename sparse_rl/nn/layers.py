@@ -26,6 +26,7 @@ from sparse_rl.nn.masks import check_sparsity, index_dtype_for, nnz_for_density,
 
 __all__ = ["SparseConv2d", "SparseLayer", "SparseLinear", "SparseWeightMixin", "check_sparsity", "random_mask"]
 
+
 class SparseWeightMixin(nn.Module):
     """CSR storage, topology rewiring, caches and dense-gradient capture shared by the sparse layers.
 

@@ -42,7 +42,6 @@ def nnz_for_density(rows: int, cols: int, density: float, constant_fan_in: bool 
     return min(rows * cols, max(1, round(density * rows * cols)))
 
 
-
 def check_sparsity(sparsity: object) -> float:
     """Return ``sparsity`` as a float in [0, 1), or raise a ``ValueError`` that says what is expected."""
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:

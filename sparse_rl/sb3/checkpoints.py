@@ -67,19 +67,24 @@ def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False)
     return final
 
 
+def _latest_pointer(folder: Path) -> dict[str, Any]:
+    """The ``latest.json`` record under ``folder`` (empty when there is none)."""
+    pointer = folder / LATEST
+    return json.loads(pointer.read_text()) if pointer.is_file() else {}
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The last complete checkpoint under ``folder`` (``None`` if there is none)."""
-    pointer = folder / LATEST
-    if not pointer.is_file():
+    record = _latest_pointer(folder)
+    if not record:
         return None
-    path = folder / json.loads(pointer.read_text())["path"]
+    path = folder / record["path"]
     return path if (path / "model.zip").is_file() else None
 
 
 def checkpoint_time(folder: Path) -> float | None:
     """Wall-clock time at which the last complete checkpoint under ``folder`` captured the model (None if unknown)."""
-    pointer = folder / LATEST
-    return json.loads(pointer.read_text()).get("time") if pointer.is_file() else None
+    return _latest_pointer(folder).get("time")
 
 
 def rewind_monitor_logs(run_dir: Path, until: float | None) -> float | None:

@@ -63,15 +63,13 @@ class _Kernel:
         self.indices_ptr, self.indptr_ptr = self.indices.data_ptr(), self.indptr.data_ptr()
         self.blocks, self.nblk = column_blocks(layer.indptr.cpu(), layer.indices.cpu(), self.rows, self.cols)
         self._layer: Any = layer
-        self._csc: tuple[th.Tensor, ...] | None = None
-        self.ncblk = 0
+        self._csc: tuple[Any, ...] | None = None
 
-    def csc(self) -> tuple[th.Tensor, ...]:
-        """``(colptr, rowidx, perm, blocks)`` for the gradient to the inputs (int32; blocks may be None)."""
+    def csc(self) -> tuple[Any, ...]:
+        """``(colptr, rowidx, perm, blocks, nblk)`` for the gradient to the inputs (int32; blocks may be None)."""
         if self._csc is None:
             colptr, rowidx, perm = (t.to(th.int32) for t in csc_layout(self._layer))
-            blocks, self.ncblk = column_blocks(colptr, rowidx, self.cols, self.rows)
-            self._csc = (colptr, rowidx, perm, blocks)
+            self._csc = (colptr, rowidx, perm, *column_blocks(colptr, rowidx, self.cols, self.rows))
             self._layer = None  # drop the reference once built
         return self._csc
 
@@ -137,11 +135,11 @@ class _LinearFn(th.autograd.Function):
         dx = th.empty(batch, kern.cols, dtype=values.dtype) if need_x else None
         dv = th.empty_like(values) if need_v else None
         db = th.empty(kern.rows, dtype=values.dtype) if need_b and ctx.has_bias else None
-        cptr, cidx, perm, cblocks = kern.csc() if need_x else (None, None, None, None)
+        cptr, cidx, perm, cblocks, ncblk = kern.csc() if need_x else (None, None, None, None, 0)
         kern.backward(grad_out.data_ptr(), batch, kern.rows, sb, sj, _ptr(_chunk_buffer(grad_out, kern.rows, "dy")),
                       _ptr(x), kern.cols, 0, 0, _ptr(xt), values.data_ptr(), kern.indices_ptr, kern.indptr_ptr,
                       _ptr(kern.blocks), kern.nblk, _ptr(cptr), _ptr(cidx), _ptr(perm), _ptr(cblocks),
-                      kern.ncblk if need_x else 0, _ptr(dx), _ptr(dv), _ptr(db), th.get_num_threads())
+                      ncblk, _ptr(dx), _ptr(dv), _ptr(db), th.get_num_threads())
         return dx, dv, db, None
 
 

@@ -133,6 +133,20 @@ void to_chunked_blocks(const T* src, int64_t B, int64_t n, int64_t sb, int64_t s
   }
 }
 
+// acc[v] += sum_{k <= j < e} vals[j] * xc[idx[j] * W + v * L ...]: one row's entries over a chunk of W = NV * L.
+template <typename T, typename I, int NV>
+inline void accumulate_row(typename Simd<T>::type* acc, const T* xc, const T* vals, const I* idx, int32_t k,
+                           int32_t e) {
+  typedef typename Simd<T>::type V;
+  constexpr int L = Simd<T>::L, W = NV * L;
+  for (; k < e; ++k) {
+    const T w = vals[k];
+    const T* xp = xc + (int64_t)idx[k] * W;
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[v] += w * *reinterpret_cast<const V*>(xp + v * L);  // V allows unaligned
+  }
+}
+
 // y[b * ldy + r] = bias[r] + sum_k vals[k] * xc[idx[k] * W + b] for b < W = NV * L, rows r0..r1 (one chunk); row r
 // holds entries s0[r] <= k < s1[r] (s0 = ptr, s1 = ptr + 1 for a whole CSR matrix).
 template <typename T, typename I, int NV>
@@ -148,12 +162,7 @@ void chunk_vec(const T* xc, const T* vals, const I* idx, const int32_t* s0, cons
       const T bv = bias ? bias[r] : T(0);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) acc[v] = V{} + bv;
-      for (int32_t k = s0[r], e = s1[r]; k < e; ++k) {
-        const T w = vals[k];
-        const T* xp = xc + (int64_t)idx[k] * W;
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) acc[v] += w * *reinterpret_cast<const V*>(xp + v * L);  // V allows unaligned
-      }
+      accumulate_row<T, I, NV>(acc, xc, vals, idx, s0[r], s1[r]);
       V* tp = reinterpret_cast<V*>(tile + (r - rb) * W);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) tp[v] = acc[v];
@@ -249,12 +258,7 @@ void chunk_blocked(const T* xc, const T* vals, const I* idx, const int32_t* bs, 
         const T bv = bias ? bias[r] : T(0);
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) acc[v] = c == 0 ? V{} + bv : tp[v];
-        for (; k < e; ++k) {
-          const T w = vals[k];
-          const T* xp = xc + (int64_t)idx[k] * W;
-#pragma GCC unroll 16
-          for (int v = 0; v < NV; ++v) acc[v] += w * *reinterpret_cast<const V*>(xp + v * L);
-        }
+        accumulate_row<T, I, NV>(acc, xc, vals, idx, k, e);
 #pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) tp[v] = acc[v];
       }
@@ -329,6 +333,15 @@ inline vd lane_sums<double>(const vd* s) {
 }
 #endif
 
+// sum_v g[v] * xp[v]: the lane-wise partial products of one W-wide dot product (its lanes still to be added).
+template <typename T, int NV>
+inline typename Simd<T>::type row_dot(const typename Simd<T>::type* g, const typename Simd<T>::type* xp) {
+  typename Simd<T>::type a = g[0] * xp[0];
+#pragma GCC unroll 16
+  for (int v = 1; v < NV; ++v) a += g[v] * xp[v];
+  return a;
+}
+
 // dv[k] (+)= sum_{b < W} gc[row_k * W + b] * xc[idx[k] * W + b] for rows r0..r1 of one chunk of width W = NV * L
 // (row r holds entries s0[r] <= k < s1[r]). L entries at a time: their L dot products end in one lane_sums.
 template <typename T, typename I, int NV>
@@ -347,20 +360,14 @@ void sddmm_vec(const T* gc, const T* xc, const I* idx, const int32_t* s0, const 
       for (int j = 0; j < L; ++j) {
         const V* xp = reinterpret_cast<const V*>(xc + (int64_t)idx[k + j] * W);
         prefetch_ahead<W>(xc, idx, k + j, e);
-        V a = g[0] * xp[0];
-#pragma GCC unroll 16
-        for (int v = 1; v < NV; ++v) a += g[v] * xp[v];
-        dots[j] = a;
+        dots[j] = row_dot<T, NV>(g, xp);
       }
       V sums = lane_sums<T>(dots);
       V* out = reinterpret_cast<V*>(dv + k);
       *out = first ? sums : *out + sums;
     }
     for (; k < e; ++k) {
-      const V* xp = reinterpret_cast<const V*>(xc + (int64_t)idx[k] * W);
-      V a = g[0] * xp[0];
-#pragma GCC unroll 16
-      for (int v = 1; v < NV; ++v) a += g[v] * xp[v];
+      const V a = row_dot<T, NV>(g, reinterpret_cast<const V*>(xc + (int64_t)idx[k] * W));
       T t = 0;
       for (int i = 0; i < L; ++i) t += a[i];
       dv[k] = first ? t : dv[k] + t;
