@@ -29,6 +29,8 @@ BENCHES = {
     # algo, env, default steps, extra train flags
     "sac-pendulum": ("sac", "Pendulum-v1", 10_000, ["--eval-freq", "2000", "--eval-episodes", "10"]),
     "ppo-halfcheetah": ("ppo", "HalfCheetah-v4", 1_000_000, ["--eval-freq", "50000", "--eval-episodes", "10"]),
+    "sac-halfcheetah": ("sac", "HalfCheetah-v4", 150_000, ["--eval-freq", "10000", "--eval-episodes", "10",
+                                                            "--save-freq", "25000", "--save-replay-buffer"]),
 }
 METHODS = ("dense", "static", "set", "rigl")
 RESULTS = Path(__file__).resolve().parent / "results"

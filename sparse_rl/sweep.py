@@ -61,6 +61,14 @@ class GridRun:
     def is_finished(self) -> bool:
         return any(self.folder.rglob("run.json")) if self.folder.exists() else False
 
+    def resumable_dir(self) -> Path | None:
+        """The run folder of an interrupted attempt that has a complete checkpoint (``--resume`` continues it)."""
+        if not self.folder.exists():
+            return None
+        for pointer in sorted(self.folder.glob("*/*/checkpoints/latest.json")):
+            return pointer.parent.parent
+        return None
+
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "sparse_rl.train", "--algo", self.algo, "--env", self.env, "--method", self.method,
                "--sparsity", str(self.sparsity), "--seed", str(self.seed), "-f", str(self.folder), "-v", "0"]
@@ -108,11 +116,20 @@ def expand_grid(spec: dict[str, Any]) -> list[GridRun]:
 
 
 def run_one(run: GridRun) -> str:
-    """Train one grid point in a fresh process; raises with the tail of its stderr if it fails."""
-    if run.folder.exists():  # a partial folder from an interrupted attempt: start clean, so numbering stays _1
+    """Train one grid point in a fresh process; raises with the tail of its stderr if it fails.
+
+    An interrupted attempt with a complete checkpoint is continued (``--resume``); one without is started again.
+    """
+    command = run.command()
+    resume = run.resumable_dir()
+    if resume is not None:
+        command = [sys.executable, "-m", "sparse_rl.train", "--algo", run.algo, "--resume", str(resume)]
+        if run.n_timesteps is not None:
+            command += ["-n", str(run.n_timesteps)]
+    elif run.folder.exists():  # a partial folder without a checkpoint: start clean, so numbering stays _1
         shutil.rmtree(run.folder)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    result = subprocess.run(run.command(), capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{run.name} exited with {result.returncode}: {tail}")

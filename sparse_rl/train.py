@@ -107,6 +107,9 @@ def build_callbacks(spec: exp.RunSpec, hyperparams: dict[str, Any], topology: di
     if topology is not None:
         callbacks.append(TopologyCallback(**topology))
     if spec.eval_freq > 0:
+        from sparse_rl.sb3.dormant import DormantNeuronCallback
+
+        callbacks.append(DormantNeuronCallback(every=spec.eval_freq, log_dir=run_dir, seed=spec.seed))
         evaluation = EvalCallback(
             exp.build_env(spec, hyperparams, for_evaluation=True), n_eval_episodes=spec.eval_episodes,
             eval_freq=max(spec.eval_freq // n_envs, 1), log_path=str(run_dir), best_model_save_path=str(run_dir),

@@ -13,24 +13,40 @@ def index_dtype_for(n_cols: int) -> th.dtype:
 
 
 def random_mask(
-    rows: int, cols: int, nnz: int, constant_fan_in: bool = False, generator: th.Generator | None = None
+    rows: int, cols: int, nnz: int, constant_fan_in: bool = False, generator: th.Generator | None = None,
+    connected: bool = True,
 ) -> th.Tensor:
     """A random boolean ``[rows, cols]`` mask with exactly ``nnz`` active entries.
 
     :param constant_fan_in: give every row the same number of inputs (``nnz`` must then be a multiple of ``rows``).
+    :param connected: every row (output unit) and every column (input) gets at least one entry whenever ``nnz`` allows
+        it (``nnz >= max(rows, cols)``; otherwise as many rows and columns as ``nnz`` can cover). A plain random mask
+        at 90 % leaves inputs of small layers unconnected (a 16x4 layer at density 0.1 loses a given input with
+        probability 0.19), and an input without any connection is never seen by the network. The covering entries are
+        one random matching of rows to columns (rows and columns taken in random order, cycled); the rest is drawn
+        uniformly among the remaining positions. ``False`` gives the uniform draw over all positions.
     """
     if not 0 <= nnz <= rows * cols:
         raise ValueError(f"nnz={nnz} must lie in [0, {rows * cols}] for a {rows}x{cols} matrix")
+    if constant_fan_in and nnz % rows:
+        raise ValueError(f"constant fan-in needs nnz ({nnz}) to be a multiple of the number of rows ({rows})")
+    scores = th.rand(rows, cols, generator=generator)
+    if connected and nnz > 0:
+        cover = th.arange(min(max(rows, cols), nnz))
+        row_order, col_order = th.randperm(rows, generator=generator), th.randperm(cols, generator=generator)
+        scores[row_order[cover % rows], col_order[cover % cols]] = 2.0  # above every uniform score: chosen first
     mask = th.zeros(rows, cols, dtype=th.bool)
     if constant_fan_in:
-        if nnz % rows:
-            raise ValueError(f"constant fan-in needs nnz ({nnz}) to be a multiple of the number of rows ({rows})")
-        k = nnz // rows
-        order = th.rand(rows, cols, generator=generator).argsort(dim=1)[:, :k]
-        mask.scatter_(1, order, True)
-    else:
-        mask.view(-1)[th.randperm(rows * cols, generator=generator)[:nnz]] = True
+        # Each row holds at most ceil(min(max(rows, cols), nnz) / rows) <= nnz / rows covering entries.
+        mask.scatter_(1, scores.argsort(dim=1, descending=True)[:, : nnz // rows], True)
+    elif nnz > 0:
+        mask.view(-1)[th.topk(scores.view(-1), nnz, sorted=False).indices] = True
     return mask
+
+
+def uncovered(mask: th.Tensor) -> tuple[int, int]:
+    """Numbers of rows (output units) and of columns (inputs) of a ``[rows, cols]`` mask without any entry."""
+    return int((~mask.any(dim=1)).sum()), int((~mask.any(dim=0)).sum())
 
 
 def nnz_for_density(rows: int, cols: int, density: float, constant_fan_in: bool = False) -> int:

@@ -63,6 +63,17 @@ def _top_per_row(scores: th.Tensor, counts: th.Tensor) -> th.Tensor:
     return ranks < counts.unsqueeze(1)
 
 
+def _cover(scores: th.Tensor, active: th.Tensor) -> th.Tensor:
+    """The highest-scoring active connection of every row and of every column that has one (at most rows + cols)."""
+    masked = scores.masked_fill(~active, NEG_INF)
+    cover = th.zeros_like(active)
+    rows = active.any(dim=1).nonzero().squeeze(1)
+    cover[rows, masked[rows].argmax(dim=1)] = True
+    cols = active.any(dim=0).nonzero().squeeze(1)
+    cover[masked[:, cols].argmax(dim=0), cols] = True
+    return cover
+
+
 def _top_overall(scores: th.Tensor, count: int) -> th.Tensor:
     """Boolean mask (shaped like ``scores``) of the ``count`` highest scores."""
     selected = th.zeros(scores.numel(), dtype=th.bool, device=scores.device)
@@ -77,10 +88,13 @@ class BaseUpdater:
 
     :param schedule: when to update and which fraction to drop
     :param seed: seed of the generator used by random criteria (``None``: drawn from torch's global RNG)
+    :param keep_connected: never drop the last connection of an output unit or of an input (the strongest one of each
+        row and column is kept; in a tiny layer whose drop budget would cut into them, fewer connections are swapped)
     """
 
     schedule: TopologySchedule = field(default_factory=TopologySchedule)
     seed: int | None = None
+    keep_connected: bool = True
     num_updates: int = field(default=0, init=False)
     last_update_step: int | None = field(default=None, init=False)
 
@@ -131,16 +145,22 @@ class BaseUpdater:
     ) -> tuple[th.Tensor, th.Tensor]:
         """Boolean ``[rows, cols]`` masks of the kept and the grown connections."""
         nnz = layer.nnz
-        n_swap = min(round(fraction * nnz), int((~active).sum()))
-        if n_swap == 0:
+        drop_scores = self._dense_drop_scores(layer, active)
+        n_protected = int((drop_scores == float("inf")).sum())
+        n_swap = min(round(fraction * nnz), int((~active).sum()), nnz - n_protected)
+        if n_swap <= 0:
             return active, th.zeros_like(active)
-        keep = _top_overall(self._dense_drop_scores(layer, active), nnz - n_swap)
+        keep = _top_overall(drop_scores, nnz - n_swap)
         grow_scores = self.grow_scores(layer).masked_fill(active, NEG_INF)
         return keep, _top_overall(grow_scores, n_swap)
 
-    def _dense_drop_scores(self, layer: SparseWeightMixin, active: th.Tensor) -> th.Tensor:
+    def _dense_drop_scores(self, layer: SparseWeightMixin, active: th.Tensor, protect: bool = True) -> th.Tensor:
+        """Drop scores over the dense view (``-inf`` where inactive); with ``keep_connected`` (and ``protect``) the
+        strongest connection of every row and column scores ``+inf``, so no drop ever disconnects a unit or an input."""
         dense = th.full(layer.matrix_shape, NEG_INF, device=active.device)
         dense.view(-1)[layer.flat_indices()] = self.drop_scores(layer).float()
+        if self.keep_connected and protect:
+            dense = dense.masked_fill(_cover(dense, active), float("inf"))
         return dense
 
     # --------------------------------------------------------------------------------------------- checkpoints
@@ -234,11 +254,12 @@ class SRigL(RigL):
     ) -> tuple[th.Tensor, th.Tensor]:
         rows, cols = layer.matrix_shape
         counts = active.sum(dim=1)
+        drop_raw = self._dense_drop_scores(layer, active, protect=False)
         drop_dense = self._dense_drop_scores(layer, active)
         grow_dense = self.grow_scores(layer).float().masked_fill(active, NEG_INF)
         target = counts.clone()
-        if self.ablation_threshold > 0:
-            target = self._ablated_targets(layer, active, drop_dense, grow_dense, fraction)
+        if self.ablation_threshold > 0:  # ablation empties rows on purpose: it judges the unprotected scores
+            target = self._ablated_targets(layer, active, drop_raw, grow_dense, fraction)
         n_drop = th.round(fraction * counts.float()).long()
         n_keep = th.minimum(counts - n_drop, target)
         n_keep = th.maximum(n_keep, target - (cols - counts))  # never grow more than a row's free positions

@@ -2,7 +2,8 @@
 
 After every step of a random program (train, update with any method, save and reload layers + optimizer + updater),
 the foundation invariants hold: nnz exact and constant (or following the GMP ramp), CSR well-formed, grown weights
-and moments zero, pruned connections contribute exactly zero to the output.
+and moments zero, pruned connections contribute exactly zero to the output, and every input and every unit keeps at
+least one connection whenever the layer's nnz can cover them (``nnz >= max(rows, cols)``).
 """
 
 import io
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparse_rl.nn import SparseLinear
+from sparse_rl.nn.masks import random_mask, uncovered
 from sparse_rl.topology import capture_dense_grad, create_updater
 
 ACTIONS = st.lists(st.sampled_from(["train", "update", "save_load"]), min_size=1, max_size=8)
@@ -94,5 +96,24 @@ def test_random_programs_keep_the_invariants(method, n_in, hidden, sparsity, act
             if method == "srigl":
                 counts = layer.mask.sum(dim=1)
                 assert (counts == counts[0]).all()
+            if method != "gmp" and layer.nnz >= max(layer.matrix_shape):
+                assert uncovered(layer.mask) == (0, 0), f"an input or unit lost its last connection ({method})"
             masked = F.linear(x if i == 0 else th.relu(net[0](x)), layer.dense_weight() * layer.mask, layer.bias)
             th.testing.assert_close(layer(x if i == 0 else th.relu(net[0](x))), masked)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), density=st.floats(0.01, 1.0), fan_in=st.booleans(),
+       seed=st.integers(0, 10_000))
+def test_initial_masks_connect_every_input_and_unit(rows, cols, density, fan_in, seed):
+    k = max(1, round(density * cols))
+    nnz = rows * k if fan_in else max(1, round(density * rows * cols))
+    mask = random_mask(rows, cols, nnz, constant_fan_in=fan_in, generator=th.Generator().manual_seed(seed))
+    assert int(mask.sum()) == nnz
+    if fan_in:
+        assert (mask.sum(dim=1) == k).all()
+    empty_rows, empty_cols = uncovered(mask)
+    # covered: all rows and columns when nnz allows, else nnz of the larger side (one entry each)
+    assert (rows - empty_rows) + (cols - empty_cols) >= min(rows + cols, nnz + min(nnz, min(rows, cols)))
+    if nnz >= max(rows, cols):
+        assert (empty_rows, empty_cols) == (0, 0)

@@ -68,8 +68,13 @@ def test_invariants_after_any_sequence_of_updates(method, sparsity, fractions, s
             assert th.equal(new_v[kept], old_v[kept])
             if method == "srigl":
                 assert th.equal(new_mask.sum(dim=1), old_mask.sum(dim=1))
-            if int((~old_mask).sum()) >= round(fraction * nnz0[name]) and method != "srigl":
-                assert int(dropped.sum()) == round(fraction * nnz0[name])
+            covered_before = old_mask.any(dim=1).sum() + old_mask.any(dim=0).sum()
+            if method != "srigl":  # every unit and input keeps a connection: at most nnz - (rows + cols) may go
+                assert int(dropped.sum()) <= round(fraction * nnz0[name])
+                assert (new_mask.any(dim=1) | ~old_mask.any(dim=1)).all()
+                assert (new_mask.any(dim=0) | ~old_mask.any(dim=0)).all()
+                if min(int((~old_mask).sum()), nnz0[name] - int(covered_before)) >= round(fraction * nnz0[name]):
+                    assert int(dropped.sum()) == round(fraction * nnz0[name])
         _train_step(net, opt, x, y)  # the optimizer still works on the rewired parameters
 
 
@@ -79,13 +84,27 @@ def test_rigl_grows_top_gradients_among_inactive_hand_case():
     with th.no_grad():
         layer.values.copy_(th.tensor([0.5, -0.1, 2.0, -0.05]))  # CSR order: (0,0) (0,1) (1,1) (1,3)
     layer.dense_grad = th.tensor([[9.0, 0.0, 0.3, -0.7], [5.0, 8.0, -0.2, 0.0]])
-    updater = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_decay="constant")
+    updater = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_decay="constant",
+                             keep_connected=False)
     stats = updater.update({"l": layer}, 1)
     # drop the 2 smallest |w|: (1,3) 0.05 and (0,1) 0.1; grow the 2 largest |grad| among inactive: (1,0) 5.0, (0,3) 0.7
     expected = th.tensor([[1, 0, 0, 1], [1, 1, 0, 0]], dtype=th.bool)
     assert th.equal(layer.mask, expected)
     assert layer.dense_weight().tolist() == [[0.5, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]
     assert stats.changed_fraction == 0.5
+
+
+def test_rigl_never_drops_the_last_connection_of_an_input_or_unit():
+    mask = th.tensor([[1, 1, 0, 0], [0, 1, 0, 1]], dtype=th.bool)
+    layer = SparseLinear(4, 2, bias=False, mask=mask, backend="reference")
+    with th.no_grad():
+        layer.values.copy_(th.tensor([0.5, -0.1, 2.0, -0.05]))  # CSR order: (0,0) (0,1) (1,1) (1,3)
+    layer.dense_grad = th.tensor([[9.0, 0.0, 0.3, -0.7], [5.0, 8.0, -0.2, 0.0]])
+    stats = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_decay="constant").update({"l": layer}, 1)
+    # (1,3) is input 3's only connection and (0,0), (1,1) are the strongest of their rows and columns: of the two
+    # swaps the drop fraction asks for, one is possible: drop (0,1), grow the largest inactive gradient (1,0)
+    assert th.equal(layer.mask, th.tensor([[1, 0, 0, 0], [1, 1, 0, 1]], dtype=th.bool))
+    assert stats.layers["l"].dropped == stats.layers["l"].grown == 1
 
 
 def test_rigl_without_gradient_says_what_to_do():
