@@ -18,23 +18,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
 
-from sparse_rl.analysis.runs import load_run
-from sparse_rl.experiment import RunSpec, algo_class, build_env
+from sparse_rl.harness.envs import evaluation_env
+from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
-
-def load_agent(run_dir: Path, best: bool = False) -> tuple[Any, Any, Any]:
-    """(model, run summary, hyperparameters) of a run folder written by ``python -m sparse_rl.train``."""
-    run = load_run(run_dir)
-    env_name = run.env.replace("/", "-").replace(":", "-")
-    model_path = run_dir / ("best_model.zip" if best else f"{env_name}.zip")
-    if not model_path.is_file():
-        raise ValueError(f"{model_path} not found: train first, or use {'--last' if best else '--best'}")
-    config = yaml.load((run_dir / env_name / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
-    hyperparams = dict(config)
-    model = algo_class(run.algo).load(model_path, device="cpu")
-    return model, run, hyperparams
+__all__ = ["load_agent", "replay"]
 
 
 def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | None = None, seed: int = 0,
@@ -43,21 +31,14 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
 
     Writes ``video`` as MP4 when given (``video_size``: frame width and height for MuJoCo envs).
     """
-    from stable_baselines3.common.vec_env import VecNormalize
-
     if video:
         os.environ.setdefault("MUJOCO_GL", "egl")
-    model, run, hyperparams = load_agent(Path(run_dir), best)
+    model, run, config = load_agent(Path(run_dir), best)
     env_kwargs = {"render_mode": "rgb_array"} if video else None
     if video and video_size and "mujoco" in str(gym.registry[run.env].entry_point):
         env_kwargs.update(width=video_size, height=video_size)
-    spec = RunSpec(algo=run.algo, env=run.env, seed=seed, env_kwargs=env_kwargs)
-    hyperparams = {**hyperparams, "normalize": False}
-    env = build_env(spec, hyperparams, for_evaluation=True)
-    stats = Path(run_dir) / run.env.replace("/", "-").replace(":", "-") / "vecnormalize.pkl"
-    if stats.is_file():
-        env = VecNormalize.load(str(stats), env)
-        env.training, env.norm_reward = False, False
+    env = evaluation_env(run.env, saved_hyperparams(config), seed, RunFolder(run_dir, run.env).vecnormalize_path,
+                         env_kwargs={**(config.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
     writer = _video_writer(video, env) if video else None
     returns, total, obs, steps = [], 0.0, env.reset(), 0
     while len(returns) < episodes and (max_steps is None or steps < max_steps):

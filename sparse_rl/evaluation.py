@@ -131,16 +131,12 @@ def acting_latency(policy: Any, observation: Any, steps: int = 100, rounds: int 
 def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int) -> Any:
     """The run's evaluation VecEnv for ``env_id`` (Atari: full episodes, unclipped), with its VecNormalize statistics."""
     from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-    from stable_baselines3.common.vec_env import VecNormalize, VecTransposeImage
+    from stable_baselines3.common.vec_env import VecTransposeImage
 
-    from sparse_rl.experiment import RunSpec, build_env
+    from sparse_rl.harness.envs import evaluation_env
+    from sparse_rl.harness.runs import RunFolder, saved_hyperparams
 
-    spec = RunSpec(algo=run.algo, env=env_id, seed=seed)
-    env = build_env(spec, {**hyperparams, "normalize": False}, for_evaluation=True)
-    stats = run.path / run.env.replace("/", "-").replace(":", "-") / "vecnormalize.pkl"
-    if stats.is_file():
-        env = VecNormalize.load(str(stats), env)
-        env.training, env.norm_reward = False, False
+    env = evaluation_env(env_id, saved_hyperparams(hyperparams), seed, RunFolder(run.path, run.env).vecnormalize_path)
     space = env.observation_space
     if is_image_space(space) and not is_image_space_channels_first(space):
         env = VecTransposeImage(env)  # as SB3 wraps image envs at training time
@@ -190,7 +186,7 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
     from stable_baselines3.common.utils import check_for_correct_spaces
 
     from sparse_rl.analysis.flops import policy_flops
-    from sparse_rl.enjoy import load_agent
+    from sparse_rl.harness.runs import load_agent
     from sparse_rl.sb3.report import sparsity_report
 
     env_id = env_id or run.env
@@ -284,7 +280,7 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
 
     suite = load_suite(suite_name)
     if env_id is not None:
-        from sparse_rl.envs import check_env_id
+        from sparse_rl.harness.envs import check_env_id
 
         check_env_id(env_id)
         if suite.task_of(env_id) is None:

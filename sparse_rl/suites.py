@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-SUITE_DIR = Path(__file__).resolve().parent.parent / "envs"
+from sparse_rl.harness.resources import data_dir
+
+SUITE_DIR = data_dir("envs")
 SUITE_FILES = {"mujoco": "mujoco.yml", "atari": "atari.yml"}
 ATARI_ID = re.compile(r"^(?:ALE/)?(?P<game>[A-Za-z0-9]+?)(?:NoFrameskip)?-v\d+$")
 
@@ -120,7 +121,7 @@ def load_suite(name: str) -> Suite:
     atari_subsets = _read("atari")["subsets"]
     if name in atari_subsets:
         return _atari_suite(name)
-    from sparse_rl.envs import check_env_id, is_atari
+    from sparse_rl.harness.envs import check_env_id, is_atari
 
     try:
         check_env_id(name)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparse_rl.config import read_yaml
+from sparse_rl.harness.hyperparams import read_yaml
 
 INSTALL_HINT = "Ray is not installed: pip install 'sparse_rl[sweep]' (or pip install 'ray[default]')"
 GRID_KEYS = ("algo", "env", "method", "sparsity", "seed")

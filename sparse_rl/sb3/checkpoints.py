@@ -42,8 +42,12 @@ def restore_rng_state(model: Any, state: dict[str, Any]) -> None:
     model.action_space.np_random.bit_generator.state = state["action_space"]
 
 
-def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False) -> Path:
-    """Write a complete checkpoint of ``model`` under ``folder`` and point ``latest.json`` at it."""
+def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False, record: dict[str, Any] | None = None
+                     ) -> Path:
+    """Write a complete checkpoint of ``model`` under ``folder`` and point ``latest.json`` at it.
+
+    :param record: extra values stored in ``latest.json`` (e.g. ``train_seconds``, the run's training clock)
+    """
     folder.mkdir(parents=True, exist_ok=True)
     step, captured = int(model.num_timesteps), time.time()
     final, tmp = folder / f"step_{step}", folder / f".tmp_step_{step}_{os.getpid()}"
@@ -62,7 +66,7 @@ def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = folder / f".{LATEST}.{os.getpid()}"
-    pointer.write_text(json.dumps({"step": step, "path": final.name, "time": captured}))
+    pointer.write_text(json.dumps({"step": step, "path": final.name, "time": captured, **(record or {})}))
     os.replace(pointer, folder / LATEST)
     return final
 
@@ -80,6 +84,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
         return None
     path = folder / record["path"]
     return path if (path / "model.zip").is_file() else None
+
+
+def checkpoint_record(folder: Path) -> dict[str, Any]:
+    """What ``latest.json`` says of the last complete checkpoint (step, path, time, train_seconds...; ``{}`` if none)."""
+    return _latest_pointer(folder)
 
 
 def checkpoint_time(folder: Path) -> float | None:
@@ -115,10 +124,14 @@ class AtomicCheckpointCallback(BaseCallback):
     :param folder: where checkpoints go (``<run>/checkpoints``)
     :param save_replay_buffer: include the replay buffer (exact off-policy resumption; can be large)
     :param keep: number of checkpoints kept (older ones are deleted after a new one is committed)
+    :param clock: the run's training clock (its seconds are stored with each checkpoint, so a resumed run's wall
+        time continues)
     """
 
-    def __init__(self, save_freq: int, folder: str | Path, save_replay_buffer: bool = False, keep: int = 2) -> None:
+    def __init__(self, save_freq: int, folder: str | Path, save_replay_buffer: bool = False, keep: int = 2,
+                 clock: Any = None) -> None:
         super().__init__()
+        self.clock = clock
         if save_freq <= 0:
             raise ValueError(f"save_freq must be a positive number of steps, got {save_freq}")
         self.save_freq, self.folder, self.save_replay_buffer, self.keep = save_freq, Path(folder), save_replay_buffer, keep
@@ -129,7 +142,8 @@ class AtomicCheckpointCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.next_save is not None and self.num_timesteps >= self.next_save:
-            write_checkpoint(self.model, self.folder, self.save_replay_buffer)
+            record = {"train_seconds": self.clock.seconds()} if self.clock is not None else None
+            write_checkpoint(self.model, self.folder, self.save_replay_buffer, record)
             self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
             steps = sorted((int(p.name.split("_")[1]) for p in self.folder.glob("step_*")), reverse=True)
             for old in steps[self.keep:]:

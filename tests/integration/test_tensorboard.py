@@ -37,7 +37,7 @@ def test_training_writes_sparsity_scalars_images_and_hparams(tmp_path):
         assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(conf), "--sparsity", sparsity,
                            "-f", str(tmp_path / "logs"), "-tb", str(tmp_path / "tb"), "--eval-freq", "200",
                            "--eval-episodes", "1", "-v", "0"]) == 0
-    sparse_dir, dense_dir = tmp_path / "tb" / "Pendulum-v1_1_1", tmp_path / "tb" / "Pendulum-v1_2_1"
+    sparse_dir, dense_dir = tmp_path / "tb" / "sac_Pendulum-v1_set90_s0", tmp_path / "tb" / "sac_Pendulum-v1_dense_s0"
     events = EventAccumulator(str(sparse_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])

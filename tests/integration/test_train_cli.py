@@ -51,7 +51,7 @@ def test_compare_report(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--algo", "a2c"], "unknown algo 'a2c'"),
+    (["--algo", "trpo"], "unknown algo 'trpo'"),
     (["--env", "Pendulm-v1"], "Did you mean Pendulum-v1"),
     (["--sparsity", "1.0"], "sparsity must be a number in [0, 1)"),
     (["--sparsity", "abc"], "--sparsity must be a number"),
@@ -63,11 +63,37 @@ def test_compare_report(runs, tmp_path, capsys):
     (["-conf", "/nonexistent.yml"], "not found"),
     (["-params", "oops"], "KEY:VALUE"),
     (["--threads", "0"], "--threads must be at least 1"),
+    (["-params", "learning_rate:fast"], "learning_rate must be a positive number or 'lin_"),
+    (["-params", "n_envs:0"], "n_envs must be an integer >= 1"),
+    (["-params", "buffer_size:0"], "buffer_size must be an integer >= 1"),
+    (["-params", "policy_kwargs:dict(net_arch=[8], distribution='gauss')"], "unknown distribution 'gauss'"),
+    (["--method", "dense", "--sparsity", "0.9"], "--method dense trains the dense baseline"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     assert train_main([*argv, "-f", str(tmp_path), "-n", "10"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not any(tmp_path.rglob("*.yml")) and not any(tmp_path.rglob("command.txt")), "nothing is written"
+
+
+def test_env_kwargs_the_env_rejects_are_one_line_before_any_file(tmp_path, capsys):
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-f", str(tmp_path), "-n", "10",
+                       "-params", "env_kwargs:dict(no_such_argument=1)"]) == 2
+    err = capsys.readouterr().err
+    assert "env_kwargs" in err and "no_such_argument" in err and err.count("\n") == 1
+    assert not list(tmp_path.rglob("Pendulum-v1_*"))
+
+
+def test_a_run_that_fails_while_being_set_up_removes_its_folder(tmp_path, monkeypatch):
+    import sparse_rl.harness.training as training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure while building the env")
+
+    monkeypatch.setattr(training, "training_env", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_main(["--algo", "sac", "--env", "Pendulum-v1", "-f", str(tmp_path), "-n", "10"])
+    assert (tmp_path / "sac").is_dir() and not list((tmp_path / "sac").iterdir())
 
 
 def test_cli_exit_code_in_a_subprocess(tmp_path):

@@ -1,0 +1,256 @@
+"""From command-line flags to a run's resolved settings: one place that merges, defaults and derives, and says so.
+
+Order (later wins): the config entry (``-conf``, default ``configs/<algo>.yml``; the env's entry, else ``atari``,
+else ``default``), ``-params`` (merged by the override rule of :mod:`~sparse_rl.harness.hyperparams`), then the flags
+``-n``, ``--n-envs``, ``--sparsity``, ``--method``, ``--distribution``, ``--backend``.
+
+Sparse or dense: ``--sparsity`` if given, else ``policy_kwargs['sparsity']``, else 0.9 when the entry names a sparse
+policy (``SparseMlpPolicy``: the sparse policies' default, Graesser et al. 2022), else 0 (dense). Sparsity 0 or
+``--method dense`` trains SB3's own dense policy with every other hyperparameter unchanged (the dense baseline);
+contradictory flags (``--method dense --sparsity 0.9``) are an error. Every merge and default is printed at start
+(:meth:`Resolved.describe`) and saved as ``<run>/<Env>/resolved.yml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparse_rl.harness import hyperparams as hp
+from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs
+from sparse_rl.harness.envs import check_env_id, is_atari
+
+ALGOS = ("sac", "td3", "dqn", "ppo", "a2c")
+METHODS = ("dense", "static", "set", "rigl", "srigl", "gmp")
+#: the sparse policies' default sparsity (Graesser et al. 2022, arXiv 2206.10369: 90 % is the field's standard)
+DEFAULT_SPARSITY = 0.9
+SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
+                        "constant_fan_in", "start_dense", "init_scale")
+SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy"}
+DENSE_ALIASES = {sparse: dense for dense, sparse in SPARSE_ALIASES.items()}
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run (the CLI flags); saved as ``args.yml``."""
+
+    algo: str
+    env: str
+    sparsity: float | None = None
+    method: str | None = None
+    seed: int = 0
+    n_timesteps: int | None = None
+    conf_file: str | None = None
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    log_folder: str = "logs"
+    tensorboard_log: str | None = None
+    eval_freq: int = 10_000
+    eval_episodes: int = 5
+    save_freq: int = -1
+    n_envs: int | None = None
+    device: str = "auto"
+    backend: str | None = None
+    distribution: str | None = None
+    progress: bool = False
+    verbose: int = 1
+    env_kwargs: dict[str, Any] | None = None
+    resume: str | None = None
+    save_replay_buffer: bool = False
+    threads: int = 1
+
+
+@dataclass
+class Resolved:
+    """A run's resolved settings.
+
+    :param hyperparams: SB3 constructor arguments plus RL Zoo's keys, ``policy_kwargs`` as a dict, ``callback`` the
+        config's other callbacks, ``normalize`` the VecNormalize arguments (``False`` without normalisation)
+    :param topology: the TopologyCallback's arguments (``None`` for the dense baseline)
+    :param notes: one line per merge, default or derivation (printed at start, saved)
+    :param sources: where each hyperparameter came from
+    """
+
+    spec: RunSpec
+    hyperparams: dict[str, Any]
+    topology: dict[str, Any] | None
+    method: str
+    sparsity: float
+    distribution: str
+    notes: list[str]
+    sources: dict[str, str]
+
+    @property
+    def sparse(self) -> bool:
+        return self.topology is not None
+
+    @property
+    def normalize(self) -> dict[str, Any] | None:
+        return self.hyperparams["normalize"] or None
+
+    def label(self) -> str:
+        """``dense`` or e.g. ``rigl90``."""
+        return "dense" if not self.sparse else f"{self.method}{round(100 * self.sparsity)}"
+
+    def describe(self) -> list[str]:
+        """What the run is, in a few lines (printed at start)."""
+        spec, hyper = self.spec, self.hyperparams
+        what = "dense baseline" if not self.sparse else f"{self.method} at sparsity {self.sparsity:g} ({self.distribution})"
+        lines = [f"{spec.algo} on {spec.env}, seed {spec.seed}: {what}, policy {hyper['policy']}, "
+                 f"{int(hyper['n_timesteps'])} env steps"]
+        if self.topology is not None:
+            lines.append(f"  topology: {self.topology}")
+        lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
+        if self.normalize:
+            lines.append(f"  normalize: VecNormalize({self.normalize})")
+        lines += [f"  {note}" for note in self.notes]
+        return lines
+
+    def saved(self) -> dict[str, Any]:
+        """The record written to ``resolved.yml``."""
+        keep = {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
+                for k, v in self.hyperparams.items()}
+        keep["policy_kwargs"] = {k: (v if isinstance(v, (int, float, str, bool, list, tuple, dict, type(None))) else repr(v))
+                                 for k, v in self.hyperparams["policy_kwargs"].items()}
+        return {"method": self.method, "sparsity": self.sparsity, "distribution": self.distribution,
+                "topology": self.topology, "hyperparams": keep, "notes": self.notes, "sources": self.sources}
+
+
+def algo_class(algo: str) -> Any:
+    import stable_baselines3 as sb3
+
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; choose one of {list(ALGOS)}")
+    return getattr(sb3, algo.upper())
+
+
+def policy_class(algo: str, policy: Any) -> Any:
+    """The policy class a name stands for (an SB3 alias, ``SparseMlpPolicy``..., or ``package.module.Class``)."""
+    import sparse_rl.sb3.policies  # noqa: F401  (registers the Sparse* aliases)
+
+    if not isinstance(policy, str):
+        return policy
+    if "." in policy:
+        return hp.import_object(policy, "policy")
+    aliases = algo_class(algo).policy_aliases
+    if policy not in aliases:
+        raise ValueError(f"policy {policy!r} is not available for {algo.upper()}; choose one of {sorted(aliases)} "
+                         f"or give 'package.module.Class'")
+    return aliases[policy]
+
+
+def _sparsity(spec: RunSpec, policy_kwargs: dict[str, Any], policy: Any, sources: dict[str, str],
+              notes: list[str]) -> float:
+    from sparse_rl.nn.masks import check_sparsity
+
+    if spec.sparsity is not None:
+        value, origin = spec.sparsity, "--sparsity"
+    elif "sparsity" in policy_kwargs:
+        value, origin = policy_kwargs["sparsity"], f"policy_kwargs of {sources.get('policy_kwargs', 'the config')}"
+    elif isinstance(policy, str) and policy.startswith("Sparse"):
+        value, origin = DEFAULT_SPARSITY, "default"
+        notes.append(f"sparsity: {policy} without a sparsity: the sparse policies' default {DEFAULT_SPARSITY}")
+    else:
+        value, origin = 0.0, "default"
+    try:
+        return check_sparsity(value)
+    except ValueError as error:
+        raise ValueError(f"{error} ({origin})") from None
+
+
+def _method(spec: RunSpec, sparsity: float, topology: dict[str, Any] | None) -> str:
+    if spec.method is not None and spec.method not in METHODS:
+        raise ValueError(f"unknown method {spec.method!r}; choose one of {list(METHODS)}")
+    if spec.method == "dense" and spec.sparsity:
+        raise ValueError(f"--method dense trains the dense baseline, but --sparsity {spec.sparsity:g} asks for a sparse "
+                         "network: drop one of the two")
+    if spec.method not in (None, "dense") and sparsity == 0:
+        raise ValueError(f"--method {spec.method} needs a sparsity above 0 (the sparsity resolved to 0): pass --sparsity, "
+                         "e.g. --sparsity 0.9")
+    if spec.method is not None:
+        return spec.method
+    return str((topology or {}).get("method", "rigl")) if sparsity > 0 else "dense"
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Resolve and check a run's settings (no file is read but the config, none is written)."""
+    algo = algo_class(spec.algo)
+    check_env_id(spec.env)
+    atari = is_atari(spec.env)
+    conf = spec.conf_file or hp.default_config_file(spec.algo)
+    entry, entry_key = hp.load_entry(conf, spec.env, atari)
+    origin = f"{conf} [{entry_key}]"
+    sources = dict.fromkeys(entry, origin)
+    merged, notes = hp.merge_overrides(entry, spec.hyperparams, "-params")
+    sources.update(dict.fromkeys(spec.hyperparams, "-params"))
+    for key, flag, value in (("n_timesteps", "-n", spec.n_timesteps), ("n_envs", "--n-envs", spec.n_envs)):
+        if value is not None:
+            if key in merged and merged[key] != value:
+                notes.append(f"{key}: {flag} replaces {merged[key]!r} with {value!r}")
+            merged[key], sources[key] = value, flag
+    if "n_timesteps" not in merged:
+        raise ValueError(f"no n_timesteps in {origin}: pass -n STEPS")
+    policy_kwargs = hp.policy_kwargs_dict(merged.get("policy_kwargs"))
+    topology, other_callbacks = hp.topology_callback_kwargs(merged.get("callback"))
+    policy = merged.get("policy", "MlpPolicy")
+    sparsity = _sparsity(spec, policy_kwargs, policy, sources, notes)
+    method = _method(spec, sparsity, topology)
+    if sparsity > 0 and method != "dense":
+        policy_kwargs["sparsity"] = sparsity
+        for key, value in (("backend", spec.backend), ("distribution", spec.distribution)):
+            if value is not None:
+                policy_kwargs[key], sources[f"policy_kwargs.{key}"] = value, f"--{key}"
+        if method == "srigl":
+            policy_kwargs["constant_fan_in"] = True
+        if method == "gmp":
+            policy_kwargs["start_dense"] = True
+        if topology is None:
+            notes.append("callback: the config has no TopologyCallback: its defaults apply")
+        topology = {**(topology or {}), "method": method}
+        topology.setdefault("seed", spec.seed)
+        if isinstance(policy, str) and policy in SPARSE_ALIASES:
+            notes.append(f"policy: {policy} -> {SPARSE_ALIASES[policy]} (a sparse run)")
+            policy = SPARSE_ALIASES[policy]
+    else:
+        dropped = sorted(k for k in policy_kwargs if k in SPARSE_POLICY_KWARGS)
+        if dropped:
+            notes.append(f"dense baseline: sparse policy_kwargs {dropped} and the TopologyCallback dropped")
+        policy_kwargs = {k: v for k, v in policy_kwargs.items() if k not in SPARSE_POLICY_KWARGS}
+        topology = None
+        if isinstance(policy, str) and policy in DENSE_ALIASES:
+            policy = DENSE_ALIASES[policy]
+    distribution = str(policy_kwargs.get("distribution", "erk")) if topology is not None else "none"
+    merged.update(policy=policy, policy_kwargs=policy_kwargs, callback=other_callbacks,
+                  normalize=hp.normalize_settings(merged) or False)
+    merged.pop("normalize_kwargs", None)
+    for key in hp.EXPRESSION_KEYS:
+        if key in merged and key != "policy_kwargs":
+            merged[key] = hp.kwargs_dict(merged[key], key)
+    resolved = Resolved(spec, merged, topology, method if topology is not None else "dense",
+                        sparsity if topology is not None else 0.0, distribution, notes, sources)
+    _check(resolved, algo)
+    return resolved
+
+
+def _check(resolved: Resolved, algo: Any) -> None:
+    """Every value checked before anything is built or written."""
+    hyper, sources = resolved.hyperparams, resolved.sources
+    check_hyperparams(hyper, algo, hp.RL_ZOO_KEYS, sources)
+    for key in ("callback", "env_wrapper", "vec_env_wrapper"):
+        hp.class_specs(hyper.get(key), key)
+    cls = policy_class(resolved.spec.algo, hyper["policy"])
+    check_policy_kwargs(hyper["policy_kwargs"], cls, sources)
+    if resolved.topology is not None:
+        from sparse_rl.sb3.builders import SparseConfig
+        from sparse_rl.sb3.callbacks import TopologyCallback
+        from sparse_rl.sb3.policies import SparsePolicyMixin
+
+        if not issubclass(cls, SparsePolicyMixin):
+            raise ValueError(f"policy {hyper['policy']!r} is not a sparse_rl policy, but the run is sparse "
+                             f"({resolved.method} at {resolved.sparsity:g}): use SparseMlpPolicy / SparseCnnPolicy")
+
+        fields = set(SparseConfig.__dataclass_fields__)
+        SparseConfig(**{k: v for k, v in hyper["policy_kwargs"].items() if k in fields})
+        try:
+            TopologyCallback(**resolved.topology)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"callback {hp.TOPOLOGY_CALLBACK}: {error}") from None

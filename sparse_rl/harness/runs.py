@@ -1,0 +1,246 @@
+"""The one owner of the run-folder layout ``<log_folder>/<algo>/<Env>_<n>/`` (RL Zoo's, so its scripts read ours).
+
+A run folder holds ``<Env>.zip`` (final model), ``best_model.zip``, ``evaluations.npz``, ``<Env>/config.yml`` and
+``<Env>/args.yml`` (RL Zoo's files), ``<Env>/resolved.yml`` (every merge and default of the run's settings),
+``<Env>/vecnormalize.pkl`` when the run normalises, ``command.txt``, the Monitor CSVs, ``dormant.csv``,
+``checkpoints/`` and ``run.json`` (the summary, written when training ends).
+
+Runs started at once never share a folder: :meth:`RunFolder.claim` takes the next free ``<Env>_<n>`` with an atomic
+``mkdir``, and a run holds an exclusive lock on its folder (``.lock``, released when the process ends) so that no
+other process resumes or writes into it meanwhile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparse_rl.harness.envs import env_name
+
+RUN_SUMMARY = "run.json"
+LOCK_FILE = ".lock"
+
+
+class RunFolder:
+    """Paths and files of one run folder.
+
+    :param path: the folder (``logs/sac/HalfCheetah-v4_1``)
+    :param env_id: the run's env id (its folder name form names the model and parameter files)
+    """
+
+    def __init__(self, path: str | Path, env_id: str) -> None:
+        self.path = Path(path)
+        self.env_id = env_id
+        self._lock_fd: int | None = None
+
+    # ----------------------------------------------------------------------------------------------- creation
+    @classmethod
+    def claim(cls, log_folder: str | Path, algo: str, env_id: str) -> RunFolder:
+        """Create and lock the next free ``<log_folder>/<algo>/<Env>_<n>`` (atomic: concurrent runs get distinct n)."""
+        base = Path(log_folder) / algo
+        base.mkdir(parents=True, exist_ok=True)
+        name = env_name(env_id)
+        taken = [int(p.name.rsplit("_", 1)[1]) for p in base.glob(f"{name}_*") if p.name.rsplit("_", 1)[1].isdigit()]
+        n = max(taken, default=0) + 1
+        while True:
+            try:
+                (base / f"{name}_{n}").mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        folder = cls(base / f"{name}_{n}", env_id)
+        folder.lock()
+        return folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """An existing run folder (its env id read from ``args.yml``)."""
+        path = Path(path)
+        args_files = sorted(path.glob("*/args.yml"))
+        if not path.is_dir() or not args_files:
+            raise ValueError(f"{str(path)!r} is not a run folder written by python -m sparse_rl.train (no <Env>/args.yml)")
+        saved = yaml.load(args_files[0].read_text(), Loader=yaml.UnsafeLoader)
+        return cls(path, str(saved["env"]))
+
+    def lock(self) -> None:
+        """Hold this folder exclusively until the process ends (``ValueError`` if another process holds it)."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"run folder {str(self.path)!r} is in use by another process (pid {owner}): wait for it to "
+                             "finish, or use another -f folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def is_locked(self) -> bool:
+        """Whether another process holds this folder now."""
+        if self._lock_fd is not None or not (self.path / LOCK_FILE).is_file():
+            return False
+        fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        """Delete a folder this process claimed but could not start (nothing is left half-written)."""
+        import shutil
+
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -------------------------------------------------------------------------------------------------- paths
+    @property
+    def name(self) -> str:
+        return env_name(self.env_id)
+
+    @property
+    def params_dir(self) -> Path:
+        return self.path / self.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / f"{self.name}.zip"
+
+    @property
+    def best_model_path(self) -> Path:
+        return self.path / "best_model.zip"
+
+    @property
+    def vecnormalize_path(self) -> Path:
+        return self.params_dir / "vecnormalize.pkl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / RUN_SUMMARY
+
+    def agent_path(self, best: bool = False) -> Path:
+        path = self.best_model_path if best else self.model_path
+        if not path.is_file():
+            raise ValueError(f"{path} not found: train first, or use {'--last' if best else '--best'}")
+        return path
+
+    # ------------------------------------------------------------------------------------------------- files
+    def write_run_files(self, spec: Any, hyperparams: dict[str, Any], topology: dict[str, Any] | None,
+                        resolved: dict[str, Any]) -> None:
+        """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``."""
+        from sparse_rl.harness.hyperparams import TOPOLOGY_CALLBACK
+
+        self.params_dir.mkdir(parents=True, exist_ok=True)
+        saved = {k: v for k, v in hyperparams.items() if not callable(v)}
+        saved["policy_kwargs"] = str(hyperparams.get("policy_kwargs") or {})
+        saved["normalize"] = str(hyperparams["normalize"]) if hyperparams.get("normalize") else False
+        if topology is not None:
+            saved["callback"] = [*hyperparams.get("callback", []), {TOPOLOGY_CALLBACK: topology}]
+        _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(saved.items()))))
+        args = asdict(spec) | {"env_kwargs": spec.env_kwargs, "folder": spec.log_folder}
+        _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
+        _atomic_text(self.params_dir / "resolved.yml", yaml.safe_dump(resolved, sort_keys=False))
+        command = [os.path.basename(sys.executable), "-m", "sparse_rl.train", *sys.argv[1:]]
+        _atomic_text(self.path / "command.txt", " ".join(command) + "\n")
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved ``config.yml`` (hyperparameters; ``normalize`` and ``*_kwargs`` as RL Zoo writes them)."""
+        path = self.params_dir / "config.yml"
+        if not path.is_file():
+            raise ValueError(f"{path} not found: {self.path} is not a complete run folder")
+        return dict(yaml.load(path.read_text(), Loader=yaml.UnsafeLoader))
+
+    def read_args(self) -> dict[str, Any]:
+        return dict(yaml.load((self.params_dir / "args.yml").read_text(), Loader=yaml.UnsafeLoader))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _atomic_text(self.summary_path, json.dumps(summary, indent=2))
+
+    def read_summary(self) -> dict[str, Any] | None:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save(model: Any, path: Path) -> None:
+    """``model.save`` to a temporary file, then rename: a crash never leaves a half-written model."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
+                tensorboard_dir: str | None) -> dict[str, Any]:
+    """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""
+    from sparse_rl.analysis.flops import policy_flops
+    from sparse_rl.sb3.report import sparsity_report
+
+    total = sparsity_report(model)["total"]
+    flops = policy_flops(model.policy, _sample_observation(model.observation_space))
+    return {
+        "algo": spec.algo, "env": spec.env, "method": method, "sparsity": sparsity, "seed": spec.seed,
+        "n_timesteps": int(model.num_timesteps), "nnz": total["nnz"], "numel": total["numel"], "density": total["density"],
+        "inference_flops_vs_dense": flops["inference_vs_dense"], "training_flops_vs_dense": flops["training_vs_dense"],
+        "wall_time_s": wall_time_s, "steps_per_s": model.num_timesteps / max(wall_time_s, 1e-9),
+        "tensorboard_dir": tensorboard_dir, "finished": time.time(),
+    }
+
+
+def _sample_observation(space: Any) -> Any:
+    """A zero observation of ``space`` (a dict of them for Dict spaces)."""
+    import numpy as np
+
+    if getattr(space, "spaces", None) is not None and isinstance(space.spaces, dict):
+        return {key: _sample_observation(sub) for key, sub in space.spaces.items()}
+    return np.zeros(space.shape, dtype=space.dtype)
+
+
+def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+    """(model, run summary, hyperparameters) of a run folder written by ``python -m sparse_rl.train``."""
+    from sparse_rl.analysis.runs import load_run
+    from sparse_rl.harness.resolve import algo_class
+
+    run = load_run(Path(run_dir))
+    folder = RunFolder(run_dir, run.env)
+    model = algo_class(run.algo).load(folder.agent_path(best), device=device)
+    return model, run, folder.read_config()
+
+
+def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters of a saved ``config.yml`` with ``normalize`` / ``*_kwargs`` strings read back as dicts."""
+    from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, evaluate_expression, kwargs_dict, normalize_settings
+
+    result = dict(config)
+    for key in EXPRESSION_KEYS:
+        if key in result:
+            result[key] = kwargs_dict(result[key], key)
+    normalize = evaluate_expression(result.get("normalize", False), "normalize")
+    result["normalize"] = normalize_settings({**result, "normalize": normalize}) or False if normalize else False
+    return result

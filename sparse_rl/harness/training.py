@@ -1,0 +1,276 @@
+"""One training run, fresh or resumed: settings resolved and checked, folder claimed, env and model built, callbacks
+wired, outputs written in RL Zoo's layout.
+
+The dense baseline (``sparsity 0`` or ``method dense``) runs SB3's own ``MlpPolicy``/``CnnPolicy`` with every other
+hyperparameter identical, so dense-vs-sparse comparisons are fair. Nothing is written before the settings are
+checked, and a run that fails while being set up removes the folder it claimed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from sparse_rl.harness import hyperparams as hp
+from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
+from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
+from sparse_rl.harness.runs import RunFolder, atomic_save, run_summary, saved_hyperparams
+
+#: flags a resumed run takes from this invocation; every other flag comes from the run's own args.yml
+RESUME_FLAGS = ("n_timesteps", "progress", "threads", "verbose", "device", "resume")
+
+
+def model_kwargs(hyperparams: dict[str, Any], env: Any) -> dict[str, Any]:
+    """The SB3 constructor arguments: RL Zoo's own keys removed; ``lin_`` schedules, ``noise_type``, ``train_freq``
+    lists and ``replay_buffer_class`` names resolved."""
+    kwargs = hp.resolve_schedules({k: v for k, v in hyperparams.items() if k not in hp.RL_ZOO_KEYS})
+    if isinstance(kwargs.get("train_freq"), list):
+        kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    buffer_class = kwargs.get("replay_buffer_class")
+    if isinstance(buffer_class, str):
+        import stable_baselines3
+
+        kwargs["replay_buffer_class"] = (hp.import_object(buffer_class, "replay_buffer_class") if "." in buffer_class
+                                         else getattr(stable_baselines3, buffer_class, None))
+        if kwargs["replay_buffer_class"] is None:
+            raise ValueError(f"replay_buffer_class {buffer_class!r} is not an SB3 buffer: give 'package.module.Class'")
+    noise_type = hyperparams.get("noise_type")
+    if noise_type is not None:
+        import numpy as np
+        from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
+
+        noises = {"normal": NormalActionNoise, "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise}
+        n_actions = env.action_space.shape[0]
+        std = float(hyperparams.get("noise_std", 0.1))
+        kwargs["action_noise"] = noises[noise_type](mean=np.zeros(n_actions), sigma=std * np.ones(n_actions))
+    return kwargs
+
+
+def claim_tensorboard_dir(root: str, resolved: Resolved) -> Path:
+    """``<root>/<algo>_<Env>_<dense|rigl90>_s<seed>`` (``_2``, ``_3``... when taken), created atomically."""
+    spec = resolved.spec
+    base = Path(root) / f"{spec.algo}_{env_name(spec.env)}_{resolved.label()}_s{spec.seed}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}_{n}")
+
+
+def _set_logger(model: Any, tensorboard_dir: str | None, verbose: int) -> None:
+    if tensorboard_dir is None:
+        return
+    from stable_baselines3.common.logger import configure
+
+    model.set_logger(configure(tensorboard_dir, ["stdout", "tensorboard"] if verbose >= 1 else ["tensorboard"]))
+
+
+def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs: int, start_step: int,
+                    clock: Any) -> list[Any]:
+    """HParams, the config's own callbacks, the TopologyCallback, dormant neurons, evaluation on the grid of
+    ``--eval-freq`` env steps (RL Zoo files) and checkpoints."""
+    from sparse_rl.sb3 import TopologyCallback
+    from sparse_rl.sb3.checkpoints import AtomicCheckpointCallback
+    from sparse_rl.sb3.dormant import DormantNeuronCallback
+    from sparse_rl.sb3.eval_callback import GridEvalCallback
+    from sparse_rl.sb3.tensorboard import HParamsCallback
+
+    hyper = resolved.hyperparams
+    callbacks = [HParamsCallback(dict(algo=spec.algo, env=spec.env, method=resolved.method, sparsity=resolved.sparsity,
+                                      distribution=resolved.distribution, seed=spec.seed)),
+                 *hp.build_callbacks(hyper["callback"])]
+    if resolved.topology is not None:
+        callbacks.append(TopologyCallback(**resolved.topology))
+    if spec.eval_freq > 0:
+        callbacks.append(DormantNeuronCallback(every=spec.eval_freq, log_dir=folder.path, seed=spec.seed))
+        evaluation = GridEvalCallback(
+            evaluation_env(spec.env, hyper, spec.seed + EVAL_SEED_OFFSET, env_kwargs=spec.env_kwargs), grid=spec.eval_freq,
+            clock=clock, n_eval_episodes=spec.eval_episodes, log_path=str(folder.path),
+            best_model_save_path=str(folder.path), deterministic=True, verbose=spec.verbose)
+        if start_step > 0:
+            evaluation.restore(folder.path / "evaluations.npz", upto=start_step)
+        callbacks.append(evaluation)
+    if spec.save_freq > 0:
+        callbacks.append(AtomicCheckpointCallback(spec.save_freq, folder.checkpoints, spec.save_replay_buffer, clock=clock))
+    return callbacks
+
+
+def train(spec: RunSpec) -> Path:
+    """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
+    if spec.resume:
+        return _resume(spec)
+    _check_flags(spec)
+    resolved = resolve(spec)
+    check_action_space(spec.algo, spec.env, spec.env_kwargs or resolved.hyperparams.get("env_kwargs"))
+    _set_threads(spec.threads)
+    for line in resolved.describe():
+        print(line)
+    folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)
+    try:
+        tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved)) if spec.tensorboard_log else None
+        folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
+        env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, env_kwargs=spec.env_kwargs)
+        hyper = resolved.hyperparams
+        policy = policy_class(spec.algo, hyper["policy"]) if resolved.sparse else hyper["policy"]
+        model = algo_class(spec.algo)(policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
+                                      **model_kwargs(hyper, env))
+    except BaseException:
+        folder.remove()
+        raise
+    _set_logger(model, tb_dir, spec.verbose)
+    try:
+        return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=0.0)
+    finally:
+        folder.unlock()
+
+
+def _check_flags(spec: RunSpec) -> None:
+    if spec.n_timesteps is not None and spec.n_timesteps <= 0:
+        raise ValueError(f"-n must be a positive number of steps, got {spec.n_timesteps}")
+    for flag, value, low in (("--eval-episodes", spec.eval_episodes, 1), ("--threads", spec.threads, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    if spec.backend is not None:
+        from sparse_rl.nn import backends
+
+        backends.check_name(spec.backend)
+
+
+def _set_threads(threads: int) -> None:
+    import torch as th
+
+    th.set_num_threads(threads)
+
+
+def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env: Any, tb_dir: str | None,
+           train_seconds: float) -> Path:
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from sparse_rl.sb3.eval_callback import TrainingClock
+
+    clock = TrainingClock(offset=train_seconds)
+    start = model.num_timesteps
+    callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock)
+    total = int(resolved.hyperparams["n_timesteps"])
+    if start < total:
+        model.learn(total - start, callback=CallbackList(callbacks), progress_bar=spec.progress,
+                    reset_num_timesteps=start == 0)
+    atomic_save(model, folder.model_path)
+    if resolved.normalize:
+        tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
+        env.save(str(tmp))
+        os.replace(tmp, folder.vecnormalize_path)
+    folder.write_summary(run_summary(spec, model, resolved.method, resolved.sparsity, clock.seconds(), tb_dir))
+    print(f"saved to {folder.path}")
+    return folder.path
+
+
+# ----------------------------------------------------------------------------------------------------- resuming
+def resume_spec(spec: RunSpec, folder: RunFolder) -> RunSpec:
+    """The saved run's own spec (``args.yml``) with this invocation's ``-n``, ``--progress``, ``--threads``, ``-v`` and
+    ``--device``; any other flag given with ``--resume`` is an error (it cannot change a running experiment)."""
+    saved = folder.read_args()
+    if saved["algo"] != spec.algo:
+        raise ValueError(f"--resume {str(folder.path)!r} is a {saved['algo']} run, but --algo {spec.algo} was given: "
+                         f"pass --algo {saved['algo']}")
+    defaults = RunSpec(algo=spec.algo, env=spec.env)
+    changed = [f.name for f in fields(RunSpec) if f.name not in (*RESUME_FLAGS, "algo", "env")
+               and getattr(spec, f.name) != getattr(defaults, f.name) and getattr(spec, f.name) != saved.get(f.name)]
+    if changed:
+        raise ValueError(f"--resume continues {str(folder.path)!r} with its own settings; these flags cannot change: "
+                         f"{', '.join(changed)} (only -n, --progress, --threads, -v and --device can)")
+    kept = {k: v for k, v in saved.items() if k in RunSpec.__dataclass_fields__ and k not in RESUME_FLAGS}
+    taken = {k: getattr(spec, k) for k in RESUME_FLAGS if k != "n_timesteps"}
+    n = spec.n_timesteps if spec.n_timesteps is not None else saved.get("n_timesteps")
+    return replace(RunSpec(**{**kept, "algo": saved["algo"], "env": saved["env"]}), n_timesteps=n, **taken)
+
+
+def resolved_from_folder(spec: RunSpec, folder: RunFolder) -> Resolved:
+    """The settings a run was started with (its saved files; the config file may have changed since), with this
+    invocation's ``-n``."""
+    config = folder.read_config()
+    hyper = saved_hyperparams(config)
+    topology, others = hp.topology_callback_kwargs(hyper.get("callback"))
+    hyper["callback"] = others
+    notes = [f"resumed: the settings saved in {folder.params_dir}"]
+    if spec.n_timesteps is not None and int(hyper["n_timesteps"]) != spec.n_timesteps:
+        notes.append(f"n_timesteps: -n replaces {hyper['n_timesteps']} with {spec.n_timesteps}")
+        hyper["n_timesteps"] = spec.n_timesteps
+    sparsity = float(hyper["policy_kwargs"].get("sparsity", 0.0)) if topology is not None else 0.0
+    method = topology["method"] if topology is not None else "dense"
+    distribution = str(hyper["policy_kwargs"].get("distribution", "erk")) if topology is not None else "none"
+    return Resolved(spec, hyper, topology, method, sparsity, distribution, notes, {})
+
+
+def _resume(spec: RunSpec) -> Path:
+    folder = RunFolder.open(spec.resume)
+    folder.lock()
+    try:
+        return _resume_locked(spec, folder)
+    finally:
+        folder.unlock()
+
+
+def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
+    from sparse_rl.sb3.checkpoints import checkpoint_record, checkpoint_time, rewind_monitor_logs
+
+    spec = resume_spec(spec, folder)
+    _check_flags(spec)
+    _set_threads(spec.threads)
+    resolved = resolved_from_folder(spec, folder)
+    total = int(resolved.hyperparams["n_timesteps"])
+    summary = folder.read_summary()
+    if summary is not None and summary["n_timesteps"] >= total and folder.model_path.is_file():
+        print(f"nothing to do: {folder.path} already reached {summary['n_timesteps']} of {total} env steps")
+        return folder.path
+    for line in resolved.describe():
+        print(line)
+    record = checkpoint_record(folder.checkpoints)
+    monitor_t_start = rewind_monitor_logs(folder.path, checkpoint_time(folder.checkpoints))
+    env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, monitor_t_start=monitor_t_start,
+                       env_kwargs=spec.env_kwargs)
+    model, env = load_checkpoint(spec, folder, env)
+    saved = {}
+    resolved_file = folder.params_dir / "resolved.yml"
+    if resolved_file.is_file():
+        import yaml
+
+        saved = yaml.safe_load(resolved_file.read_text()) or {}
+    tb_dir = saved.get("tensorboard_dir")
+    _set_logger(model, tb_dir, spec.verbose)
+    return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)))
+
+
+def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, Any]:
+    """The model (and env, with its VecNormalize statistics) of the last complete checkpoint of a run folder."""
+    import shutil
+
+    import torch as th
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from sparse_rl.sb3.checkpoints import latest_checkpoint, restore_rng_state
+
+    for stale in folder.checkpoints.glob(".tmp_step_*"):  # a write interrupted by a crash: never committed
+        shutil.rmtree(stale, ignore_errors=True)
+    checkpoint = latest_checkpoint(folder.checkpoints)
+    if checkpoint is None:
+        raise ValueError(f"{folder.path} has no complete checkpoint (train with --save-freq N to write them): "
+                         "start the run again without --resume")
+    if (checkpoint / "vecnormalize.pkl").is_file():
+        env = VecNormalize.load(str(checkpoint / "vecnormalize.pkl"), env.venv if isinstance(env, VecNormalize) else env)
+    try:
+        model = algo_class(spec.algo).load(checkpoint / "model.zip", env=env, device=spec.device, verbose=spec.verbose)
+    except (RuntimeError, KeyError) as error:
+        first_line = str(error).splitlines()[0]
+        raise ValueError(f"checkpoint {checkpoint} does not fit this policy architecture: {first_line}") from None
+    if (checkpoint / "replay_buffer.pkl").is_file():
+        model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    restore_rng_state(model, th.load(checkpoint / "rng.pt", weights_only=False))
+    print(f"resuming {folder.path} from step {model.num_timesteps}")
+    return model, env

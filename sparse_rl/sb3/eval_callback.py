@@ -1,0 +1,98 @@
+"""Evaluation on a fixed grid of environment steps, across resumes, with the training wall clock beside each point.
+
+SB3's ``EvalCallback`` counts its own calls (``n_calls % eval_freq``), which restart at 0 when a run is resumed from a
+checkpoint: a run checkpointed at step 4500 with ``eval_freq=1000`` would then evaluate at 5500, 6500... and the
+curves of resumed and uninterrupted runs could not be compared point by point. :class:`GridEvalCallback` evaluates
+whenever ``model.num_timesteps`` reaches the next multiple of ``grid`` (env steps, all envs counted), evaluates once
+more when training ends off the grid, and stores ``walltime_s`` (training seconds, evaluations excluded, continued
+across resumes) in ``evaluations.npz`` beside SB3's ``timesteps``, ``results`` and ``ep_lengths``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import EvalCallback
+
+
+class TrainingClock:
+    """Seconds spent training (evaluations excluded), starting from ``offset`` (a resumed run's earlier time)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = float(offset)
+        self._started = time.perf_counter()
+        self._excluded = 0.0
+
+    def seconds(self) -> float:
+        return self.offset + time.perf_counter() - self._started - self._excluded
+
+    @contextmanager
+    def excluded(self) -> Any:
+        """Time spent inside the block does not count as training."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - start
+
+
+class GridEvalCallback(EvalCallback):
+    """``EvalCallback`` on the grid of env steps ``grid, 2 * grid, ...`` plus a final evaluation.
+
+    :param eval_env: the evaluation environment
+    :param grid: env steps between evaluations
+    :param clock: the run's training clock (``None``: a new one)
+    :param kwargs: the other arguments of SB3's ``EvalCallback`` (``eval_freq`` is replaced by ``grid``)
+    """
+
+    def __init__(self, eval_env: Any, grid: int, clock: TrainingClock | None = None, **kwargs: Any) -> None:
+        if grid <= 0:
+            raise ValueError(f"grid must be a positive number of environment steps, got {grid}")
+        super().__init__(eval_env, eval_freq=1, **kwargs)
+        self.grid = grid
+        self.clock = clock or TrainingClock()
+        self.walltimes: list[float] = []
+        self.next_eval = grid
+
+    def restore(self, path: Path, upto: int) -> None:
+        """Carry a resumed run's evaluations up to step ``upto`` over (none lost, none doubled)."""
+        if not path.is_file():
+            return
+        data = np.load(path)
+        keep = data["timesteps"] <= upto
+        self.evaluations_timesteps = data["timesteps"][keep].tolist()
+        self.evaluations_results = data["results"][keep].tolist()
+        self.evaluations_length = data["ep_lengths"][keep].tolist()
+        if "walltime_s" in data:
+            self.walltimes = data["walltime_s"][keep].tolist()
+        if keep.any():
+            self.best_mean_reward = float(np.max(np.mean(data["results"][keep], axis=1)))
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        self.next_eval = (self.model.num_timesteps // self.grid + 1) * self.grid
+
+    def _evaluate(self) -> bool:
+        with self.clock.excluded():
+            seconds = self.clock.seconds()
+            continue_training = super()._on_step()  # eval_freq=1: SB3's evaluation, logging and best-model saving
+            self.walltimes.append(seconds)
+            if self.log_path is not None:
+                extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
+                np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                         ep_lengths=self.evaluations_length, walltime_s=self.walltimes, **extra)
+        return continue_training
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self.next_eval:
+            return True
+        self.next_eval = (self.num_timesteps // self.grid + 1) * self.grid
+        return self._evaluate()
+
+    def _on_training_end(self) -> None:
+        if not self.evaluations_timesteps or self.evaluations_timesteps[-1] != self.num_timesteps:
+            self._evaluate()

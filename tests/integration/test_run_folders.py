@@ -1,0 +1,120 @@
+"""Run folders: claimed atomically by runs started at once, locked while in use; resume edge cases."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from sparse_rl.harness.runs import RunFolder
+from sparse_rl.train import main as train_main
+
+
+def _launch(tmp_path, sparsity: str, extra=()):
+    argv = [sys.executable, "-m", "sparse_rl.train", "--algo", "sac", "--env", "Pendulum-v1", "--sparsity", sparsity,
+            "-f", str(tmp_path / "logs"), "-n", "150", "--eval-freq", "-1", "-v", "0",
+            "-params", "learning_starts:50", "buffer_size:500", "batch_size:16", "policy_kwargs:dict(net_arch=[16])",
+            *extra]
+    return subprocess.Popen(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def test_runs_started_at_once_get_their_own_folders(tmp_path):
+    """Two runs started together used to pick the same <Env>_1 and mix their files."""
+    sparsities = ["0", "0.9", "0.8", "0"]
+    processes = [_launch(tmp_path, s) for s in sparsities]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-2000:]
+    folders = sorted((tmp_path / "logs" / "sac").iterdir())
+    assert [f.name for f in folders] == [f"Pendulum-v1_{n}" for n in range(1, 5)]
+    seen = []
+    for folder in folders:
+        summary = json.loads((folder / "run.json").read_text())
+        command = (folder / "command.txt").read_text()
+        asked = command.split("--sparsity ")[1].split()[0]
+        assert summary["sparsity"] == float(asked), f"{folder.name}: run.json and command.txt disagree"
+        config = yaml.load((folder / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+        assert config["policy"] == ("MlpPolicy" if asked == "0" else "SparseMlpPolicy")
+        seen.append(asked)
+    assert sorted(seen) == sorted(sparsities)
+
+
+def test_a_folder_in_use_cannot_be_resumed_or_claimed_twice(tmp_path, capsys):
+    first = RunFolder.claim(tmp_path, "sac", "Pendulum-v1")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sparse_rl.harness.runs import RunFolder; "
+        f"f = RunFolder({str(first.path)!r}, 'Pendulum-v1'); f.unlock(); f.lock(); print('locked', flush=True); "
+        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    first.unlock()
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert first.is_locked()
+        (first.path / "Pendulum-v1").mkdir()
+        (first.path / "Pendulum-v1" / "args.yml").write_text(yaml.safe_dump({"algo": "sac", "env": "Pendulum-v1"}))
+        assert train_main(["--algo", "sac", "--resume", str(first.path)]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+        second = RunFolder.claim(tmp_path, "sac", "Pendulum-v1")
+        assert second.path.name == "Pendulum-v1_2"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not first.is_locked(), "a killed process releases its folder"
+
+
+def _resume_conf(tmp_path):
+    conf = tmp_path / "sac.yml"
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": {
+        "n_timesteps": 800, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": 2000, "batch_size": 32,
+        "policy_kwargs": "dict(sparsity=0.9, net_arch=[32, 32])",
+        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set", "update_every": 100, "end": 0.8}}],
+    }}))
+    return conf
+
+
+def test_evaluations_stay_on_the_grid_after_resuming_from_an_off_grid_checkpoint(tmp_path):
+    """eval-freq 200, checkpoint at 300, total 800: evaluations were at 500 and 700 after resuming (none at 400,
+    600, 800); now the grid and the final evaluation are kept, and wall time continues."""
+    argv = [sys.executable, "-m", "sparse_rl.train", "--algo", "sac", "--env", "Pendulum-v1", "-conf",
+            str(_resume_conf(tmp_path)), "-f", str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "1",
+            "--save-freq", "300", "--save-replay-buffer", "-v", "0"]
+    env = {**os.environ, "SPARSE_RL_CHECKPOINT_DELAY": "120", "SPARSE_RL_CHECKPOINT_DELAY_AFTER": "300",
+           "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
+    deadline = time.time() + 300
+    while not any((run_dir / "checkpoints").glob(".tmp_step_600_*/model.zip")):  # checkpoint 600 hangs uncommitted
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 300
+    assert train_main(["--algo", "sac", "--resume", str(run_dir), "-v", "0"]) == 0
+    data = np.load(run_dir / "evaluations.npz")
+    assert data["timesteps"].tolist() == [200, 400, 600, 800]
+    assert (np.diff(data["walltime_s"]) > 0).all()
+    assert json.loads((run_dir / "run.json").read_text())["wall_time_s"] >= data["walltime_s"][-1]
+
+
+def test_a_final_evaluation_when_training_ends_off_the_grid(tmp_path):
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(_resume_conf(tmp_path)), "-n", "500",
+                       "-f", str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "1", "-v", "0"]) == 0
+    data = np.load(tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "evaluations.npz")
+    assert data["timesteps"].tolist() == [200, 400, 500]
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
+    """It ended in a traceback ('SAC' object has no attribute '_logger')."""
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(_resume_conf(tmp_path)), "-n", "200",
+                       "-f", str(tmp_path / "logs"), "--eval-freq", "-1", "--save-freq", "100", "-v", "0"]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
+    assert train_main(["--algo", "sac", "--resume", str(run_dir)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"nothing to do: {run_dir} already reached 200 of 200 env steps"]
+    assert train_main(["--algo", "sac", "--resume", str(run_dir), "--sparsity", "0.5"]) == 2
+    assert "these flags cannot change: sparsity" in capsys.readouterr().err

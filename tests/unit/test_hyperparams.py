@@ -1,0 +1,144 @@
+"""Hyperparameter files and their resolution: entry lookup, the override rule, sparse/dense, VecNormalize, checks."""
+
+import pytest
+import yaml
+
+from sparse_rl.harness import hyperparams as hp
+from sparse_rl.harness.resolve import RunSpec, resolve
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "dqn", "ppo"])
+def test_packaged_configs_parse_and_have_a_fallback(algo):
+    entries = yaml.safe_load(hp.default_config_file(algo).read_text())
+    assert "default" in entries
+    for name, entry in entries.items():
+        kwargs = hp.policy_kwargs_dict(entry.get("policy_kwargs"))
+        assert 0 < kwargs["sparsity"] < 1, name
+        topology, _ = hp.topology_callback_kwargs(entry["callback"])
+        assert topology["method"] == "rigl" and topology["update_every"] > 0, name
+
+
+def test_entry_lookup_falls_back_to_atari_then_default(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("Foo-v0: {a: 1}\natari: {a: 2}\ndefault: {a: 3}\n")
+    assert hp.load_entry(path, "Foo-v0", atari=False) == ({"a": 1}, "Foo-v0")
+    assert hp.load_entry(path, "ALE/Pong-v5", atari=True) == ({"a": 2}, "atari")
+    assert hp.load_entry(path, "Bar-v0", atari=False) == ({"a": 3}, "default")
+
+
+@pytest.mark.parametrize("text,match", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "must map env ids")])
+def test_malformed_config_files(tmp_path, text, match):
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        hp.load_entry(path, "Pendulum-v1", atari=False)
+    with pytest.raises(ValueError, match="not found"):
+        hp.load_entry(tmp_path / "missing.yml", "Pendulum-v1", atari=False)
+
+
+def test_sparse_and_dense_resolution_share_everything_else():
+    sparse = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", sparsity=0.8, seed=3))
+    dense = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", sparsity=0.0))
+    assert sparse.sparse and not dense.sparse and dense.topology is None
+    assert sparse.hyperparams["policy"] == "SparseMlpPolicy" and dense.hyperparams["policy"] == "MlpPolicy"
+    assert sparse.hyperparams["policy_kwargs"]["sparsity"] == 0.8 and "sparsity" not in dense.hyperparams["policy_kwargs"]
+    assert sparse.topology == {"method": "rigl", "update_every": 1000, "drop_fraction": 0.5, "drop_schedule": "cosine",
+                               "end": 0.8, "seed": 3}
+    drop = ("policy", "policy_kwargs")
+    assert {k: v for k, v in sparse.hyperparams.items() if k not in drop} == \
+        {k: v for k, v in dense.hyperparams.items() if k not in drop}
+    assert resolve(RunSpec(algo="sac", env="HalfCheetah-v4", method="set")).topology["method"] == "set"
+    assert not resolve(RunSpec(algo="sac", env="HalfCheetah-v4", method="dense")).sparse
+
+
+def test_policy_kwargs_override_keeps_the_configs_sparsity():
+    """-params policy_kwargs:dict(net_arch=...) used to train the dense baseline silently (issue: silent overrides)."""
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", hyperparams={"policy_kwargs": "dict(net_arch=[64, 64])"}))
+    assert resolved.sparse and resolved.method == "rigl" and resolved.sparsity == 0.9
+    assert resolved.hyperparams["policy_kwargs"] == {"sparsity": 0.9, "distribution": "erk", "net_arch": [64, 64]}
+    assert any("keeps ['distribution', 'sparsity']" in note for note in resolved.notes)
+    named = resolve(RunSpec(algo="sac", env="Pendulum-v1", hyperparams={"policy_kwargs": "dict(sparsity=0.5)"}))
+    assert named.sparsity == 0.5
+
+
+def test_every_kwargs_key_merges_and_other_keys_replace():
+    merged, notes = hp.merge_overrides({"env_kwargs": {"a": 1, "b": 2}, "gamma": 0.9},
+                                       {"env_kwargs": {"b": 3}, "gamma": 0.8}, "-params")
+    assert merged == {"env_kwargs": {"a": 1, "b": 3}, "gamma": 0.8} and len(notes) == 2
+
+
+def test_sparse_policy_alias_without_sparsity_is_sparse_by_default(tmp_path):
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": {"n_timesteps": 100, "policy": "SparseMlpPolicy"}}))
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf)))
+    assert resolved.sparse and resolved.sparsity == 0.9 and resolved.method == "rigl"
+    assert any("default 0.9" in note for note in resolved.notes)
+    conf.write_text(yaml.safe_dump({"Pendulum-v1": {"n_timesteps": 100, "policy": "MlpPolicy"}}))
+    assert not resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf))).sparse
+
+
+@pytest.mark.parametrize("spec,match", [
+    (dict(method="dense", sparsity=0.9), "--method dense trains the dense baseline"),
+    (dict(method="rigl", sparsity=0.0), "--method rigl needs a sparsity above 0"),
+])
+def test_contradictory_flags_are_an_error(spec, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", **spec))
+
+
+@pytest.mark.parametrize("normalize,expected", [
+    (True, {"gamma": 0.98}),
+    ("dict(norm_obs=True, norm_reward=False)", {"norm_obs": True, "norm_reward": False, "gamma": 0.98}),
+    ({"norm_obs": False}, {"norm_obs": False, "gamma": 0.98}),
+    (False, None),
+])
+def test_vecnormalize_follows_rl_zoo_with_the_algorithms_gamma(normalize, expected):
+    """RL Zoo's string form was ignored and VecNormalize discounted with 0.99 instead of the config's gamma."""
+    resolved = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4", hyperparams={"normalize": normalize}))
+    assert resolved.normalize == expected
+
+
+def test_normalize_kwargs_are_honoured():
+    resolved = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4", hyperparams={"normalize_kwargs": {"clip_obs": 5.0}}))
+    assert resolved.normalize == {"clip_obs": 5.0, "gamma": 0.98}
+    with pytest.raises(ValueError, match="unknown VecNormalize arguments"):
+        resolve(RunSpec(algo="ppo", env="HalfCheetah-v4", hyperparams={"normalize": {"norm_obz": True}}))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("learning_rate", "fast", "learning_rate must be a positive number or 'lin_"),
+    ("learning_rate", -1e-3, "learning_rate must be"),
+    ("n_envs", 0, "n_envs must be an integer >= 1"),
+    ("buffer_size", 0, "buffer_size must be an integer >= 1"),
+    ("batch_size", 3.5, "batch_size must be an integer"),
+    ("gamma", 1.5, r"gamma must be a number in \[0, 1\]"),
+    ("train_freq", [1, "epoch"], "train_freq must be"),
+    ("ent_coef", "autoo", "ent_coef must be"),
+    ("learning_rat", 0.1, "did you mean 'learning_rate'"),
+    ("seed", 3, "is set by the command line"),
+    ("policy_kwargs", "dict(net_arch=[64], sparsty=0.9)", "did you mean 'sparsity'"),
+    ("policy_kwargs", "dict(sparsity=1.5)", r"sparsity must be a number in \[0, 1\)"),
+    ("policy_kwargs", "dict(distribution='gauss')", "unknown distribution"),
+    ("callback", [{"sparse_rl.sb3.TopologyCallback": {"method": "rigl", "update_every": 0}}], "update_every"),
+    ("callback", ["no.such.Callback"], "cannot be imported"),
+])
+def test_bad_values_name_the_key_the_value_and_what_is_allowed(key, value, match):
+    with pytest.raises(ValueError, match=match) as error:
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", hyperparams={key: value}))
+    assert "\n" not in str(error.value)
+
+
+def test_a_wrongly_typed_yaml_entry_is_reported_with_its_file(tmp_path):
+    conf = tmp_path / "c.yml"
+    conf.write_text("Pendulum-v1:\n  n_timesteps: 1e4\n  policy: SparseMlpPolicy\n")  # YAML 1.1: '1e4' is a string
+    with pytest.raises(ValueError, match=r"n_timesteps='1e4' \(from .*c.yml \[Pendulum-v1\]\) is not allowed"):
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf)))
+
+
+def test_policy_kwargs_strings_and_schedules():
+    kwargs = hp.policy_kwargs_dict("dict(net_arch=[64, 64], activation_fn=nn.ReLU, sparsity=0.5)")
+    assert kwargs["net_arch"] == [64, 64] and kwargs["sparsity"] == 0.5
+    with pytest.raises(ValueError, match="not a valid Python expression"):
+        hp.policy_kwargs_dict("dict(net_arch=[64")
+    schedule = hp.resolve_schedules({"learning_rate": "lin_0.001"})["learning_rate"]
+    assert schedule(1.0) == 0.001 and schedule(0.5) == 0.0005
