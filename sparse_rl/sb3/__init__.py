@@ -9,15 +9,21 @@ DST methods of :mod:`sparse_rl.topology` (SET, RigL of Evci et al. 2020, SRigL, 
     model = SAC(SparseSACPolicy, "HalfCheetah-v4", policy_kwargs=dict(sparsity=0.9))
     model.learn(100_000, callback=TopologyCallback(method="rigl"))
 
-This package is the only part of ``sparse_rl`` that imports ``stable_baselines3``. The names below are loaded
-lazily, so that :func:`sparsity_report` (``sparse_rl.sb3.report``, which needs no SB3) can be re-exported by
-``sparse_rl`` without importing SB3.
+This package is the only part of ``sparse_rl`` that imports ``stable_baselines3``. Importing it registers the
+policy aliases (``SparseMlpPolicy``, ``SparseCnnPolicy``, ``SparseMultiInputPolicy``) of every algorithm, so RL Zoo's
+``--gym-packages sparse_rl.sb3`` makes them available to its configs (and lets ``-optimize`` keep the sparsity, see
+:mod:`sparse_rl.sb3.rl_zoo`); the names below are loaded on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from sparse_rl.sb3 import policies as _policies  # noqa: F401  (registers the Sparse* aliases of every algorithm)
+from sparse_rl.sb3 import rl_zoo as _rl_zoo
+
+_rl_zoo.register()  # under RL Zoo: its -optimize trials keep the config's policy_kwargs (sparsity included)
 
 if TYPE_CHECKING:
     from sparse_rl.sb3.callbacks import TopologyCallback
