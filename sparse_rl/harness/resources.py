@@ -16,8 +16,10 @@ def data_dir(name: str) -> Path:
     """The shipped ``configs`` or ``envs`` folder (the wheel's copy, else the source tree's)."""
     if name not in DATA_FOLDERS:
         raise ValueError(f"unknown data folder {name!r}; choose one of {list(DATA_FOLDERS)}")
-    for candidate in (PACKAGE_DIR / "_data" / name, PACKAGE_DIR.parent / name):
-        if candidate.is_dir():
-            return candidate
+    packaged, checkout = PACKAGE_DIR / "_data" / name, PACKAGE_DIR.parent / name
+    if packaged.is_dir():
+        return packaged
+    if checkout.is_dir() and (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # a source checkout, not site-packages
+        return checkout
     raise ValueError(f"the {name}/ folder of sparse_rl is missing (looked in {PACKAGE_DIR / '_data'} and "
                      f"{PACKAGE_DIR.parent}): reinstall the package")
