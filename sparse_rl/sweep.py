@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.harness.hyperparams import read_yaml
+from sparse_rl.harness.runs import LOCK_FILE, RunFolder
 
 INSTALL_HINT = "Ray is not installed: pip install 'sparse_rl[sweep]' (or pip install 'ray[default]')"
 GRID_KEYS = ("algo", "env", "method", "sparsity", "seed")
@@ -118,18 +119,33 @@ def expand_grid(spec: dict[str, Any]) -> list[GridRun]:
 def run_one(run: GridRun) -> str:
     """Train one grid point in a fresh process; raises with the tail of its stderr if it fails.
 
-    An interrupted attempt with a complete checkpoint is continued (``--resume``); one without is started again.
+    The grid point's folder is locked while it trains, so two sweeps (or benchmarks) over the same folder never train
+    one point twice nor clear each other's files. An interrupted attempt with a complete checkpoint is continued
+    (``--resume``); one without is started again.
     """
-    command = run.command()
-    resume = run.resumable_dir()
-    if resume is not None:
-        command = [sys.executable, "-m", "sparse_rl.train", "--algo", run.algo, "--resume", str(resume)]
-        if run.n_timesteps is not None:
-            command += ["-n", str(run.n_timesteps)]
-    elif run.folder.exists():  # a partial folder without a checkpoint: start clean, so numbering stays _1
-        shutil.rmtree(run.folder)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    lock = RunFolder(run.folder, run.env)
+    try:
+        lock.lock()
+    except ValueError:
+        raise RuntimeError(f"{run.name} is being trained by another process (its folder {run.folder} is locked)") from None
+    try:
+        if run.is_finished():
+            return run.name
+        command = run.command()
+        resume = run.resumable_dir()
+        if resume is not None:
+            command = [sys.executable, "-m", "sparse_rl.train", "--algo", run.algo, "--resume", str(resume)]
+            if run.n_timesteps is not None:
+                command += ["-n", str(run.n_timesteps)]
+        else:  # a partial folder without a checkpoint: start clean, so numbering stays _1
+            for child in run.folder.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+    finally:
+        lock.unlock()
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{run.name} exited with {result.returncode}: {tail}")

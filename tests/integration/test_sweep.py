@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from sparse_rl.sweep import expand_grid, load_sweep
+from sparse_rl.sweep import GridRun, expand_grid, load_sweep, run_one
 from sparse_rl.sweep import main as sweep_main
 
 TINY = ["--eval-freq", "100", "--eval-episodes", "1", "-params", "learning_starts:50", "buffer_size:500", "batch_size:16"]
@@ -52,3 +52,24 @@ def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, 
 def test_missing_ray_or_bad_file_gives_one_line(tmp_path, capsys):
     assert sweep_main(["-conf", str(tmp_path / "nope.yml")]) == 2
     assert capsys.readouterr().err.startswith("error: sweep file")
+
+
+def test_a_grid_point_is_never_trained_twice_at_once(tmp_path):
+    """Sweeps or benchmarks sharing a folder used to clear and retrain each other's grid points."""
+    import threading
+    import time
+
+    run = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, 200, tuple(TINY), str(tmp_path))
+    outcome = {}
+    first = threading.Thread(target=lambda: outcome.setdefault("first", run_one(run)))
+    first.start()
+    deadline = time.time() + 60
+    while not (run.folder / "sac").is_dir():  # the training process has started: the lock is held
+        assert time.time() < deadline
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match="being trained by another process"):
+        run_one(run)
+    first.join(timeout=600)
+    assert outcome["first"] == run.name and run.is_finished()
+    assert len(list(run.folder.rglob("run.json"))) == 1 and not (run.folder / "sac" / "Pendulum-v1_2").exists()
+    assert run_one(run) == run.name  # finished: nothing is retrained
