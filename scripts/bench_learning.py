@@ -1,75 +1,129 @@
-"""Learning benchmark: dense vs static vs SET vs RigL at 90 % sparsity, several seeds, final evaluation return.
+"""Learning benchmarks: dense vs sparse agents on the mission's tasks, several fixed seeds, rliable aggregates.
 
-Runs ``python -m sparse_rl.train`` for every (method, seed) of each benchmark in parallel processes (one torch thread
-each), then reports the final evaluation return (mean over seeds, 95 % bootstrap CI) and its ratio to dense
-(``1 + (sparse - dense) / |dense|``, so 1.0 = dense and negative returns compare correctly).
+Each benchmark trains ``python -m sparse_rl.train`` for every (configuration, seed) in parallel processes (one torch
+thread each, seed-major order so that a partial benchmark still compares configurations on the same seeds), skips
+finished runs, resumes interrupted ones from their checkpoint, and reports the final score (mean return of the last
+evaluation, >= 10 deterministic episodes) per configuration: IQM and mean with 95 % stratified-bootstrap CIs and the
+probability of improvement over dense (rliable, Agarwal et al. 2021, arXiv 2108.13264), learning curves with CI bands
+(PNG), and the dormant-neuron fraction (Sokar et al. 2023) over training.
 
-    python scripts/bench_learning.py --bench sac-pendulum --seeds 5 --steps 10000 --jobs 2
-    python scripts/bench_learning.py --bench ppo-halfcheetah --seeds 3 --steps 1000000 --jobs 16
+    python scripts/bench_learning.py --bench sac-halfcheetah                 # 5 seeds x dense / rigl 90 % / static 90 %
+    python scripts/bench_learning.py --bench dqn-minatar-breakout --jobs 2
+    python scripts/bench_learning.py --bench sac-halfcheetah --report-only   # the table from what has finished
 
-Writes ``scripts/results/bench_learning_<bench>.json`` and ``.md`` (``--out`` renames them); finished runs are reused
-when re-run, so re-running a command only renders its table again.
+Writes ``scripts/results/bench_learning_<bench>.{json,md,png}`` (``--out`` renames them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparse_rl.analysis import find_runs
-from sparse_rl.analysis.report import markdown_table, summary_rows
-from sparse_rl.sweep import GridRun, run_one
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHES = {
-    # algo, env, default steps, extra train flags
-    "sac-pendulum": ("sac", "Pendulum-v1", 10_000, ["--eval-freq", "2000", "--eval-episodes", "10"]),
-    "ppo-halfcheetah": ("ppo", "HalfCheetah-v4", 1_000_000, ["--eval-freq", "50000", "--eval-episodes", "10"]),
-    "sac-halfcheetah": ("sac", "HalfCheetah-v4", 150_000, ["--eval-freq", "10000", "--eval-episodes", "10",
-                                                            "--save-freq", "25000", "--save-replay-buffer"]),
-}
-METHODS = ("dense", "static", "set", "rigl")
+from sparse_rl.sweep import GridRun, run_one  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+SEEDS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # fixed in advance; --seeds N takes the first N, the same for every configuration
+EVAL = ["--eval-episodes", "10"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration of a benchmark: a method at a sparsity, with extra ``train`` flags."""
+
+    method: str
+    sparsity: float = 0.9
+    flags: tuple[str, ...] = ()
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or ("dense" if self.method == "dense" else f"{self.method}{round(100 * self.sparsity)}")
+
+
+@dataclass(frozen=True)
+class Bench:
+    algo: str
+    env: str
+    steps: int
+    flags: tuple[str, ...]
+    configs: tuple[Config, ...]
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+DENSE = Config("dense", 0.0)
+RIGL, STATIC, SET = Config("rigl"), Config("static"), Config("set")
+MINATAR = ("--eval-freq", "25000", *EVAL, "--save-freq", "50000", "--save-replay-buffer")
+BENCHES: dict[str, Bench] = {
+    "sac-pendulum": Bench("sac", "Pendulum-v1", 10_000, ("--eval-freq", "2000", *EVAL), (DENSE, STATIC, SET, RIGL)),
+    "sac-halfcheetah": Bench("sac", "HalfCheetah-v4", 150_000,
+                             ("--eval-freq", "10000", *EVAL, "--save-freq", "25000", "--save-replay-buffer"),
+                             (DENSE, RIGL, STATIC), "the main command's configuration (configs/sac.yml)"),
+    "ppo-halfcheetah": Bench("ppo", "HalfCheetah-v4", 300_000, ("--eval-freq", "20000", *EVAL, "--save-freq", "50000"),
+                             (DENSE, RIGL, STATIC), "RL Zoo's settings (configs/ppo.yml)"),
+    "dqn-minatar-breakout": Bench("dqn", "MinAtar/Breakout-v1", 500_000, MINATAR, (DENSE, RIGL),
+                                  "the MinAtar network (Young & Tian 2019), configs/dqn.yml"),
+    "dqn-minatar-spaceinvaders": Bench("dqn", "MinAtar/SpaceInvaders-v1", 500_000, MINATAR, (DENSE, RIGL),
+                                       "the MinAtar network (Young & Tian 2019), configs/dqn.yml"),
+}
+
+
+def grid(bench: Bench, configs: tuple[Config, ...], seeds: tuple[int, ...], root: Path) -> list[tuple[Config, GridRun]]:
+    """Every (configuration, seed) run, seed-major; each in ``root/<algo>_<env>_<method>_<sparsity>_seed<n>``."""
+    return [(config, GridRun(bench.algo, bench.env, config.method, config.sparsity, seed, bench.steps,
+                             (*bench.flags, *config.flags), str(root)))
+            for seed in seeds for config in configs]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", choices=sorted(BENCHES), default="sac-pendulum")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help=f"the first N of the fixed seeds {list(SEEDS)}")
     parser.add_argument("--steps", type=int, default=None, help="environment steps per run (default: the bench's)")
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
+    parser.add_argument("--configs", nargs="+", default=None, help="configuration names (default: the bench's)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
     parser.add_argument("--log-folder", default="logs/bench_learning")
-    parser.add_argument("--out", default=None, help="results file name in scripts/results (default bench_learning_BENCH)")
+    parser.add_argument("--out", default=None, help="results name in scripts/results (default bench_learning_BENCH)")
+    parser.add_argument("--report-only", action="store_true", help="only write the report from the finished runs")
     args = parser.parse_args()
-    algo, env, default_steps, flags = BENCHES[args.bench]
-    steps = args.steps or default_steps
+    bench = BENCHES[args.bench]
+    steps = args.steps or bench.steps
+    bench = Bench(bench.algo, bench.env, steps, bench.flags, bench.configs, bench.note)
+    configs = tuple(c for c in bench.configs if args.configs is None or c.name in args.configs)
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
-    runs = [GridRun(algo, env, m, 0.0 if m == "dense" else args.sparsity, seed, steps, tuple(flags), str(root))
-            for m in args.methods for seed in range(args.seeds)]
-    todo = [run for run in runs if not run.is_finished()]
-    print(f"{len(runs)} runs, {len(todo)} to train, {args.jobs} at once", flush=True)
-    started = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for name in pool.map(run_one, todo):
-            print(f"  done {name} ({time.time() - started:.0f} s)", flush=True)
-    rows = summary_rows(find_runs(root))
+    runs = grid(bench, configs, SEEDS[: args.seeds], root)
+    todo = [run for _, run in runs if not run.is_finished()]
+    if not args.report_only and todo:
+        print(f"{len(runs)} runs, {len(todo)} to train, {args.jobs} at once", flush=True)
+        started = time.time()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for run, error in zip(todo, pool.map(_attempt, todo)):
+                status = f"FAILED: {error}" if error else "done"
+                print(f"  {status} {run.folder} ({time.time() - started:.0f} s)", flush=True)
+    try:
+        from learning_report import write_report
+    except ImportError:  # a checkout older than the report: the runs are done, render them with --report-only
+        print("no learning_report module here: run this command again with --report-only from a newer checkout")
+        return 0
     command = " ".join(["python", "scripts/bench_learning.py", *sys.argv[1:]])
-    RESULTS.mkdir(exist_ok=True)
-    table = markdown_table(rows)
-    out = args.out or f"bench_learning_{args.bench}"
-    (RESULTS / f"{out}.md").write_text(
-        f"Command: `{command}` ({steps} steps per run, {args.seeds} seeds, sparsity {args.sparsity})\n\n{table}"
-    )
-    (RESULTS / f"{out}.json").write_text(json.dumps(
-        {"command": command, "steps": steps, "seeds": args.seeds, "sparsity": args.sparsity, "rows": rows}, indent=2))
-    print(table)
+    paths = write_report(args.bench, bench, runs, root, command, args.out or f"bench_learning_{args.bench}", RESULTS)
+    print("\n".join(f"wrote {p}" for p in paths))
     return 0
+
+
+def _attempt(run: GridRun) -> str | None:
+    try:
+        run_one(run)
+    except RuntimeError as error:
+        return str(error)
+    return None
 
 
 if __name__ == "__main__":
