@@ -2,8 +2,8 @@
 
 Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (arXiv 2302.12902): the score of
 hidden unit ``i`` of layer ``l`` over a batch of states is ``s_i = E|h_i| / mean_k E|h_k|`` (a convolution channel
-counts as one unit, averaged over positions); the unit is *tau-dormant* when ``s_i <= tau``. The paper uses
-``tau = 0.025`` (and 0 for exactly dead units) in the plots and ``tau = 0.1`` for ReDo on MuJoCo.
+counts as one unit, averaged over positions); the unit is *tau-dormant* when ``s_i <= tau``. The paper reports
+``tau = 0`` and ``0.1`` and resets (ReDo) at ``0.025``; the defaults here measure 0.025 and 0.1.
 
 Hidden layers are the outputs of the activation modules (``nn.ReLU``, ``nn.Tanh``, ...) of each network that acts or
 is trained (target networks excluded): ``actor``, ``critic``, ``q_net``, ``mlp_extractor.policy_net``,
