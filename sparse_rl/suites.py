@@ -18,7 +18,7 @@ import yaml
 from sparse_rl.harness.resources import data_dir
 
 SUITE_DIR = data_dir("envs")
-SUITE_FILES = {"mujoco": "mujoco.yml", "atari": "atari.yml"}
+SUITE_FILES = {"mujoco": "mujoco.yml", "atari": "atari.yml", "minatar": "minatar.yml"}
 ATARI_ID = re.compile(r"^(?:ALE/)?(?P<game>[A-Za-z0-9]+?)(?:NoFrameskip)?-v\d+$")
 
 
@@ -84,7 +84,7 @@ def _read(name: str) -> dict[str, Any]:
 
 def suite_names() -> list[str]:
     """Every suite name accepted by :func:`load_suite` (besides single env ids)."""
-    return ["mujoco", "atari", *[s for s in _read("atari")["subsets"]]]
+    return ["mujoco", "minatar", "atari", *[s for s in _read("atari")["subsets"]]]
 
 
 def _mujoco_suite() -> Suite:
@@ -93,6 +93,12 @@ def _mujoco_suite() -> Suite:
     norm = data.get("normalization", {})
     return Suite(name="mujoco", tasks=list(data["envs"]), protocol=dict(data["protocol"]), references=references,
                  low=norm.get("low", "random"), high=norm.get("reference", "sac"), env_ids={e: e for e in data["envs"]})
+
+
+def _minatar_suite() -> Suite:
+    data = _read("minatar")
+    tasks = list(data["envs"])
+    return Suite(name="minatar", tasks=tasks, protocol=dict(data["protocol"]), references={}, env_ids={e: e for e in tasks})
 
 
 def _atari_suite(subset: str | None = None) -> Suite:
@@ -109,13 +115,16 @@ def _atari_suite(subset: str | None = None) -> Suite:
 
 
 def load_suite(name: str) -> Suite:
-    """A suite by name (``mujoco``, ``atari`` = Atari-5, ``atari5``, ``atari26``, ``atari57``) or a one-env suite.
+    """A suite by name (``mujoco``, ``minatar``, ``atari`` = Atari-5, ``atari5``, ``atari26``, ``atari57``) or a one-env
+    suite.
 
     A one-env suite (``--suite HalfCheetah-v4``, ``--suite ALE/Pong-v5``) takes the protocol and references of the
     suite file that lists the env (MuJoCo ids, or any Atari game of the 57), else defaults with no normalisation.
     """
     if name == "mujoco":
         return _mujoco_suite()
+    if name == "minatar":
+        return _minatar_suite()
     if name == "atari":
         return _atari_suite()
     atari_subsets = _read("atari")["subsets"]

@@ -26,7 +26,8 @@ METHODS = ("dense", "static", "set", "rigl", "srigl", "gmp")
 DEFAULT_SPARSITY = 0.9
 SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
                         "constant_fan_in", "start_dense", "init_scale")
-SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy"}
+SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy",
+                  "MinAtarPolicy": "SparseMinAtarPolicy"}
 DENSE_ALIASES = {sparse: dense for dense, sparse in SPARSE_ALIASES.items()}
 
 
@@ -125,7 +126,7 @@ def algo_class(algo: str) -> Any:
 
 def policy_class(algo: str, policy: Any) -> Any:
     """The policy class a name stands for (an SB3 alias, ``SparseMlpPolicy``..., or ``package.module.Class``)."""
-    import sparse_rl.sb3.policies  # noqa: F401  (registers the Sparse* aliases)
+    import sparse_rl.sb3  # noqa: F401  (registers the Sparse* and MinAtar aliases)
 
     if not isinstance(policy, str):
         return policy

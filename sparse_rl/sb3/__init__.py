@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sparse_rl.sb3 import minatar as _minatar  # noqa: F401  (DQN's MinAtarPolicy / SparseMinAtarPolicy)
 from sparse_rl.sb3 import policies as _policies  # noqa: F401  (registers the Sparse* aliases of every algorithm)
 from sparse_rl.sb3 import rl_zoo as _rl_zoo
 

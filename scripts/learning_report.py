@@ -1,0 +1,187 @@
+"""The report of a learning benchmark (``scripts/bench_learning.py``): rliable aggregates, curves, dormant neurons.
+
+Scores are the final evaluation's mean return (>= 10 deterministic episodes at the last step) of every finished run;
+the headline compares configurations on the seeds finished by all of them. IQM and mean come with 95 %
+stratified-bootstrap CIs, the probability of improvement over dense with its CI (rliable, Agarwal et al. 2021).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.analysis.aggregate import improvement_over_dense, interval_estimates
+from sparse_rl.analysis.report import relative_to_dense
+
+REPS = 2000
+TAU = 0.1
+
+
+def _run_dir(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*/*/run.json"))
+    return found[0].parent if found else None
+
+
+def load(config_runs: list[tuple[Any, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``config name -> [finished run records]`` (seed, final score, curve, wall time, dormant fractions)."""
+    result: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for config, grid_run in config_runs:
+        run_dir = _run_dir(grid_run.folder)
+        if run_dir is None:
+            continue
+        summary = json.loads((run_dir / "run.json").read_text())
+        data = np.load(run_dir / "evaluations.npz")
+        returns = data["results"].mean(axis=1)
+        record = {"seed": grid_run.seed, "final": float(returns[-1]), "final_step": int(data["timesteps"][-1]),
+                  "episodes": int(data["results"].shape[1]), "timesteps": data["timesteps"].tolist(),
+                  "returns": returns.tolist(), "walltime_s": data["walltime_s"].tolist() if "walltime_s" in data else None,
+                  "wall_time_s": summary["wall_time_s"], "steps_per_s": summary["steps_per_s"], "nnz": summary["nnz"],
+                  "density": summary["density"], "dormant": _dormant(run_dir / "dormant.csv")}
+        result[config.name].append(record)
+    return result
+
+
+def _dormant(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``network -> [(step, fraction at TAU)]``."""
+    if not path.is_file():
+        return {}
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if abs(float(row["tau"]) - TAU) < 1e-9:
+                curves[row["network"]].append((int(row["timesteps"]), float(row["fraction"])))
+    return dict(curves)
+
+
+def _common_seeds(records: dict[str, list[dict[str, Any]]]) -> list[int]:
+    sets = [{r["seed"] for r in runs} for runs in records.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def _fmt(values: list[float] | None, fmt: str = "{:.0f}") -> str:
+    if not values:
+        return "n/a"
+    point, low, high = values
+    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    seeds = _common_seeds(records)
+    matrices = {name: np.array([[r["final"]] for r in sorted(runs, key=lambda r: r["seed"]) if r["seed"] in seeds])
+                for name, runs in records.items()}
+    matrices = {name: m for name, m in matrices.items() if len(m)}
+    rows = {}
+    if matrices and all(len(m) >= 2 for m in matrices.values()):
+        estimates = interval_estimates(matrices, REPS)
+        improvement = improvement_over_dense(matrices, REPS)
+    else:
+        estimates, improvement = {}, {}
+    dense_iqm = estimates.get("dense", {}).get("iqm", [float("nan")])[0]
+    for name, runs in records.items():
+        final_dormant = defaultdict(list)
+        for run in runs:
+            for network, curve in run["dormant"].items():
+                final_dormant[network].append(curve[-1][1])
+        iqm = estimates.get(name, {}).get("iqm")
+        rows[name] = {
+            "seeds_finished": sorted(r["seed"] for r in runs), "iqm": iqm, "mean": estimates.get(name, {}).get("mean"),
+            "iqm_vs_dense": relative_to_dense(iqm[0], dense_iqm) if iqm and name != "dense" else None,
+            "p_improvement_over_dense": improvement.get(name),
+            "dormant_final": {k: float(np.mean(v)) for k, v in final_dormant.items()},
+            "nnz": float(np.mean([r["nnz"] for r in runs])), "density": float(np.mean([r["density"] for r in runs])),
+            "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
+            "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs])),
+            "per_seed": {r["seed"]: round(r["final"], 1) for r in sorted(runs, key=lambda r: r["seed"])},
+        }
+    return {"seeds_compared": seeds, "rows": rows}
+
+
+def markdown(summary: dict[str, Any], header: str) -> str:
+    lines = [header, "", f"Compared on seeds {summary['seeds_compared']} (finished by every configuration).", "",
+             "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | dormant (tau 0.1) | "
+             "nnz | density | wall time (s) | steps/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in summary["rows"].items():
+        dormant = ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["dormant_final"].items())) or "n/a"
+        ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
+        lines.append(f"| {name} | {_fmt(row['iqm'])} | {_fmt(row['mean'])} | {ratio} | "
+                     f"{_fmt(row['p_improvement_over_dense'], '{:.2f}')} | {dormant} | {row['nnz']:,.0f} | "
+                     f"{row['density']:.3f} | {row['wall_time_s']:.0f} | {row['steps_per_s']:.1f} |")
+    lines += ["", "Final return of every seed:", "", "| config | " + " | ".join(
+        f"seed {s}" for s in sorted({s for r in summary["rows"].values() for s in r["per_seed"]})) + " |"]
+    all_seeds = sorted({s for r in summary["rows"].values() for s in r["per_seed"]})
+    lines.append("|---|" + "---|" * len(all_seeds))
+    for name, row in summary["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(str(row["per_seed"].get(s, "-")) for s in all_seeds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Path:
+    """Learning curves (IQM over seeds, 95 % bootstrap band) and dormant fractions over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import library, metrics
+
+    walltime = all(r["walltime_s"] for runs in records.values() for r in runs)
+    panels = 3 if walltime else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    for name, runs in records.items():
+        horizon = min(len(r["returns"]) for r in runs)
+        steps = np.array(runs[0]["timesteps"][:horizon])
+        scores = np.array([r["returns"][:horizon] for r in runs])[:, None, :]  # (runs, tasks, points)
+        if len(runs) >= 2:
+            def iqm_per_point(s: np.ndarray) -> np.ndarray:
+                return np.array([metrics.aggregate_iqm(s[..., i]) for i in range(s.shape[-1])])
+            points, cis = library.get_interval_estimates({name: scores}, iqm_per_point, reps=500,
+                                                         random_state=np.random.RandomState(0))
+            line, low, high = points[name], cis[name][0], cis[name][1]
+        else:
+            line = low = high = scores[0, 0]
+        axes[0].plot(steps, line, label=f"{name} ({len(runs)} seeds)")
+        axes[0].fill_between(steps, low, high, alpha=0.2)
+        if walltime:
+            seconds = np.mean([r["walltime_s"][:horizon] for r in runs], axis=0)
+            axes[2].plot(seconds, line, label=name)
+            axes[2].fill_between(seconds, low, high, alpha=0.2)
+        for network in sorted(runs[0]["dormant"]):
+            curves = [r["dormant"].get(network, []) for r in runs]
+            n = min(len(c) for c in curves)
+            if n:
+                axes[1].plot([p[0] for p in curves[0][:n]], np.mean([[p[1] for p in c[:n]] for c in curves], axis=0),
+                             label=f"{name} {network}")
+    axes[0].set(xlabel="environment steps", ylabel="evaluation return (IQM)", title=title)
+    axes[1].set(xlabel="environment steps", ylabel=f"dormant fraction (tau {TAU})", title="dormant neurons (mean)")
+    if walltime:
+        axes[2].set(xlabel="training wall-clock seconds", ylabel="evaluation return (IQM)", title="return vs wall clock")
+    for axis in axes:
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]], root: Path, command: str, out: str,
+                 results: Path) -> list[Path]:
+    records = load(config_runs)
+    if not records:
+        return []
+    summary = summarize(records)
+    header = (f"# {bench_name}: {bench.algo.upper()} on {bench.env}, {bench.steps:,} env steps per run\n\n"
+              f"Command: `{command}`. {bench.note}. Final score: mean return of the final evaluation "
+              f"({records[next(iter(records))][0]['episodes']} deterministic episodes) at the last step.")
+    results.mkdir(exist_ok=True)
+    md = results / f"{out}.md"
+    md.write_text(markdown(summary, header))
+    js = results / f"{out}.json"
+    js.write_text(json.dumps({"bench": bench_name, "command": command, "steps": bench.steps, **summary,
+                              "records": records}, indent=1, default=float))
+    png = plot(records, f"{bench.algo.upper()} {bench.env}", results / f"{out}.png")
+    return [md, js, png]

@@ -1,0 +1,52 @@
+"""MinAtar: the paper's network as a sparse-capable features extractor, DQN runs, the suite."""
+
+import pytest
+
+pytest.importorskip("minatar", reason="MinAtar is an optional extra (pip install 'sparse_rl[minatar]')")
+
+import torch as th  # noqa: E402
+from stable_baselines3 import DQN  # noqa: E402
+
+from sparse_rl.harness.envs import register_optional_envs  # noqa: E402
+from sparse_rl.nn import SparseConv2d, SparseLinear  # noqa: E402
+from sparse_rl.sb3.builders import sparse_layers  # noqa: E402
+from sparse_rl.sb3.minatar import MinAtarCNN  # noqa: E402
+from sparse_rl.suites import load_suite  # noqa: E402
+from sparse_rl.train import main as train_main  # noqa: E402
+
+register_optional_envs()
+
+
+def test_the_minatar_network_is_the_papers_and_sparse_but_for_the_head():
+    sparse = DQN("SparseMinAtarPolicy", "MinAtar/Breakout-v1", buffer_size=100, policy_kwargs=dict(sparsity=0.9))
+    q_net = sparse.policy.q_net
+    assert isinstance(q_net.features_extractor, MinAtarCNN)
+    conv, hidden = q_net.features_extractor.cnn[0], q_net.features_extractor.linear[0]
+    assert isinstance(conv, SparseConv2d) and conv.weight_shape == (16, 4, 3, 3) and conv.stride == (1, 1)
+    assert isinstance(hidden, SparseLinear) and (hidden.in_features, hidden.out_features) == (16 * 8 * 8, 128)
+    assert isinstance(q_net.q_net[0], th.nn.Linear) and q_net.q_net[0].in_features == 128  # the dense head
+    assert set(sparse_layers(sparse.policy)) == {"q_net.features_extractor.cnn.0", "q_net.features_extractor.linear.0"}
+    dense = DQN("MinAtarPolicy", "MinAtar/Breakout-v1", buffer_size=100)
+    assert isinstance(dense.policy.q_net.features_extractor.cnn[0], th.nn.Conv2d)
+    obs = th.as_tensor(sparse.env.reset()).float()
+    assert sparse.policy.q_net(obs).shape == dense.policy.q_net(obs).shape == (1, 3)
+
+
+def test_dqn_minatar_dense_and_sparse_runs_from_the_config(tmp_path):
+    for sparsity in ("0", "0.9"):
+        assert train_main(["--algo", "dqn", "--env", "MinAtar/Breakout-v1", "--sparsity", sparsity, "-n", "700",
+                           "-f", str(tmp_path), "--eval-freq", "350", "--eval-episodes", "1", "-v", "0",
+                           "-params", "learning_starts:200", "callback:[{sparse_rl.sb3.TopologyCallback: "
+                           "{method: rigl, update_every: 250, end: 0.8}}]"]) == 0
+    dense = DQN.load(tmp_path / "dqn" / "MinAtar-Breakout-v1_1" / "MinAtar-Breakout-v1.zip")
+    sparse = DQN.load(tmp_path / "dqn" / "MinAtar-Breakout-v1_2" / "MinAtar-Breakout-v1.zip")
+    assert type(dense.policy).__name__ == "MinAtarPolicy" and type(sparse.policy).__name__ == "SparseMinAtarPolicy"
+    assert isinstance(sparse.policy.q_net.features_extractor.linear[0], SparseLinear)
+    assert sparse.policy.topology_state["updater"]["last_update_step"] == 450  # start 200 (learning_starts) + 250
+    assert type(sparse.policy.optimizer).__name__ == "RMSprop"
+
+
+def test_minatar_suite():
+    suite = load_suite("minatar")
+    assert len(suite.tasks) == 5 and suite.task_of("MinAtar/Breakout-v1") == "MinAtar/Breakout-v1"
+    assert suite.protocol["episodes"] == 10
