@@ -68,6 +68,14 @@ BENCHES: dict[str, Bench] = {
                              (DENSE, RIGL, STATIC), "the main command's configuration (configs/sac.yml)"),
     "ppo-halfcheetah": Bench("ppo", "HalfCheetah-v4", 300_000, ("--eval-freq", "20000", *EVAL, "--save-freq", "50000"),
                              (DENSE, RIGL, STATIC), "RL Zoo's settings (configs/ppo.yml)"),
+    # Graesser et al.'s claim at equal parameters: a RigL 90 % network whose hidden width (816) gives the nonzero count
+    # of dense [256, 256] (216,322 vs 216,320 weights and biases; density 0.105 with the dense heads); dense and wide
+    # runs of a seed train at the same time (seed-major order, 2 jobs), so their wall clocks compare
+    "sac-halfcheetah-wide": Bench("sac", "HalfCheetah-v4", 100_000,
+                                  ("--eval-freq", "10000", *EVAL, "--save-freq", "25000", "--save-replay-buffer"),
+                                  (DENSE, Config("rigl", 0.9, ("-params", "policy_kwargs:dict(net_arch=[816, 816])"),
+                                                 "rigl90-wide816")),
+                                  "sparse-wide at equal parameters: dense [256, 256] vs RigL 90 % [816, 816]"),
     "dqn-minatar-breakout": Bench("dqn", "MinAtar/Breakout-v1", 500_000, MINATAR, (DENSE, RIGL),
                                   "the MinAtar network (Young & Tian 2019), configs/dqn.yml"),
     "dqn-minatar-spaceinvaders": Bench("dqn", "MinAtar/SpaceInvaders-v1", 500_000, MINATAR, (DENSE, RIGL),
