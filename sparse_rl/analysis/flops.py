@@ -4,18 +4,57 @@ A linear layer costs ``nnz`` multiply-adds per sample (dense: ``in * out``); a c
 position. Inference counts the layers that run when acting; training counts every weight layer of the policy
 (forward and backward scale alike, so their ratio is the forward ratio). The dense-gradient pass at topology updates
 is rare and not included.
+
+:func:`sample_observation` builds the observation to measure on for any observation space (Box, Discrete,
+MultiDiscrete, MultiBinary, and Dict / Tuple of them), and :func:`policy_flops_for_space` measures on it.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy as np
 import torch as th
 from torch import nn
 
 from sparse_rl.nn.layers import SparseWeightMixin
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseWeightMixin)
+
+
+def sample_observation(space: Any) -> Any:
+    """One fixed, valid observation of a gymnasium space, as ``policy.predict`` takes it.
+
+    Box: zeros clipped into the bounds; Discrete / MultiDiscrete: the lowest value; MultiBinary: zeros; Dict and Tuple:
+    the same per sub-space (a dict / tuple). Any other space: a sample drawn from a copy of it (its RNG untouched).
+
+    :param space: a ``gymnasium.spaces.Space`` (e.g. ``model.observation_space``)
+    """
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Dict):
+        return {key: sample_observation(sub) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(sample_observation(sub) for sub in space.spaces)
+    if isinstance(space, spaces.Box):
+        return np.clip(np.zeros(space.shape, dtype=space.dtype), space.low, space.high).astype(space.dtype)
+    if isinstance(space, spaces.Discrete):
+        return np.asarray(space.start, dtype=space.dtype)
+    if isinstance(space, spaces.MultiDiscrete):
+        return np.broadcast_to(np.asarray(getattr(space, "start", 0), dtype=space.dtype), space.shape).copy()
+    if isinstance(space, spaces.MultiBinary):
+        return np.zeros(space.shape, dtype=space.dtype)
+    return copy.deepcopy(space).sample()
+
+
+def policy_flops_for_space(policy: nn.Module, observation_space: Any) -> dict[str, float]:
+    """:func:`policy_flops` measured on :func:`sample_observation` of ``observation_space`` (any space, Dict too).
+
+    :param policy: an SB3 policy (``model.policy``)
+    :param observation_space: the space the policy acts on (``model.observation_space``)
+    """
+    return policy_flops(policy, sample_observation(observation_space))
 
 
 def _costs(module: nn.Module) -> tuple[int, int]:

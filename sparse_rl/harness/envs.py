@@ -117,6 +117,8 @@ def make_env(
         if env_id.startswith("ALE/"):
             env_kwargs.setdefault("frameskip", 1)
         frame_stack = frame_stack or 4
+    else:  # the Atari preprocessing is for Atari ids only (an Atari run evaluated elsewhere fails on its spaces)
+        wrappers = [(cls, kw) for cls, kw in wrappers if cls is not AtariWrapper]
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, monitor_dir=monitor_dir,
                         monitor_kwargs=monitor_kwargs, wrapper_class=_wrapper_chain(wrappers))
     if frame_stack:

@@ -22,8 +22,6 @@ from sparse_rl.harness.envs import check_env_id, is_atari
 
 ALGOS = ("sac", "td3", "dqn", "ppo", "a2c")
 METHODS = ("dense", "static", "set", "rigl", "srigl", "gmp")
-#: the sparse policies' default sparsity (Graesser et al. 2022, arXiv 2206.10369: 90 % is the field's standard)
-DEFAULT_SPARSITY = 0.9
 SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
                         "constant_fan_in", "start_dense", "init_scale")
 SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy",
@@ -142,6 +140,7 @@ def policy_class(algo: str, policy: Any) -> Any:
 def _sparsity(spec: RunSpec, policy_kwargs: dict[str, Any], policy: Any, sources: dict[str, str],
               notes: list[str]) -> float:
     from sparse_rl.nn.masks import check_sparsity
+    from sparse_rl.sb3.builders import DEFAULT_SPARSITY
 
     if spec.sparsity is not None:
         value, origin = spec.sparsity, "--sparsity"

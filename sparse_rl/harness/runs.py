@@ -199,11 +199,11 @@ def atomic_save(model: Any, path: Path) -> None:
 def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
                 tensorboard_dir: str | None) -> dict[str, Any]:
     """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""
-    from sparse_rl.analysis.flops import policy_flops
+    from sparse_rl.analysis.flops import policy_flops_for_space
     from sparse_rl.sb3.report import sparsity_report
 
     total = sparsity_report(model)["total"]
-    flops = policy_flops(model.policy, _sample_observation(model.observation_space))
+    flops = policy_flops_for_space(model.policy, model.observation_space)
     return {
         "algo": spec.algo, "env": spec.env, "method": method, "sparsity": sparsity, "seed": spec.seed,
         "n_timesteps": int(model.num_timesteps), "nnz": total["nnz"], "numel": total["numel"], "density": total["density"],
@@ -211,15 +211,6 @@ def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s
         "wall_time_s": wall_time_s, "steps_per_s": model.num_timesteps / max(wall_time_s, 1e-9),
         "tensorboard_dir": tensorboard_dir, "finished": time.time(),
     }
-
-
-def _sample_observation(space: Any) -> Any:
-    """A zero observation of ``space`` (a dict of them for Dict spaces)."""
-    import numpy as np
-
-    if getattr(space, "spaces", None) is not None and isinstance(space.spaces, dict):
-        return {key: _sample_observation(sub) for key, sub in space.spaces.items()}
-    return np.zeros(space.shape, dtype=space.dtype)
 
 
 def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:

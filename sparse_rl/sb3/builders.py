@@ -27,6 +27,8 @@ OUTPUT_ALIAS = "output"
 INPUT_ALIAS = "input"
 DEFAULT_DENSE_LAYERS: tuple[str, ...] = (OUTPUT_ALIAS,)
 INIT_SCALES = ("sparse", "dense")
+#: Sparsity of a ``Sparse*Policy`` built without ``sparsity``: the standard 90 % of Graesser et al. 2022.
+DEFAULT_SPARSITY = 0.9
 
 
 def _optional_sparsity(value: float | None, what: str) -> float | None:
@@ -42,7 +44,8 @@ def _optional_sparsity(value: float | None, what: str) -> float | None:
 class SparseConfig:
     """The sparsity options of a ``Sparse*Policy`` (its extra ``policy_kwargs``).
 
-    :param sparsity: fraction of zero weights over the layers made sparse, in [0, 1); 0 keeps SB3's dense policy
+    :param sparsity: fraction of zero weights over the layers made sparse, in [0, 1); default 0.9 (the standard 90 %
+        of Graesser et al. 2022); ``0`` (with no override) is the explicit dense baseline, SB3's own network
     :param actor_sparsity: override for the actor / policy network (SAC, TD3, PPO's ``pi`` side)
     :param critic_sparsity: override for the critics / q-network (SAC, TD3, DQN, PPO's ``vf`` side)
     :param distribution: how nonzeros are spread over layers: ``"erk"``, ``"uniform"`` or ``"er"``
@@ -55,7 +58,7 @@ class SparseConfig:
     :param init_scale: ``"sparse"`` scales initial weights by the sparse fan-in (Graesser et al.), ``"dense"`` not
     """
 
-    sparsity: float = 0.0
+    sparsity: float = DEFAULT_SPARSITY
     actor_sparsity: float | None = None
     critic_sparsity: float | None = None
     distribution: str = "erk"
@@ -182,9 +185,9 @@ def _weight_shape(module: nn.Module) -> tuple[int, ...]:
     return tuple(module.weight.shape)
 
 
-def _make_sparse(module: nn.Module, mask: th.Tensor, config: SparseConfig) -> SparseWeightMixin:
+def _make_sparse(module: nn.Module, mask: th.Tensor, init_scale: str = "sparse", backend: str = "auto") -> SparseWeightMixin:
     weight = module.weight
-    common = dict(bias=module.bias is not None, mask=mask, init_scale=config.init_scale, backend=config.backend,
+    common = dict(bias=module.bias is not None, mask=mask, init_scale=init_scale, backend=backend,
                   device=weight.device, dtype=weight.dtype)
     if isinstance(module, nn.Linear):
         return SparseLinear(module.in_features, module.out_features, **common)
@@ -231,12 +234,48 @@ def sparsify(
             config.target_sparsity[name] = 1.0 - nnz[name] / (rows * cols)
             count = rows * cols if config.start_dense else nnz[name]
             mask = random_mask(rows, cols, count, config.constant_fan_in and not config.start_dense)
-            layer = _make_sparse(module, mask.view(shapes[name]), config)
-            relative = name[len(prefix) + 1:] if prefix else name
-            parent_name, _, child_name = relative.rpartition(".")
-            setattr(net.get_submodule(parent_name) if parent_name else net, child_name, layer)
+            layer = _make_sparse(module, mask.view(shapes[name]), config.init_scale, config.backend)
+            _replace(net, name[len(prefix) + 1:] if prefix else name, layer)
             built[name] = layer
     return built
+
+
+def _replace(net: nn.Module, name: str, layer: nn.Module) -> None:
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(net.get_submodule(parent_name) if parent_name else net, child_name, layer)
+
+
+def sparse_layout(net: nn.Module, skip: Sequence[str] = ("features_extractor",)) -> dict[str, int]:
+    """The nnz of each sparse layer of ``net`` by name, leaving out the modules under the ``skip`` prefixes.
+
+    With :func:`rebuild_sparse_layers` this is how a sub-network saved alone (``model.actor.save``) is rebuilt sparse.
+    """
+    return {
+        name: module.nnz for name, module in net.named_modules()
+        if isinstance(module, SparseWeightMixin) and not any(_matches(prefix, name) for prefix in skip)
+    }
+
+
+def rebuild_sparse_layers(net: nn.Module, layout: dict[str, int], init_scale: str = "sparse", backend: str = "auto") -> None:
+    """Replace the named dense layers of ``net`` by sparse layers with ``layout[name]`` random nonzeros, in place.
+
+    The masks are placeholders drawn from a fixed local generator (the global RNG is left alone): loading the saved
+    state dict afterwards (``load_state_dict``) restores the saved topology.
+
+    :param net: a freshly built dense network (an SB3 actor, critic or q-network)
+    :param layout: nnz by layer name, as returned by :func:`sparse_layout`
+    """
+    generator = th.Generator().manual_seed(0)
+    for name, nnz in layout.items():
+        module = net.get_submodule(name)
+        if isinstance(module, SparseWeightMixin):
+            continue
+        if not is_candidate(module):
+            raise ValueError(f"{name!r} is a {type(module).__name__}, not a linear or convolutional layer: the saved "
+                             "sparse layout does not match this network (check net_arch)")
+        shape = _weight_shape(module)
+        mask = random_mask(shape[0], math.prod(shape[1:]), int(nnz), False, generator)
+        _replace(net, name, _make_sparse(module, mask.view(shape), init_scale, backend))
 
 
 def sparse_orthogonal_(layer: SparseWeightMixin, gain: float = 1.0) -> None:

@@ -21,10 +21,22 @@ grown ones restart from 0) in every optimizer that owns the parameter, target ne
 target weights are not stored, i.e. 0), and ``sparsity/density``, ``sparsity/updates``, ``sparsity/drop_fraction``
 and ``sparsity/changed_fraction`` are logged.
 
-The updater's state (updates done, last update step, next scheduled step, random generator, the total steps that
-fractions resolve against) is written to ``policy.topology_state``, which the policy saves in its state dict (key
-``_extra_state``): after ``Algo.load``, a new ``TopologyCallback`` with the same arguments resumes the schedule (no
-repeated and no skipped update).
+Saved state and continued training. The updater's state (updates done, last update step, next scheduled step, random
+generator, the resolved schedule) is written to ``policy.topology_state``, which the policy stores in its state dict as
+tensors (:mod:`sparse_rl.sb3.policy_state`), so ``model.save`` / ``Algo.load`` and checkpoints carry it. The saved state
+records what happened; the ``TopologyCallback`` passed to each ``learn`` call defines the schedule from the current
+clock on:
+
+- ``learn(n, callback=TopologyCallback(...), reset_num_timesteps=False)`` (in memory or after ``Algo.load``) runs the
+  updates of the new callback's schedule that fall after the current ``num_timesteps`` and after the last update; an
+  absolute ``end`` beyond the clock means more updates. Fractions (``start`` / ``end`` given as floats <= 1) resolve
+  against this ``learn`` call's end, ``model._total_timesteps`` (steps already done plus the new ones), as SB3's own
+  learning-rate schedules do. The updates done, the generator and the method carry over (another method is an
+  error). When the resolved schedule differs from the saved one, or no update is left, one line says so.
+- Crash-resume (``python -m sparse_rl.train --resume``: the same arguments and the same total) gives the same schedule:
+  no repeated and no skipped update; an update that was due when the checkpoint was written still runs.
+- ``learn(..., reset_num_timesteps=True)`` restarts the clock: a new schedule from step 0 (the same method keeps its
+  generator).
 """
 
 from __future__ import annotations
@@ -44,6 +56,11 @@ from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, create_updater
 METHODS = ("static", "set", "rigl", "srigl", "gmp")
 
 
+def _describe(schedule: dict[str, Any]) -> str:
+    return (f"every {schedule['update_every']} steps from {schedule['start']} to {schedule['end']}, drop fraction "
+            f"{schedule['drop_fraction']} {schedule['drop_schedule']}")
+
+
 class TopologyCallback(BaseCallback):
     """Drop and regrow (or prune) the connections of a ``Sparse*Policy`` during ``learn``.
 
@@ -54,7 +71,8 @@ class TopologyCallback(BaseCallback):
     :param drop_schedule: decay of the drop fraction: ``"cosine"``, ``"constant"`` or ``"linear"``
     :param start: first step of the schedule (default: ``learning_starts``, 0 for on-policy algorithms)
     :param end: last step at which an update may fire: an absolute step, or a fraction (float <= 1) of the total
-        steps of the first ``learn`` call (``model._total_timesteps``), remembered across save/load
+        steps of this ``learn`` call (``model._total_timesteps``: with ``reset_num_timesteps=False`` the steps already
+        done plus the new ones)
     :param seed: seed of the random grow criterion (SET) and tie-breaking
     :param ablation_threshold: SRigL's neuron ablation threshold (0 disables it)
     :param verbose: 1 prints a line per update
@@ -104,7 +122,8 @@ class TopologyCallback(BaseCallback):
                 f"SparseActorCriticPolicy...), got {type(self.model.policy).__name__}"
             )
         if not layers:
-            raise ValueError("the policy has no sparse layer: pass policy_kwargs=dict(sparsity=0.9) (any value in (0, 1))")
+            raise ValueError("the policy has no sparse layer (sparsity=0 is the dense baseline): pass "
+                             "policy_kwargs=dict(sparsity=0.9) (any value in (0, 1)), or leave sparsity out (default 0.9)")
         if self.method == "gmp" and not config.start_dense:
             raise ValueError("method='gmp' prunes from dense: build the policy with policy_kwargs=dict(start_dense=True, ...)")
         if self.method != "gmp" and config.start_dense:
@@ -117,42 +136,84 @@ class TopologyCallback(BaseCallback):
         policy = self.model.policy
         self.layers = sparse_layers(policy)
         self._check_policy(self.layers)
+        clock = self.model.num_timesteps
         saved = dict(getattr(policy, "topology_state", None) or {})
-        last = (saved.get("updater") or {}).get("last_update_step")
-        if saved and (self.model.num_timesteps == 0 or (last is not None and self.model.num_timesteps < last)):
+        updater_state = saved.get("updater") or None
+        last = (updater_state or {}).get("last_update_step")
+        if saved and (clock == 0 or (last is not None and clock < last)):
             # learn(reset_num_timesteps=True) restarted the clock: a new schedule; the same method keeps its generator.
-            same = saved.get("method") == self.method and saved.get("updater")
-            saved = {"updater": {**saved["updater"], "last_update_step": None}} if same else {}
+            same = saved.get("method") == self.method and updater_state
+            updater_state = {**updater_state, "last_update_step": None} if same else None
+            saved = {}
         elif saved and saved.get("method") != self.method:
             raise ValueError(f"this model was trained with method={saved.get('method')!r}; pass the same method to "
                              f"TopologyCallback to continue its schedule (got {self.method!r})")
-        self.total_steps = int(saved.get("total_steps") or self.model._total_timesteps)
+        # Fractions resolve against this learn call's end (with reset_num_timesteps=False: the steps already done plus
+        # the new ones), like SB3's own learning-rate schedules.
+        self.total_steps = int(self.model._total_timesteps)
+        self.updater = create_updater(self.method, **self._updater_kwargs(policy))
+        if updater_state:
+            self.updater.load_state_dict(updater_state)
+        self.next_update_step = self._first_update_step(clock, saved, last)
+        if saved:
+            self._announce_continuation(saved, clock)
+        self._save_state()
+        self.sparsity_log = SparsityLog(self.layers)
+
+    def _updater_kwargs(self, policy: Any) -> dict[str, Any]:
+        """The updater's arguments: this callback's schedule, resolved against ``total_steps``."""
         start = resolve_step(self.start if self.start is not None else getattr(self.model, "learning_starts", 0),
                              self.total_steps, "start")
         end = resolve_step(self.end, self.total_steps, "end")
         if end < start and UPDATERS[self.method].rewires:
             warnings.warn(f"TopologyCallback: the schedule ends (end={self.end} -> step {end}) before it starts (step "
-                          f"{start}, learning_starts by default): no topology update will happen", stacklevel=2)
-        end = max(end, start)
-        kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=end,
+                          f"{start}, learning_starts by default): no topology update will happen", stacklevel=3)
+        kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=max(end, start),
                                       drop_fraction=self.drop_fraction, drop_decay=self.drop_schedule,
                                       total_steps=self.total_steps, seed=self.seed)
         if self.method == "gmp":
             kwargs["final_sparsity"] = {name: policy.sparse_config.target_sparsity[name] for name in self.layers}
         if self.method == "srigl":
             kwargs["ablation_threshold"] = self.ablation_threshold
-        self.updater = create_updater(self.method, **kwargs)
-        if saved.get("updater"):
-            self.updater.load_state_dict(saved["updater"])
-        if "next_update_step" in saved:  # resume exactly where the saved run stood
-            self.next_update_step = saved["next_update_step"]
-        elif self.updater.rewires:
-            # First scheduled step after the current clock (one equal to the clock that has not fired yet still fires).
-            self.next_update_step = self.updater.schedule.next_update_step(self.model.num_timesteps - 1)
-        else:
-            self.next_update_step = None
-        self._save_state()
-        self.sparsity_log = SparsityLog(self.layers)
+        return kwargs
+
+    def _first_update_step(self, clock: int, saved: dict[str, Any], last: int | None) -> int | None:
+        """The first step of this callback's schedule still to run.
+
+        A fresh schedule: the first scheduled step at or after the clock (one equal to the clock has not been checked
+        yet). A continued one: the first scheduled step after the clock (SB3 checked the clock's step before the last
+        ``learn`` returned) and after the last update, except that an update that was due and had not run when the
+        state was saved (a checkpoint written between the two) still runs.
+        """
+        assert self.updater is not None
+        if not self.updater.rewires:
+            return None
+        after = clock - 1
+        if saved:
+            pending = saved.get("next_update_step")
+            after = pending - 1 if pending is not None and pending <= clock else clock
+            if last is not None:
+                after = max(after, last)
+        return self.updater.schedule.next_update_step(after)
+
+    def resolved_schedule(self) -> dict[str, Any]:
+        """The schedule in absolute steps (what ``topology_state["schedule"]`` records)."""
+        assert self.updater is not None
+        schedule = self.updater.schedule
+        return dict(update_every=schedule.update_every, start=schedule.start_step, end=schedule.end_step,
+                    drop_fraction=schedule.drop_fraction, drop_schedule=schedule.drop_decay)
+
+    def _announce_continuation(self, saved: dict[str, Any], clock: int) -> None:
+        """One line when a continued run follows another schedule than the saved one, or has no update left."""
+        if not UPDATERS[self.method].rewires:
+            return
+        new, old = self.resolved_schedule(), saved.get("schedule")
+        if self.next_update_step is None:
+            print(f"TopologyCallback: no topology update left after step {clock} (the schedule ends at step "
+                  f"{new['end']}): pass a later end to continue rewiring")
+        elif old is not None and old != new:
+            print(f"TopologyCallback: continuing at step {clock} with this callback's schedule ({_describe(new)}; saved: "
+                  f"{_describe(old)}): next update at step {self.next_update_step}")
 
     def _on_training_start(self) -> None:
         self.sparsity_log.record(self.logger, self.model)
@@ -164,6 +225,7 @@ class TopologyCallback(BaseCallback):
             "method": self.method,
             "total_steps": self.total_steps,
             "next_update_step": self.next_update_step,
+            "schedule": self.resolved_schedule(),
             "updater": self.updater.state_dict(),
         }
 

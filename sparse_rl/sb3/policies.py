@@ -6,53 +6,67 @@ only their nonzero weights (:class:`sparse_rl.nn.SparseLinear`, :class:`sparse_r
 
 Every SB3 ``policy_kwargs`` key keeps working; the extra keys are those of :class:`sparse_rl.sb3.builders.SparseConfig`
 (``sparsity``, ``actor_sparsity``, ``critic_sparsity``, ``distribution``, ``dense_layers``, ``backend``,
-``constant_fan_in``, ``start_dense``, ``init_scale``). With ``sparsity=0`` (and no override) the policy is SB3's own.
+``constant_fan_in``, ``start_dense``, ``init_scale``). Sparse by default: without ``sparsity`` a policy is 90 % sparse
+(the standard setting of Graesser et al. 2022); ``sparsity=0`` (and no override) is the explicit dense baseline, SB3's
+own network.
 
 Where the sparse layers are built:
 
 - SAC / TD3 / DQN: in the factory hooks ``make_actor``, ``make_critic`` and ``make_q_net``, so SB3's ``_build`` creates
   the optimizers on the sparse parameters and the target networks with ``load_state_dict`` (which copies the CSR
   indices too: online and target masks are equal from the start). Each network (actor, critics, q-network) meets its
-  sparsity exactly over its sparse layers.
+  sparsity exactly over its sparse layers. The networks are the sparse classes of :mod:`sparse_rl.sb3.networks`, so
+  one saved alone (``model.actor.save(path)``, ``SparseSACActor.load(path)``) loads back sparse.
 - PPO / A2C: after SB3's ``_build`` (the heads and the orthogonal init come last there); the sparse layers get an
   orthogonal-like init with SB3's gains when ``ortho_init=True`` and the optimizer is recreated on the new
   parameters before any step.
 
 The state of the topology updater (:class:`sparse_rl.sb3.TopologyCallback`) is kept in ``policy.topology_state`` and
-saved in the policy's state dict (``_extra_state``), so ``model.save`` / ``Algo.load`` carry it.
+written into the policy's state dict as tensors (:mod:`sparse_rl.sb3.policy_state`), so ``model.save`` / ``Algo.load``
+carry it; after ``load_state_dict`` of weights of another sparsity, ``policy.sparse_config`` states the loaded one.
+
+Dict observation spaces (goal-conditioned envs with ``HerReplayBuffer``): the ``Sparse*MultiInputPolicy`` classes,
+named ``"SparseMultiInputPolicy"`` for every algorithm, like SB3's ``MultiInputPolicy``.
 
 This module path is imported by saved models: keep ``sparse_rl.sb3.policies`` importable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import MutableMapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
-from stable_baselines3.common.policies import ActorCriticPolicy, ContinuousCritic
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
-from stable_baselines3.sac.policies import Actor as SACActor
+from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import SACPolicy
-from stable_baselines3.td3.policies import Actor as TD3Actor
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.nn.layers import SparseWeightMixin
-from sparse_rl.sb3.builders import SparseConfig, sparse_orthogonal_, sparsify
+from sparse_rl.sb3.builders import DEFAULT_SPARSITY, SparseConfig, sparse_orthogonal_, sparsify
+from sparse_rl.sb3.networks import SparseContinuousCritic, SparseQNetwork, SparseSACActor, SparseTD3Actor
+from sparse_rl.sb3.policy_state import pop_topology_state, restate_sparsity, write_topology_state
 
 __all__ = [
-    "SparseActorCriticCnnPolicy", "SparseActorCriticPolicy", "SparseDQNCnnPolicy", "SparseDQNPolicy", "SparseSACPolicy",
-    "SparseTD3Policy",
+    "SparseActorCriticCnnPolicy", "SparseActorCriticPolicy", "SparseDQNCnnPolicy", "SparseDQNMultiInputPolicy",
+    "SparseDQNPolicy", "SparseMultiInputActorCriticPolicy", "SparseSACMultiInputPolicy", "SparseSACPolicy",
+    "SparseTD3MultiInputPolicy", "SparseTD3Policy",
 ]
+
+
+def _restate_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: the sparsity config states the sparsity of the loaded layers."""
+    restate_sparsity(module)
 
 
 class SparsePolicyMixin:
     """Sparsity options, constructor parameters and topology state shared by the ``Sparse*Policy`` classes.
 
-    :param sparsity: fraction of zero weights over the layers made sparse, in [0, 1)
+    :param sparsity: fraction of zero weights over the layers made sparse, in [0, 1); default 0.9, the standard
+        90 % of Graesser et al. 2022. ``0`` (with no override) is the explicit dense baseline: SB3's own network
     :param actor_sparsity: override of ``sparsity`` for the actor (policy) network
     :param critic_sparsity: override of ``sparsity`` for the critics / q-network / value network
     :param distribution: ``"erk"`` (default), ``"uniform"`` or ``"er"``
@@ -70,7 +84,7 @@ class SparsePolicyMixin:
     def __init__(
         self,
         *args: Any,
-        sparsity: float = 0.0,
+        sparsity: float = DEFAULT_SPARSITY,
         actor_sparsity: float | None = None,
         critic_sparsity: float | None = None,
         distribution: str = "erk",
@@ -88,18 +102,26 @@ class SparsePolicyMixin:
         )
         self.topology_state = None
         super().__init__(*args, **kwargs)
+        self.register_load_state_dict_post_hook(_restate_after_load)  # type: ignore[attr-defined]
+
+    def sparsity_group(self, name: str) -> str:
+        """Sparsity group of a layer of the policy (by its name): ``"actor"``, ``"critic"`` or ``"shared"``."""
+        return "shared"
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
         data.update(self.sparse_config.kwargs())
         return data
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Topology-updater state, saved with the policy parameters (see :class:`sparse_rl.sb3.TopologyCallback`)."""
-        return dict(self.topology_state or {})
+    def _save_to_state_dict(self, destination: MutableMapping[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Add the topology-updater state (see :class:`sparse_rl.sb3.TopologyCallback`) to the state dict, as tensors."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        write_topology_state(self.topology_state, destination, prefix)
 
-    def set_extra_state(self, state: Any) -> None:
-        self.topology_state = dict(state) if state else None
+    def _load_from_state_dict(self, state_dict: MutableMapping[str, Any], prefix: str, *args: Any) -> None:
+        """Take the topology state out of the state dict (the current tensor format, or ``_extra_state`` of old files)."""
+        self.topology_state = pop_topology_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
@@ -107,15 +129,22 @@ class SparsePolicyMixin:
 
 
 class _SparseActorCriticOffPolicyMixin(SparsePolicyMixin):
-    """Sparse ``make_actor`` / ``make_critic`` for SAC and TD3."""
+    """Sparse ``make_actor`` / ``make_critic`` for SAC and TD3 (SB3's hooks, building the sparse network classes)."""
 
-    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> SACActor | TD3Actor:
-        actor = super().make_actor(features_extractor)  # type: ignore[misc]
+    actor_class: ClassVar[type[SparseSACActor] | type[SparseTD3Actor]]
+
+    def sparsity_group(self, name: str) -> str:
+        return "actor" if name.split(".", 1)[0] in ("actor", "actor_target") else "critic"
+
+    def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> SparseSACActor | SparseTD3Actor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
+        actor = self.actor_class(**actor_kwargs).to(self.device)  # type: ignore[attr-defined]
         sparsify(actor, "actor", self.sparse_config, group_of=lambda name, module: "actor")
         return actor
 
-    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic:
-        critic = super().make_critic(features_extractor)  # type: ignore[misc]
+    def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> SparseContinuousCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)  # type: ignore[attr-defined]
+        critic = SparseContinuousCritic(**critic_kwargs).to(self.device)  # type: ignore[attr-defined]
         sparsify(critic, "critic", self.sparse_config, group_of=lambda name, module: "critic")
         return critic
 
@@ -124,17 +153,42 @@ class SparseSACPolicy(_SparseActorCriticOffPolicyMixin, SACPolicy):
     """SAC policy whose actor and critics are sparse (SB3's ``SACPolicy`` arguments plus the sparsity options of
     :class:`SparsePolicyMixin`)."""
 
+    actor_class = SparseSACActor
+
+
+class SparseSACMultiInputPolicy(SparseSACPolicy):
+    """Sparse SAC policy for Dict observations (goal-conditioned envs, ``HerReplayBuffer``): SB3's
+    ``CombinedExtractor`` features extractor; alias ``"SparseMultiInputPolicy"``."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
 
 class SparseTD3Policy(_SparseActorCriticOffPolicyMixin, TD3Policy):
     """TD3 policy whose actor and critics are sparse (SB3's ``TD3Policy`` arguments plus the sparsity options of
     :class:`SparsePolicyMixin`)."""
 
+    actor_class = SparseTD3Actor
+
+
+class SparseTD3MultiInputPolicy(SparseTD3Policy):
+    """Sparse TD3 policy for Dict observations (``CombinedExtractor``); alias ``"SparseMultiInputPolicy"``."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
 
 class SparseDQNPolicy(SparsePolicyMixin, DQNPolicy):
     """DQN policy with a sparse q-network (``critic_sparsity`` overrides ``sparsity`` for it)."""
 
-    def make_q_net(self) -> QNetwork:
-        q_net = super().make_q_net()
+    def sparsity_group(self, name: str) -> str:
+        return "critic"
+
+    def make_q_net(self) -> SparseQNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        q_net = SparseQNetwork(**net_args).to(self.device)
         sparsify(q_net, "q_net", self.sparse_config, group_of=lambda name, module: "critic")
         return q_net
 
@@ -143,6 +197,14 @@ class SparseDQNCnnPolicy(SparseDQNPolicy):
     """Sparse DQN policy for images: NatureCNN features extractor (its convolutions and 3136x512 linear are sparse)."""
 
     def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class SparseDQNMultiInputPolicy(SparseDQNPolicy):
+    """Sparse DQN policy for Dict observations (``CombinedExtractor``); alias ``"SparseMultiInputPolicy"``."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+                 **kwargs: Any) -> None:
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 
@@ -163,7 +225,10 @@ class SparseActorCriticPolicy(SparsePolicyMixin, ActorCriticPolicy):
     ``vf_features_extractor``; a shared features extractor uses ``sparsity``.
     """
 
-    def _layer_group(self, name: str, module: nn.Module) -> str:
+    def sparsity_group(self, name: str) -> str:
+        return self._layer_group(name, None)
+
+    def _layer_group(self, name: str, module: nn.Module | None) -> str:
         if name.startswith(("mlp_extractor.policy_net", "action_net", "pi_features_extractor")):
             return "actor"
         if name.startswith(("mlp_extractor.value_net", "value_net", "vf_features_extractor")):
@@ -199,18 +264,31 @@ class SparseActorCriticCnnPolicy(SparseActorCriticPolicy):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 
+class SparseMultiInputActorCriticPolicy(SparseActorCriticPolicy):
+    """Sparse actor-critic policy (PPO, A2C) for Dict observations (``CombinedExtractor``); alias
+    ``"SparseMultiInputPolicy"``."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
 def register_policy_aliases() -> None:
-    """Let SB3 (and RL Zoo configs) name the sparse policies by string: ``SparseMlpPolicy`` / ``SparseCnnPolicy``.
+    """Let SB3 (and RL Zoo configs) name the sparse policies by string: ``SparseMlpPolicy``, ``SparseCnnPolicy`` and
+    ``SparseMultiInputPolicy``.
 
     Adds entries to each algorithm's public ``policy_aliases`` table; existing aliases are never replaced.
     """
     from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
+    actor_critic = {"SparseMlpPolicy": SparseActorCriticPolicy, "SparseCnnPolicy": SparseActorCriticCnnPolicy,
+                    "SparseMultiInputPolicy": SparseMultiInputActorCriticPolicy}
     table = {
-        SAC: {"SparseMlpPolicy": SparseSACPolicy}, TD3: {"SparseMlpPolicy": SparseTD3Policy},
-        DQN: {"SparseMlpPolicy": SparseDQNPolicy, "SparseCnnPolicy": SparseDQNCnnPolicy},
-        PPO: {"SparseMlpPolicy": SparseActorCriticPolicy, "SparseCnnPolicy": SparseActorCriticCnnPolicy},
-        A2C: {"SparseMlpPolicy": SparseActorCriticPolicy, "SparseCnnPolicy": SparseActorCriticCnnPolicy},
+        SAC: {"SparseMlpPolicy": SparseSACPolicy, "SparseMultiInputPolicy": SparseSACMultiInputPolicy},
+        TD3: {"SparseMlpPolicy": SparseTD3Policy, "SparseMultiInputPolicy": SparseTD3MultiInputPolicy},
+        DQN: {"SparseMlpPolicy": SparseDQNPolicy, "SparseCnnPolicy": SparseDQNCnnPolicy,
+              "SparseMultiInputPolicy": SparseDQNMultiInputPolicy},
+        PPO: actor_critic, A2C: actor_critic,
     }
     for algo, aliases in table.items():
         for alias, policy in aliases.items():

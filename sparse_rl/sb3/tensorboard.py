@@ -18,7 +18,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image
 
-from sparse_rl.analysis.flops import policy_flops
+from sparse_rl.analysis.flops import policy_flops_for_space
 from sparse_rl.sb3.report import sparsity_report
 
 TB_ONLY = ("stdout", "log", "json", "csv")
@@ -82,8 +82,7 @@ class SparsityLog:
             self.ever_active[name] |= layer.mask
         ever = sum(int(m.sum()) for m in self.ever_active.values())
         logger.record("sparsity/ever_active_fraction", ever / max(sum(m.numel() for m in self.ever_active.values()), 1))
-        space = model.observation_space
-        flops = policy_flops(policy, np.zeros(space.shape, dtype=space.dtype))
+        flops = policy_flops_for_space(policy, model.observation_space)
         logger.record("sparsity/inference_flops_vs_dense", flops["inference_vs_dense"])
         logger.record("sparsity/training_flops_vs_dense", flops["training_vs_dense"])
         if before is not None:

@@ -264,6 +264,9 @@ class SRigL(RigL):
         n_keep = th.minimum(counts - n_drop, target)
         n_keep = th.maximum(n_keep, target - (cols - counts))  # never grow more than a row's free positions
         n_keep = th.minimum(n_keep, counts)
+        # keep the row's protected connections (last of an input): such a row swaps fewer, unless ablation empties it
+        protected = (drop_dense == float("inf")).sum(dim=1)
+        n_keep = th.maximum(n_keep, th.minimum(protected, target))
         keep = _top_per_row(drop_dense, n_keep) & active
         grow = _top_per_row(grow_dense, target - n_keep) & ~active
         return keep, grow

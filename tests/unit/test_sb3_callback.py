@@ -72,3 +72,72 @@ def test_clock_restart_starts_a_new_schedule() -> None:
     with pytest.warns(UserWarning, match="no topology update"):
         model.learn(10, callback=late)  # end = 0.8 * 10 = 8 comes before learning_starts = 10
     assert late.updater.num_updates == 0 and late.next_update_step is None  # the static run replaced the state
+
+
+# --------------------------------------------------------------- continued training with new topology arguments
+class Recording(TopologyCallback):
+    """TopologyCallback that records the clock of each update."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.clock: list[int] = []
+
+    def update_topology(self) -> None:
+        super().update_topology()
+        self.clock.append(self.model.num_timesteps)
+
+
+def _first_run() -> DQN:
+    model = DQN(SparseDQNPolicy, "CartPole-v1", learning_starts=50, batch_size=8, buffer_size=500, seed=0,
+                policy_kwargs=dict(sparsity=0.9, net_arch=[16]))
+    first = Recording(method="set", update_every=50, end=200, seed=0)
+    model.learn(200, callback=first)
+    assert first.clock == [100, 150, 200]
+    return model
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_continued_learn_follows_new_callback_arguments(tmp_path, capsys, reload) -> None:
+    model = _first_run()
+    if reload:
+        model.save(tmp_path / "m")
+        model = DQN.load(tmp_path / "m", env=model.get_env())
+    capsys.readouterr()
+    more = Recording(method="set", update_every=50, end=400, seed=0)
+    model.learn(200, callback=more, reset_num_timesteps=False)
+    assert more.clock == [250, 300, 350, 400], "the schedule of the new callback runs after the current clock"
+    assert more.updater.num_updates == 3 + 4
+    out = capsys.readouterr().out
+    assert "continuing at step 200" in out and "next update at step 250" in out
+    assert model.policy.topology_state["schedule"]["end"] == 400
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_continued_learn_fraction_end_resolves_against_new_total(tmp_path, reload) -> None:
+    model = _first_run()
+    if reload:
+        model.save(tmp_path / "m")
+        model = DQN.load(tmp_path / "m", env=model.get_env())
+    more = Recording(method="set", update_every=50, end=0.75, seed=0)
+    model.learn(200, callback=more, reset_num_timesteps=False)  # end = 0.75 * (200 + 200) = 300
+    assert more.updater.schedule.end_step == 300 and more.clock == [250, 300]
+
+
+def test_continued_learn_after_schedule_end_says_so(capsys) -> None:
+    model = _first_run()
+    capsys.readouterr()
+    same = Recording(method="set", update_every=50, end=200, seed=0)
+    model.learn(100, callback=same, reset_num_timesteps=False)
+    assert same.clock == []
+    assert "no topology update left after step 200" in capsys.readouterr().out
+
+
+def test_continued_learn_with_same_arguments_is_silent_and_exact(capsys) -> None:
+    model = DQN(SparseDQNPolicy, "CartPole-v1", learning_starts=50, batch_size=8, buffer_size=500, seed=0,
+                policy_kwargs=dict(sparsity=0.9, net_arch=[16]))
+    model.learn(150, callback=Recording(method="set", update_every=50, end=10_000, seed=0))
+    capsys.readouterr()
+    again = Recording(method="set", update_every=50, end=10_000, seed=0)
+    model.learn(100, callback=again, reset_num_timesteps=False)
+    assert again.clock == [200, 250]  # 150 ran in the first call: no repeat, no skip
+    assert capsys.readouterr().out == ""

@@ -67,8 +67,7 @@ def test_sparsity_zero_is_sb3_policy(sparse_cls, dense_cls, obs, act) -> None:
     dense = dense_cls(obs, act, lr)
     assert not any(isinstance(m, SparseWeightMixin) for m in sparse.modules())
     a, b = sparse.state_dict(), dense.state_dict()
-    a.pop("_extra_state")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys()  # no topology-state entry while there is no topology state
     assert all(th.equal(a[k], b[k]) for k in a)
 
 
@@ -93,7 +92,7 @@ def test_actor_critic_overrides_and_uniform() -> None:
     assert nnz == round(0.05 * numel)
     assert policy.critic.qf0[0].density == pytest.approx(0.05, abs=0.01)
     assert policy.critic.qf0[2].density == pytest.approx(0.05, abs=0.01)
-    only_actor = sac(actor_sparsity=0.9)
+    only_actor = sac(sparsity=0.0, actor_sparsity=0.9)
     assert all(n.startswith("actor.") for n in sparse_layers(only_actor))
 
 
@@ -225,13 +224,19 @@ def test_sparsity_report() -> None:
         sparsity_report(42)
 
 
-def test_topology_state_in_state_dict() -> None:
+def test_topology_state_in_state_dict_as_tensors_only() -> None:
     policy = sac(sparsity=0.9)
-    policy.topology_state = {"method": "rigl", "next_update_step": 150}
+    generator = th.Generator().manual_seed(3).get_state()
+    policy.topology_state = {"method": "rigl", "next_update_step": 150, "updater": {"generator": generator, "last": None}}
     state = policy.state_dict()
+    assert all(isinstance(value, th.Tensor) for value in state.values())
+    assert {k for k in state if k.startswith("topology_state.")} == {"topology_state._json",
+                                                                   "topology_state.updater.generator"}
     other = sac(sparsity=0.9)
     other.load_state_dict(state)
-    assert other.topology_state == {"method": "rigl", "next_update_step": 150}
+    assert other.topology_state["method"] == "rigl" and other.topology_state["next_update_step"] == 150
+    assert th.equal(other.topology_state["updater"]["generator"], generator)
+    assert other.topology_state["updater"]["last"] is None
     assert all(th.equal(a.indices, b.indices) for a, b in zip(sparse_layers(policy).values(), sparse_layers(other).values()))
 
 
@@ -244,3 +249,165 @@ def test_policy_save_load(tmp_path) -> None:
         assert th.equal(a.indices, b.indices) and th.equal(a.values, b.values), name
     obs = th.rand(5, *BOX_OBS.shape) * 2 - 1
     assert th.equal(policy(obs, deterministic=True), loaded(obs, deterministic=True))
+
+
+# ------------------------------------------------------------------------------------------ sparse by default (a)
+@pytest.mark.parametrize("policy_fn", [
+    lambda: SparseSACPolicy(BOX_OBS, BOX_ACT, lr),
+    lambda: SparseTD3Policy(BOX_OBS, BOX_ACT, lr),
+    lambda: SparseDQNPolicy(BOX_OBS, DISCRETE, lr),
+    lambda: SparseActorCriticPolicy(BOX_OBS, DISCRETE, lr),
+])
+def test_sparse_policy_without_sparsity_is_90_percent_sparse(policy_fn) -> None:
+    policy = policy_fn()
+    assert policy.sparse_config.sparsity == 0.9
+    layers = sparse_layers(policy)
+    assert layers, "a Sparse*Policy built without sparsity must be sparse"
+    nnz, numel = sum(m.nnz for m in layers.values()), sum(m.numel_dense for m in layers.values())
+    assert nnz / numel == pytest.approx(0.1, abs=0.01)
+
+
+def test_sparse_mlp_alias_without_sparsity_builds_sparse_network() -> None:
+    from stable_baselines3 import SAC
+
+    model = SAC("SparseMlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[32, 32]), buffer_size=100)
+    assert sparse_layers(model.policy) and model.policy.sparse_config.sparsity == 0.9
+
+
+# ------------------------------------------------------------------------------- sub-networks saved alone (d)
+def _same_sparse_layers(a: nn.Module, b: nn.Module) -> None:
+    layers_a = {n: m for n, m in a.named_modules() if isinstance(m, SparseWeightMixin)}
+    layers_b = {n: m for n, m in b.named_modules() if isinstance(m, SparseWeightMixin)}
+    assert layers_a and layers_a.keys() == layers_b.keys()
+    for name, layer in layers_a.items():
+        assert type(layers_b[name]) is type(layer), name
+        assert th.equal(layer.mask, layers_b[name].mask) and th.equal(layer.values, layers_b[name].values), name
+
+
+@pytest.mark.parametrize("make, attr, obs_space, act_space", [
+    (lambda: sac(sparsity=0.9, net_arch=[32, 32]), "actor", BOX_OBS, BOX_ACT),
+    (lambda: sac(sparsity=0.9, net_arch=[32, 32]), "critic", BOX_OBS, BOX_ACT),
+    (lambda: SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32]), "actor", BOX_OBS, BOX_ACT),
+    (lambda: SparseTD3Policy(BOX_OBS, BOX_ACT, lr, sparsity=0.9, net_arch=[32, 32]), "critic", BOX_OBS, BOX_ACT),
+    (lambda: SparseDQNPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, net_arch=[32, 32]), "q_net", BOX_OBS, DISCRETE),
+    (lambda: SparseDQNCnnPolicy(IMAGE_OBS, DISCRETE, lr, sparsity=0.9), "q_net", IMAGE_OBS, DISCRETE),
+])
+def test_sub_network_saved_alone_loads_sparse(tmp_path, make, attr, obs_space, act_space) -> None:
+    net = getattr(make(), attr)
+    net.save(tmp_path / "net.pth")
+    loaded = type(net).load(tmp_path / "net.pth")
+    _same_sparse_layers(net, loaded)
+    obs = th.as_tensor(np.stack([obs_space.sample() for _ in range(4)])).float()
+    if attr == "critic":
+        actions = th.rand(4, *act_space.shape) * 2 - 1
+        assert all(th.equal(a, b) for a, b in zip(net(obs, actions), loaded(obs, actions)))
+        return
+    kwargs = dict(deterministic=True) if hasattr(net, "latent_pi") else {}  # SAC's actor samples by default
+    assert th.equal(net(obs, **kwargs), loaded(obs, **kwargs))
+    np.testing.assert_array_equal(net.predict(obs.numpy(), deterministic=True)[0],
+                                  loaded.predict(obs.numpy(), deterministic=True)[0])
+
+
+def test_sub_network_saved_alone_keeps_pruned_nnz(tmp_path) -> None:
+    policy = sac(sparsity=0.9, start_dense=True, net_arch=[32, 32])
+    layer = policy.actor.latent_pi[2]
+    keep = th.zeros(layer.matrix_shape, dtype=th.bool)
+    keep[:, :3] = True
+    layer.rewire(keep, th.arange(layer.nnz).view(layer.matrix_shape)[keep])  # prune to 3 inputs per unit
+    policy.actor.save(tmp_path / "actor.pth")
+    loaded = type(policy.actor).load(tmp_path / "actor.pth")
+    assert loaded.latent_pi[2].nnz == 32 * 3
+    _same_sparse_layers(policy.actor, loaded)
+
+
+# ------------------------------------------------------------------------ loaded sparsity restated in config (f)
+def test_loading_weights_of_another_sparsity_restates_sparse_config() -> None:
+    th.manual_seed(1)
+    source = SparseDQNPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, net_arch=[64, 64])
+    fresh = SparseDQNPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.5, net_arch=[64, 64])
+    fresh.load_state_dict(source.state_dict())
+    assert fresh.sparse_config.sparsity == 0.9
+    assert fresh.sparse_config.critic_sparsity is None and fresh.sparse_config.actor_sparsity is None
+    assert fresh.sparse_config.target_sparsity == source.sparse_config.target_sparsity
+    same = SparseDQNPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, net_arch=[64, 64])
+    same.load_state_dict(source.state_dict())  # same sparsity, other masks: the nominal value stays
+    assert same.sparse_config.sparsity == 0.9 and same.sparse_config.target_sparsity == source.sparse_config.target_sparsity
+
+
+def test_loading_weights_with_other_actor_and_critic_sparsity_restates_each() -> None:
+    source = sac(sparsity=0.5, actor_sparsity=0.8, critic_sparsity=0.95)
+    fresh = sac(sparsity=0.5)
+    fresh.load_state_dict(source.state_dict())
+    config = fresh.sparse_config
+    assert (config.group_sparsity("actor"), config.group_sparsity("critic")) == (0.8, 0.95)
+    assert config.target_sparsity == source.sparse_config.target_sparsity
+
+
+def test_loading_gmp_pruned_weights_into_fresh_policy_restates_sparsity() -> None:
+    pruned = sac(sparsity=0.9, start_dense=True, net_arch=[32, 32])
+    from sparse_rl.topology.updaters import create_updater
+
+    gmp = create_updater("gmp", update_every=10, start=0, end=10, final_sparsity=0.95)
+    gmp.update(sparse_layers(pruned), 10)  # the whole ramp at once: every sparse layer at 95 %
+    fresh = sac(sparsity=0.5, net_arch=[32, 32])
+    fresh.load_state_dict(pruned.state_dict())
+    assert fresh.sparse_config.sparsity == 0.95
+    for name, layer in sparse_layers(fresh).items():
+        assert fresh.sparse_config.target_sparsity[name] == pytest.approx(layer.sparsity)
+        assert layer.sparsity == pytest.approx(0.95, abs=0.01)
+
+
+# -------------------------------------------------------------------------- topology state: old format (e)
+def test_state_dict_with_old_extra_state_restores_topology_state() -> None:
+    policy = sac(sparsity=0.9)
+    state = {k: v for k, v in policy.state_dict().items()}
+    generator = th.Generator().manual_seed(5).get_state()
+    state["_extra_state"] = {"method": "set", "next_update_step": 300, "updater": {"generator": generator}}
+    other = sac(sparsity=0.9)
+    other.load_state_dict(state)  # strict: the old key is consumed, not unexpected
+    assert other.topology_state["method"] == "set" and th.equal(other.topology_state["updater"]["generator"], generator)
+    assert not any(k.startswith("topology_state") or k == "_extra_state" for k in sac(sparsity=0.9).state_dict())
+
+
+# ------------------------------------------------------------------------------ Dict observations (c)
+DICT_OBS = gym.spaces.Dict({"observation": gym.spaces.Box(-1.0, 1.0, (5,), np.float32),
+                            "desired_goal": gym.spaces.Box(-1.0, 1.0, (3,), np.float32)})
+
+
+@pytest.mark.parametrize("policy_fn", [
+    lambda: sb3.policies.SparseSACMultiInputPolicy(DICT_OBS, BOX_ACT, lr, net_arch=[32, 32]),
+    lambda: sb3.policies.SparseTD3MultiInputPolicy(DICT_OBS, BOX_ACT, lr, net_arch=[32, 32]),
+    lambda: sb3.policies.SparseDQNMultiInputPolicy(DICT_OBS, DISCRETE, lr, net_arch=[32, 32]),
+    lambda: sb3.policies.SparseMultiInputActorCriticPolicy(DICT_OBS, DISCRETE, lr, net_arch=[32, 32]),
+])
+def test_multi_input_policies_are_sparse_and_act(policy_fn) -> None:
+    from sparse_rl.analysis.flops import policy_flops_for_space
+
+    policy = policy_fn()
+    assert sparse_layers(policy)
+    action, _ = policy.predict({k: s.sample() for k, s in DICT_OBS.spaces.items()}, deterministic=True)
+    assert action is not None
+    flops = policy_flops_for_space(policy, DICT_OBS)
+    assert 0.0 < flops["inference_vs_dense"] < 1.0
+
+
+def test_sparse_multi_input_alias_registered() -> None:
+    from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+
+    expected = {SAC: "SparseSACMultiInputPolicy", TD3: "SparseTD3MultiInputPolicy", DQN: "SparseDQNMultiInputPolicy",
+                PPO: "SparseMultiInputActorCriticPolicy", A2C: "SparseMultiInputActorCriticPolicy"}
+    for algo, name in expected.items():
+        assert algo.policy_aliases["SparseMultiInputPolicy"].__name__ == name
+
+
+def test_sample_observation_any_space() -> None:
+    from sparse_rl.analysis.flops import sample_observation
+
+    space = gym.spaces.Dict({
+        "box": gym.spaces.Box(1.0, 2.0, (2,), np.float32), "discrete": gym.spaces.Discrete(3, start=2),
+        "multi": gym.spaces.MultiDiscrete([2, 3]), "binary": gym.spaces.MultiBinary(4),
+        "image": gym.spaces.Box(0, 255, (3, 8, 8), np.uint8),
+    })
+    obs = sample_observation(space)
+    assert space.contains(obs)
+    assert obs["box"].tolist() == [1.0, 1.0] and int(obs["discrete"]) == 2
