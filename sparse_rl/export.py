@@ -8,6 +8,10 @@ from :class:`~sparse_rl.nn.SparseLinear` / ``SparseConv2d`` layers, so acting ru
 
 Supported: SAC and TD3 actors (deterministic action), DQN q-networks (greedy action) and PPO policies (mean or
 most likely action), with MLP or NatureCNN features and VecNormalize observation statistics.
+
+``--format onnx`` writes ``OUT_DIR/policy.onnx`` instead: raw observations (batch-first, as the environment gives
+them) in, the actions of ``model.predict(obs, deterministic=True)`` out, with VecNormalize, the image transpose and
+scaling inside the graph (see :mod:`sparse_rl.sb3.onnx_export`; needs ``pip install "sparse_rl[onnx]"``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
 
 FORMAT_VERSION = 1
+FORMATS = ("safetensors", "onnx")
 ACTIVATIONS = {"ReLU": nn.ReLU, "Tanh": nn.Tanh, "ELU": nn.ELU, "LeakyReLU": nn.LeakyReLU, "Sigmoid": nn.Sigmoid,
                "SiLU": nn.SiLU, "GELU": nn.GELU, "Flatten": nn.Flatten, "Identity": nn.Identity}
 
@@ -221,8 +226,17 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
     return ExportedPolicy(config, load_file(str(path / "policy.safetensors")), backend).eval()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False) -> Path:
-    """Export the model of a run folder (with its VecNormalize statistics when the run used them)."""
+def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False, fmt: str = "safetensors") -> Path:
+    """Export the model of a run folder (with its VecNormalize statistics when the run used them).
+
+    :param run_dir: a run folder written by ``python -m sparse_rl.train``
+    :param out_dir: the export folder
+    :param best: export ``best_model.zip`` instead of the final model
+    :param fmt: ``"safetensors"`` (``policy.safetensors`` + ``policy.json``) or ``"onnx"`` (``policy.onnx``)
+    :return: the export folder
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
     from sparse_rl.enjoy import load_agent
 
     run_dir = Path(run_dir)
@@ -236,6 +250,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False) -> 
             vec_normalize = pickle.load(f)
         if vec_normalize.norm_obs:
             obs_rms, clip_obs, epsilon = vec_normalize.obs_rms, vec_normalize.clip_obs, vec_normalize.epsilon
+    if fmt == "onnx":
+        from sparse_rl.sb3.onnx_export import export_onnx
+
+        export_onnx(model, Path(out_dir) / "policy.onnx", obs_rms, clip_obs, epsilon)
+        return Path(out_dir)
     return export_policy(model, out_dir, obs_rms, clip_obs, epsilon)
 
 
@@ -244,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a run folder written by python -m sparse_rl.train")
     parser.add_argument("-o", "--output", required=True, help="export folder")
     parser.add_argument("--best", action="store_true", help="export best_model.zip instead of the final model")
+    parser.add_argument("--format", choices=FORMATS, default="safetensors",
+                        help="safetensors + JSON (default, loaded by sparse_rl.load_exported) or onnx (policy.onnx: raw "
+                             "observations in, model.predict actions out)")
     args = parser.parse_args(argv)
     try:
-        out = export_run(args.run_dir, args.output, args.best)
+        out = export_run(args.run_dir, args.output, args.best, args.format)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

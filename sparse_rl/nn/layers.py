@@ -10,6 +10,9 @@ A layer's weight is kept as a matrix view ``[rows, cols]`` (``[out, in]`` for a 
 Topology changes (drop/grow in :mod:`sparse_rl.topology`) go through :meth:`SparseWeightMixin.rewire`, which keeps
 the ``values`` Parameter object (optimizers stay valid), rewrites values and indices, and bumps
 ``topology_version`` so that every backend cache built from the indices is rebuilt (see :meth:`cached`).
+
+Traced, exported or compiled calls (``torch.jit.trace``, ``torch.export``, ``torch.compile``, ONNX) take
+:mod:`sparse_rl.nn.backends.traceable` instead of a kernel; on the ``meta`` device a forward gives shapes only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch as th
 from torch import nn
 
 from sparse_rl.nn import backends
+from sparse_rl.nn.backends import traceable
+from sparse_rl.nn.backends.traceable import _is_jit_tracing, _Tensor, compiler_state
 from sparse_rl.nn.masks import check_sparsity, index_dtype_for, nnz_for_density, random_mask
 
 __all__ = ["SparseConv2d", "SparseLayer", "SparseLinear", "SparseWeightMixin", "check_sparsity", "random_mask"]
@@ -81,7 +86,8 @@ class SparseWeightMixin(nn.Module):
 
         def build() -> th.Tensor:
             counts = (self.indptr[1:] - self.indptr[:-1]).long()
-            return th.repeat_interleave(th.arange(self.matrix_shape[0], device=self.indptr.device), counts)
+            rows = th.arange(self.matrix_shape[0], device=self.indptr.device)
+            return th.repeat_interleave(rows, counts, output_size=self.nnz)  # a known size: works on meta / fake tensors
 
         return self.cached("rows", build)
 
@@ -115,7 +121,10 @@ class SparseWeightMixin(nn.Module):
         Every backend keeps its derived layouts here, so a topology update can never leave a stale cache.
         """
         values = self._parameters["values"]  # the dicts, not nn.Module.__getattr__: this runs on every batch-1 call
-        stamp = (self.topology_version, values.device, values.dtype, self._buffers["indices"].data_ptr())
+        try:
+            stamp = (self.topology_version, values.device, values.dtype, self._buffers["indices"].data_ptr())
+        except RuntimeError:  # a fake / functional tensor (torch.export): no storage to key a cache on, nothing to keep
+            return build()
         hit = self._cache.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
@@ -219,6 +228,11 @@ class SparseWeightMixin(nn.Module):
     def _backend_name(self) -> str:
         return backends.resolve(self.backend, self)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` cannot compile the kernel dispatch: say what works instead, in one line."""
+        raise RuntimeError(f"{type(self).__name__} cannot be scripted with torch.jit.script: use torch.jit.trace, "
+                           "torch.export.export or torch.onnx.export, which take the layer's traceable path")
+
 
 class SparseLinear(SparseWeightMixin):
     """``nn.Linear`` that stores only its nonzero weights (CSR) and runs on a pluggable sparse kernel backend.
@@ -285,6 +299,8 @@ class SparseLinear(SparseWeightMixin):
         return layer
 
     def forward(self, inputs: th.Tensor) -> th.Tensor:
+        if type(inputs) is not _Tensor or compiler_state._is_compiling_flag or _is_jit_tracing():  # is_tracing, inlined
+            return self._maybe_capture(inputs, traceable.linear(self, inputs))
         output = backends.get(self._backend_name()).linear(self, inputs)
         return self._maybe_capture(inputs, output)
 
@@ -367,6 +383,8 @@ class SparseConv2d(SparseWeightMixin):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def forward(self, inputs: th.Tensor) -> th.Tensor:
+        if type(inputs) is not _Tensor or compiler_state._is_compiling_flag or _is_jit_tracing():  # is_tracing, inlined
+            return self._maybe_capture(inputs, traceable.conv2d(self, inputs))
         output = backends.get(self._backend_name()).conv2d(self, inputs)
         return self._maybe_capture(inputs, output)
 

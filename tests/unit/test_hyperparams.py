@@ -7,7 +7,7 @@ from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.resolve import RunSpec, resolve
 
 
-@pytest.mark.parametrize("algo", ["sac", "td3", "dqn", "ppo"])
+@pytest.mark.parametrize("algo", ["sac", "td3", "dqn", "ppo", "a2c"])
 def test_packaged_configs_parse_and_have_a_fallback(algo):
     entries = yaml.safe_load(hp.default_config_file(algo).read_text())
     assert "default" in entries

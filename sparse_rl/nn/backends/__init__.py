@@ -3,7 +3,8 @@
 A backend is an object with ``name``, ``available(device) -> bool``, ``linear(layer, inputs)`` and
 ``conv2d(layer, inputs)``; both compute functions must be differentiable with respect to ``inputs``,
 ``layer.values`` and ``layer.bias``. Derived index structures are kept in ``layer.cached(key, build)``, which is
-rebuilt after every topology change.
+rebuilt after every topology change. Backends serve eager calls only: traced, exported and compiled calls take
+:mod:`sparse_rl.nn.backends.traceable` (plain ATen ops) instead.
 """
 
 from __future__ import annotations

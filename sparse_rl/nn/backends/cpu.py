@@ -160,7 +160,9 @@ class CpuBackend:
         return layer.cached("cpu_kernel", lambda: _Kernel(layer, _build.load()) if self._usable(layer) else None)
 
     def _usable(self, layer: Any) -> bool:
-        return layer.values.device.type == "cpu" and self.supports(layer) and _build.load() is not None
+        """Real CPU tensors of supported dtypes (fake tensors under torch.export have no pointer to hand the kernel)."""
+        real = type(layer.values.data) is th.Tensor and type(layer.indices) is th.Tensor
+        return real and layer.values.device.type == "cpu" and self.supports(layer) and _build.load() is not None
 
     def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
         kern = self.kernel(layer)

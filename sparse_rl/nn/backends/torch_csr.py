@@ -93,8 +93,8 @@ class TorchCsrBackend:
         return th.device(device).type in ("cpu", "cuda") and (th.device(device).type == "cpu" or th.cuda.is_available())
 
     def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        if inputs.dtype != layer.values.dtype or not inputs.is_floating_point():
-            return _reference.linear(layer, inputs)
+        if inputs.dtype != layer.values.dtype or not inputs.is_floating_point() or inputs.is_meta:
+            return _reference.linear(layer, inputs)  # torch.sparse has no meta kernels: shapes from the reference path
         x2, lead = flatten_inputs(layer, inputs)
         if x2.shape[0] == 0:
             return _reference.linear(layer, inputs)
