@@ -61,6 +61,32 @@ class Bench:
 DENSE = Config("dense", 0.0)
 RIGL, STATIC, SET = Config("rigl"), Config("static"), Config("set")
 MINATAR = ("--eval-freq", "25000", *EVAL, "--save-freq", "50000", "--save-replay-buffer")
+def _ablation(label: str, method: str = "rigl", policy_kwargs: str = "", callback: str = "", params: tuple[str, ...] = ()
+              ) -> Config:
+    """A labelled configuration whose ``-params`` change one thing (policy_kwargs are merged into the config's)."""
+    flags = list(params)
+    if policy_kwargs:
+        flags.append(f"policy_kwargs:dict({policy_kwargs})")
+    if callback:
+        flags.append(f"callback:[{{sparse_rl.sb3.TopologyCallback: {{{callback}}}}}]")
+    return Config(method, 0.0 if method == "dense" else 0.9, ("-params", *flags) if flags else (), label)
+
+
+PPO_TOPOLOGY = "method: rigl, update_every: {every}, drop_fraction: {drop}, drop_schedule: cosine, end: 0.75"
+PPO_ADAM_WD = "optimizer_kwargs=dict(eps=1e-5, weight_decay=1e-4)"  # SB3's PPO Adam eps, plus Graesser et al.'s decay
+PPO_ABLATIONS = (
+    _ablation("dense", "dense"), _ablation("rigl90"),
+    _ablation("rigl90-init-dense", policy_kwargs="init_scale='dense'"),
+    _ablation("rigl90-input-dense", policy_kwargs="dense_layers=['input', 'output']"),
+    _ablation("rigl90-actor95-critic85", policy_kwargs="actor_sparsity=0.95, critic_sparsity=0.85"),
+    _ablation("dense-wd1e-4", "dense", policy_kwargs=PPO_ADAM_WD), _ablation("rigl90-wd1e-4", policy_kwargs=PPO_ADAM_WD),
+    _ablation("rigl90-every4096", callback=PPO_TOPOLOGY.format(every=4096, drop=0.3)),
+    _ablation("rigl90-drop0.1", callback=PPO_TOPOLOGY.format(every=1024, drop=0.1)),
+    _ablation("dense-lr3x", "dense", params=("learning_rate:6.1899e-05",)),
+    _ablation("rigl90-lr3x", params=("learning_rate:6.1899e-05",)),
+)
+
+
 BENCHES: dict[str, Bench] = {
     "sac-pendulum": Bench("sac", "Pendulum-v1", 10_000, ("--eval-freq", "2000", *EVAL), (DENSE, STATIC, SET, RIGL)),
     "sac-halfcheetah": Bench("sac", "HalfCheetah-v4", 150_000,
@@ -76,6 +102,9 @@ BENCHES: dict[str, Bench] = {
                                   (DENSE, Config("rigl", 0.9, ("-params", "policy_kwargs:dict(net_arch=[816, 816])"),
                                                  "rigl90-wide816")),
                                   "sparse-wide at equal parameters: dense [256, 256] vs RigL 90 % [816, 816]"),
+    # PPO diagnosis: each change alone against rigl90 (>= 5 seeds, 100k steps rank them); lr3x is 3 x 2.0633e-5
+    "ppo-halfcheetah-ablations": Bench("ppo", "HalfCheetah-v4", 100_000, ("--eval-freq", "20000", *EVAL, "--save-freq",
+                                                                         "50000"), PPO_ABLATIONS, "PPO ablations"),
     "dqn-minatar-breakout": Bench("dqn", "MinAtar/Breakout-v1", 500_000, MINATAR, (DENSE, RIGL),
                                   "the MinAtar network (Young & Tian 2019), configs/dqn.yml"),
     "dqn-minatar-spaceinvaders": Bench("dqn", "MinAtar/SpaceInvaders-v1", 500_000, MINATAR, (DENSE, RIGL),
@@ -84,9 +113,9 @@ BENCHES: dict[str, Bench] = {
 
 
 def grid(bench: Bench, configs: tuple[Config, ...], seeds: tuple[int, ...], root: Path) -> list[tuple[Config, GridRun]]:
-    """Every (configuration, seed) run, seed-major; each in ``root/<algo>_<env>_<method>_<sparsity>_seed<n>``."""
+    """Every (configuration, seed) run, seed-major; each in ``root/[<label>/]<algo>_<env>_<method>_<sparsity>_seed<n>``."""
     return [(config, GridRun(bench.algo, bench.env, config.method, config.sparsity, seed, bench.steps,
-                             (*bench.flags, *config.flags), str(root)))
+                             (*bench.flags, *config.flags), str(root / config.label if config.label else root)))
             for seed in seeds for config in configs]
 
 
