@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sparse_rl.sweep import GridRun, run_one  # noqa: E402
+from sparse_rl.harness.sweeps import GridRun, run_one  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # fixed in advance; --seeds N takes the first N, the same for every configuration

@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return sparsity_report
     if name == "load_exported":
-        from sparse_rl.export import load_exported
+        from sparse_rl.harness.export import load_exported
 
         return load_exported
     raise AttributeError(f"module 'sparse_rl' has no attribute {name!r}")

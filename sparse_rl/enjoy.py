@@ -11,65 +11,12 @@ rewards. MuJoCo renders headless through EGL (``MUJOCO_GL=egl`` unless set).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from sparse_rl.harness.envs import evaluation_env
-from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
-
-__all__ = ["load_agent", "replay"]
-
-
-def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | None = None, seed: int = 0,
-           deterministic: bool = True, max_steps: int | None = None, video_size: int | None = None) -> list[float]:
-    """Play ``episodes`` full episodes (at most ``max_steps`` steps); returns the returns of finished episodes.
-
-    Writes ``video`` as MP4 when given (``video_size``: frame width and height for MuJoCo envs).
-    """
-    if video:
-        os.environ.setdefault("MUJOCO_GL", "egl")
-    model, run, config = load_agent(Path(run_dir), best)
-    env_kwargs = {"render_mode": "rgb_array"} if video else None
-    if video and video_size and "mujoco" in str(gym.registry[run.env].entry_point):
-        env_kwargs.update(width=video_size, height=video_size)
-    env = evaluation_env(run.env, saved_hyperparams(config), seed, RunFolder(run_dir, run.env).vecnormalize_path,
-                         env_kwargs={**(config.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
-    writer = _video_writer(video, env) if video else None
-    returns, total, obs, steps = [], 0.0, env.reset(), 0
-    while len(returns) < episodes and (max_steps is None or steps < max_steps):
-        steps += 1
-        action, _ = model.predict(obs, deterministic=deterministic)
-        obs, reward, done, infos = env.step(action)
-        if writer is not None:
-            writer.write(np.ascontiguousarray(env.render()[..., ::-1]))
-        total += float(reward[0])
-        if done[0]:
-            episode = infos[0].get("episode")  # Monitor's return: unclipped, full episode
-            returns.append(float(episode["r"]) if episode else total)
-            total = 0.0
-    if writer is not None:
-        writer.release()
-    env.close()
-    return returns
-
-
-def _video_writer(path: str, env: Any) -> Any:
-    import cv2
-
-    env.reset()
-    try:
-        frame = env.render()
-    except (ImportError, gym.error.DependencyNotInstalled) as error:  # e.g. pygame for classic control
-        raise ValueError(f"this environment cannot render here: {error}") from None
-    if frame is None:
-        raise ValueError("this environment cannot render rgb frames here, so no video can be written")
-    fps = env.metadata.get("render_fps") or 30
-    return cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+from sparse_rl.harness.replay import replay
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,24 +13,12 @@ Suites: ``mujoco``, ``atari`` (the Atari-5 of Aitchison et al. 2023), ``atari26`
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch as th
 
 from sparse_rl.analysis.aggregate import markdown_table
-from sparse_rl.evaluation import evaluate_suite
-
-
-def run_table(rows: list[dict]) -> str:
-    """One line per evaluated run: env, configuration, seed, return, normalised score and latency ratio."""
-    lines = ["| env | config | seed | episodes | return | normalized | latency vs dense |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        norm = "n/a" if r["normalized"] is None or math.isnan(r["normalized"]) else f"{r['normalized']:.3f}"
-        ratio = "n/a" if math.isnan(r["latency_vs_dense"]) else f"{r['latency_vs_dense']:.2f}"
-        lines.append(f"| {r['eval_env']} | {r['group']} | {r['seed']} | {r['episodes']} | {r['return_mean']:.1f} "
-                     f"± {r['return_std']:.1f} | {norm} | {ratio} |")
-    return "\n".join(lines) + "\n"
+from sparse_rl.harness.evaluation import evaluate_suite, run_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -180,7 +180,7 @@ def _mean_of(rows: list[dict[str, Any]], key: str) -> float:
 
 def aggregate(rows: list[dict[str, Any]], out_dir: str | Path, reps: int = 2000, seed: int = 0, plots: bool = True
               ) -> dict[str, Any]:
-    """rliable aggregates of evaluated runs (rows of :func:`sparse_rl.evaluation.evaluate_run`), PNGs in ``out_dir``.
+    """rliable aggregates of evaluated runs (rows of :func:`sparse_rl.harness.evaluation.evaluate_run`), PNGs in ``out_dir``.
 
     :param reps: stratified-bootstrap resamples (keep small in tests)
     :return: ``{"score", "tasks", "left_out_tasks", "groups": {group: {metrics, runs, cost columns}}, "plots"}``

@@ -199,7 +199,7 @@ def atomic_save(model: Any, path: Path) -> None:
 def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
                 tensorboard_dir: str | None) -> dict[str, Any]:
     """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""
-    from sparse_rl.analysis.flops import policy_flops_for_space
+    from sparse_rl.sb3.flops import policy_flops_for_space
     from sparse_rl.sb3.report import sparsity_report
 
     total = sparsity_report(model)["total"]

@@ -18,7 +18,7 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, Image
 
-from sparse_rl.analysis.flops import policy_flops_for_space
+from sparse_rl.sb3.flops import policy_flops_for_space
 from sparse_rl.sb3.report import sparsity_report
 
 TB_ONLY = ("stdout", "log", "json", "csv")

@@ -7,9 +7,9 @@ import pytest
 from stable_baselines3 import DQN, PPO, SAC
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sparse_rl.export import export_policy, load_exported
 from sparse_rl.export import main as export_main
 from sparse_rl.harness.envs import make_env
+from sparse_rl.harness.export import export_policy, load_exported
 from sparse_rl.sb3 import SparseActorCriticPolicy, SparseDQNCnnPolicy
 from sparse_rl.train import main as train_main
 

@@ -8,10 +8,10 @@ import torch as th  # noqa: E402
 from stable_baselines3 import DQN  # noqa: E402
 
 from sparse_rl.harness.envs import register_optional_envs  # noqa: E402
+from sparse_rl.harness.suites import load_suite  # noqa: E402
 from sparse_rl.nn import SparseConv2d, SparseLinear  # noqa: E402
 from sparse_rl.sb3.builders import sparse_layers  # noqa: E402
 from sparse_rl.sb3.minatar import MinAtarCNN  # noqa: E402
-from sparse_rl.suites import load_suite  # noqa: E402
 from sparse_rl.train import main as train_main  # noqa: E402
 
 register_optional_envs()

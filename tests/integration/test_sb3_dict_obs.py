@@ -12,8 +12,8 @@ from stable_baselines3 import DQN, PPO, SAC, HerReplayBuffer
 from stable_baselines3.common.envs import BitFlippingEnv
 
 import sparse_rl.sb3.policies  # noqa: F401  (registers the SparseMultiInputPolicy aliases)
-from sparse_rl.analysis.flops import policy_flops_for_space
 from sparse_rl.sb3.builders import sparse_layers
+from sparse_rl.sb3.flops import policy_flops_for_space
 from sparse_rl.sb3.tensorboard import SparsityLog
 
 

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from sparse_rl.sweep import GridRun, expand_grid, load_sweep, run_one
+from sparse_rl.harness.sweeps import GridRun, expand_grid, load_sweep, run_one
 from sparse_rl.sweep import main as sweep_main
 
 TINY = ["--eval-freq", "100", "--eval-episodes", "1", "-params", "learning_starts:50", "buffer_size:500", "batch_size:16"]

@@ -29,7 +29,7 @@ def test_wheel_installed_elsewhere_trains_with_its_packaged_config(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
-    where = subprocess.run([str(python), "-c", "import sparse_rl, sparse_rl.suites as s; print(sparse_rl.__file__); "
+    where = subprocess.run([str(python), "-c", "import sparse_rl, sparse_rl.harness.suites as s; print(sparse_rl.__file__); "
                             "print(s.SUITE_DIR)"], capture_output=True, text=True, cwd=elsewhere, env=env, check=True)
     package_file, suite_dir = where.stdout.split()
     assert package_file.startswith(str(site)) and suite_dir.startswith(str(site)), where.stdout

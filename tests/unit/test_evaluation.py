@@ -16,10 +16,10 @@ from sparse_rl.analysis.aggregate import (
     score_kind,
     score_matrices,
 )
-from sparse_rl.evaluation import acting_latency, dense_module
 from sparse_rl.harness.envs import register_optional_envs
+from sparse_rl.harness.evaluation import acting_latency, dense_module
+from sparse_rl.harness.suites import SUITE_DIR, load_suite
 from sparse_rl.nn import SparseConv2d, SparseLinear
-from sparse_rl.suites import SUITE_DIR, load_suite
 
 
 def test_suite_files_resolve_from_the_repository():

@@ -381,7 +381,7 @@ DICT_OBS = gym.spaces.Dict({"observation": gym.spaces.Box(-1.0, 1.0, (5,), np.fl
     lambda: sb3.policies.SparseMultiInputActorCriticPolicy(DICT_OBS, DISCRETE, lr, net_arch=[32, 32]),
 ])
 def test_multi_input_policies_are_sparse_and_act(policy_fn) -> None:
-    from sparse_rl.analysis.flops import policy_flops_for_space
+    from sparse_rl.sb3.flops import policy_flops_for_space
 
     policy = policy_fn()
     assert sparse_layers(policy)
@@ -401,7 +401,7 @@ def test_sparse_multi_input_alias_registered() -> None:
 
 
 def test_sample_observation_any_space() -> None:
-    from sparse_rl.analysis.flops import sample_observation
+    from sparse_rl.sb3.flops import sample_observation
 
     space = gym.spaces.Dict({
         "box": gym.spaces.Box(1.0, 2.0, (2,), np.float32), "discrete": gym.spaces.Discrete(3, start=2),

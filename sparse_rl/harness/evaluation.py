@@ -1,7 +1,7 @@
 """Evaluating saved agents across seeds on a benchmark suite, with sparsity-aware cost columns.
 
 Each run folder written by ``python -m sparse_rl.train`` is played for full episodes under the suite's protocol
-(:mod:`sparse_rl.suites`): deterministic actions; for Atari, no episodic life, unclipped rewards, a 108k-frame cap
+(:mod:`sparse_rl.harness.suites`): deterministic actions; for Atari, no episodic life, unclipped rewards, a 108k-frame cap
 (27k agent steps) and epsilon 0.001 for value-based agents. Scores are normalised per task, then aggregated with
 rliable (Agarwal et al. 2021) in :mod:`sparse_rl.analysis.aggregate`.
 
@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import torch as th
 from torch import nn
 
 from sparse_rl.analysis.runs import Run, find_runs
+from sparse_rl.harness.suites import Suite, load_suite
 from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
-from sparse_rl.suites import Suite, load_suite
 
 VALUE_BASED = ("dqn",)
 CSV_COLUMNS = (
@@ -144,22 +145,29 @@ def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int
 
 
 def play(model: Any, env: Any, episodes: int, deterministic: bool = True, epsilon: float = 0.0,
-         max_episode_steps: int | None = None, seed: int = 0) -> list[float]:
-    """Undiscounted returns of ``episodes`` episodes; an episode longer than ``max_episode_steps`` is cut there.
+         max_episode_steps: int | None = None, seed: int = 0, max_total_steps: int | None = None,
+         on_step: Callable[[Any], None] | None = None) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes (the one episode loop of evaluation and replay).
 
     :param epsilon: probability of a uniformly random action at each step (value-based agents)
+    :param max_episode_steps: an episode longer than this is cut there (its return so far counts)
+    :param max_total_steps: stop after this many steps in all (unfinished episodes do not count)
+    :param on_step: called with the env after every step (e.g. to record a video frame)
     """
     rng = np.random.default_rng(seed)
     env.action_space.seed(seed)
     returns: list[float] = []
-    obs, total, steps = env.reset(), 0.0, 0
-    while len(returns) < episodes:
+    obs, total, steps, all_steps = env.reset(), 0.0, 0, 0
+    while len(returns) < episodes and (max_total_steps is None or all_steps < max_total_steps):
         action, _ = model.predict(obs, deterministic=deterministic)
         if epsilon > 0 and rng.random() < epsilon:
             action = np.array([env.action_space.sample()])
         obs, reward, done, infos = env.step(action)
+        if on_step is not None:
+            on_step(env)
         total += float(reward[0])
         steps += 1
+        all_steps += 1
         if done[0] or (max_episode_steps is not None and steps >= max_episode_steps):
             episode = infos[0].get("episode") if done[0] else None  # Monitor's return: unclipped, whole game
             returns.append(float(episode["r"]) if episode else total)
@@ -185,8 +193,8 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
     """
     from stable_baselines3.common.utils import check_for_correct_spaces
 
-    from sparse_rl.analysis.flops import policy_flops
     from sparse_rl.harness.runs import load_agent
+    from sparse_rl.sb3.flops import policy_flops
     from sparse_rl.sb3.report import sparsity_report
 
     env_id = env_id or run.env
@@ -305,3 +313,14 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
              "max_episode_steps": max_steps, "epsilon": eps}, "model": "best" if best else "last", "aggregate": summary}
     paths = {**write_results(rows, out, extra), **summary.get("plots", {})}
     return {"rows": rows, "aggregate": summary, "paths": paths, "suite": suite}
+
+
+def run_table(rows: list[dict]) -> str:
+    """One line per evaluated run: env, configuration, seed, return, normalised score and latency ratio."""
+    lines = ["| env | config | seed | episodes | return | normalized | latency vs dense |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        norm = "n/a" if r["normalized"] is None or math.isnan(r["normalized"]) else f"{r['normalized']:.3f}"
+        ratio = "n/a" if math.isnan(r["latency_vs_dense"]) else f"{r['latency_vs_dense']:.2f}"
+        lines.append(f"| {r['eval_env']} | {r['group']} | {r['seed']} | {r['episodes']} | {r['return_mean']:.1f} "
+                     f"± {r['return_std']:.1f} | {norm} | {ratio} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,184 @@
+"""Sweeps (``python -m sparse_rl.sweep -conf SWEEP.yml``): seeds x sparsities x methods x envs as Ray tasks.
+
+Each grid point is one ``python -m sparse_rl.train`` run in its own process (one torch thread), executed as a Ray
+task: locally by default (as many runs at once as cores), or on an existing cluster with ``--address auto`` or a
+``ray://host:10001`` address. A failed run is retried (``max_retries``), then reported with its error while the
+others complete. Re-running the same sweep skips finished runs (those with a ``run.json``). When the grid is done,
+the runs are aggregated into the comparison report (``python -m sparse_rl.compare``).
+
+Sweep file (YAML)::
+
+    algo: sac                      # or a list
+    env: [Pendulum-v1, HalfCheetah-v4]
+    method: [static, set, rigl]    # dense is added once per (env, seed) when sparsity 0 is in the grid
+    sparsity: [0.0, 0.9]
+    seed: [0, 1, 2]
+    n_timesteps: 20000
+    train_args: ["--eval-freq", "2000"]   # any further flags of python -m sparse_rl.train
+    log_folder: logs/sweep
+    max_retries: 1
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparse_rl.harness.hyperparams import read_yaml
+from sparse_rl.harness.runs import LOCK_FILE, RunFolder
+
+INSTALL_HINT = "Ray is not installed: pip install 'sparse_rl[sweep]' (or pip install 'ray[default]')"
+GRID_KEYS = ("algo", "env", "method", "sparsity", "seed")
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One grid point; ``folder`` is where its ``python -m sparse_rl.train`` writes (``-f``)."""
+
+    algo: str
+    env: str
+    method: str
+    sparsity: float
+    seed: int
+    n_timesteps: int | None = None
+    train_args: tuple[str, ...] = ()
+    root: str = "logs/sweep"
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo}_{self.env.replace('/', '-')}_{self.method}_{self.sparsity:g}_seed{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.name
+
+    def is_finished(self) -> bool:
+        return any(self.folder.rglob("run.json")) if self.folder.exists() else False
+
+    def resumable_dir(self) -> Path | None:
+        """The run folder of an interrupted attempt that has a complete checkpoint (``--resume`` continues it)."""
+        if not self.folder.exists():
+            return None
+        for pointer in sorted(self.folder.glob("*/*/checkpoints/latest.json")):
+            return pointer.parent.parent
+        return None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "sparse_rl.train", "--algo", self.algo, "--env", self.env, "--method", self.method,
+               "--sparsity", str(self.sparsity), "--seed", str(self.seed), "-f", str(self.folder), "-v", "0"]
+        if self.n_timesteps is not None:
+            cmd += ["-n", str(self.n_timesteps)]
+        return cmd + list(self.train_args)
+
+
+@dataclass
+class SweepResult:
+    finished: list[GridRun] = field(default_factory=list)
+    skipped: list[GridRun] = field(default_factory=list)
+    failed: dict[GridRun, str] = field(default_factory=dict)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def load_sweep(path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep file."""
+    path = Path(path)
+    spec = read_yaml(path, "sweep file")
+    if not isinstance(spec, dict) or "algo" not in spec or "env" not in spec:
+        raise ValueError(f"sweep file {str(path)!r} needs at least 'algo' and 'env' keys (see python -m sparse_rl.sweep -h)")
+    unknown = set(spec) - {*GRID_KEYS, "n_timesteps", "train_args", "log_folder", "max_retries"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} in sweep file {str(path)!r}")
+    return spec
+
+
+def expand_grid(spec: dict[str, Any]) -> list[GridRun]:
+    """All grid points; sparsity 0 (or method dense) becomes one dense run per (algo, env, seed)."""
+    runs: dict[str, GridRun] = {}
+    common = dict(n_timesteps=spec.get("n_timesteps"), train_args=tuple(str(a) for a in spec.get("train_args", ())),
+                  root=str(spec.get("log_folder", "logs/sweep")))
+    grid = itertools.product(_as_list(spec["algo"]), _as_list(spec["env"]), _as_list(spec.get("method", "rigl")),
+                             _as_list(spec.get("sparsity", 0.9)), _as_list(spec.get("seed", 0)))
+    for algo, env, method, sparsity, seed in grid:
+        if float(sparsity) == 0.0 or method == "dense":
+            method, sparsity = "dense", 0.0
+        run = GridRun(algo, env, method, float(sparsity), int(seed), **common)
+        runs.setdefault(run.name, run)
+    return list(runs.values())
+
+
+def run_one(run: GridRun) -> str:
+    """Train one grid point in a fresh process; raises with the tail of its stderr if it fails.
+
+    The grid point's folder is locked while it trains, so two sweeps (or benchmarks) over the same folder never train
+    one point twice nor clear each other's files. An interrupted attempt with a complete checkpoint is continued
+    (``--resume``); one without is started again.
+    """
+    run.folder.mkdir(parents=True, exist_ok=True)
+    lock = RunFolder(run.folder, run.env)
+    try:
+        lock.lock()
+    except ValueError:
+        raise RuntimeError(f"{run.name} is being trained by another process (its folder {run.folder} is locked)") from None
+    try:
+        if run.is_finished():
+            return run.name
+        command = run.command()
+        resume = run.resumable_dir()
+        if resume is not None:
+            command = [sys.executable, "-m", "sparse_rl.train", "--algo", run.algo, "--resume", str(resume)]
+            if run.n_timesteps is not None:
+                command += ["-n", str(run.n_timesteps)]
+        else:  # a partial folder without a checkpoint: start clean, so numbering stays _1
+            for child in run.folder.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+    finally:
+        lock.unlock()
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{run.name} exited with {result.returncode}: {tail}")
+    return run.name
+
+
+def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
+    """Run the unfinished grid points as Ray tasks and wait for all of them."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(INSTALL_HINT) from None
+    result = SweepResult()
+    todo = []
+    for run in runs:
+        (result.skipped if run.is_finished() else todo).append(run)
+    if not todo:
+        return result
+    ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+             ignore_reinit_error=True, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(run_one)
+        pending = {task.remote(run): run for run in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(done[0])
+            try:
+                ray.get(done[0])
+                result.finished.append(run)
+                print(f"finished {run.name}", flush=True)
+            except Exception as error:  # a failed run is reported, the others go on
+                cause = getattr(error, "cause", None) or error
+                result.failed[run] = str(cause).strip().splitlines()[-1]
+                print(f"FAILED {run.name}: {result.failed[run]}", flush=True)
+    finally:
+        ray.shutdown()
+    return result
