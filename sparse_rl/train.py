@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from sparse_rl.harness.hyperparams import parse_value
+from sparse_rl.harness.hyperparams import merge_overrides, parse_value
 from sparse_rl.harness.resolve import ALGOS, METHODS, RunSpec
 from sparse_rl.harness.training import train
 
@@ -24,8 +24,9 @@ from sparse_rl.harness.training import train
 def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser = argparse.ArgumentParser(prog="python -m sparse_rl.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--algo", default="sac", help=f"one of {', '.join(ALGOS)}")
-    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium env id (Atari ids get the Atari wrappers)")
+    parser.add_argument("--algo", default=None, help=f"one of {', '.join(ALGOS)} (default: sac; with --resume: the run's)")
+    parser.add_argument("--env", default=None,
+                        help="gymnasium env id (Atari ids get the Atari wrappers); default Pendulum-v1 (--resume: the run's)")
     parser.add_argument("--sparsity", default=None, help="fraction of zero weights in [0, 1); 0 trains the dense baseline")
     parser.add_argument("--method", default=None,
                         help=f"topology method: {', '.join(METHODS)} (default: the config's, else rigl)")
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser.add_argument("-v", "--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     return RunSpec(
-        algo=args.algo, env=args.env, sparsity=_parse_sparsity(args.sparsity), method=args.method, seed=args.seed,
+        algo=args.algo or ("" if args.resume else "sac"), env=args.env or ("" if args.resume else "Pendulum-v1"),
+        sparsity=_parse_sparsity(args.sparsity), method=args.method, seed=args.seed,
         n_timesteps=args.n_timesteps, conf_file=args.conf_file, hyperparams=_parse_overrides(args.hyperparams),
         log_folder=args.log_folder, tensorboard_log=args.tensorboard_log, eval_freq=args.eval_freq,
         eval_episodes=args.eval_episodes, save_freq=args.save_freq, n_envs=args.n_envs, device=args.device,
@@ -72,12 +74,19 @@ def _parse_sparsity(text: str | None) -> float | None:
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    result = {}
+    """``-params`` pairs; a key given twice is merged by the override rule when it is a ``*_kwargs`` dict, else an error."""
+    result: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition(":")
         if not sep or not key:
             raise ValueError(f"-params expects KEY:VALUE pairs, got {item!r}")
-        result[key] = parse_value(value)
+        if key in result:
+            if not key.endswith("_kwargs"):
+                raise ValueError(f"-params sets {key!r} twice ({result[key]!r} and {value!r}): give it once")
+            merged, _ = merge_overrides({key: result[key]}, {key: parse_value(value)}, "-params")
+            result[key] = merged[key]
+        else:
+            result[key] = parse_value(value)
     return result
 
 

@@ -18,6 +18,7 @@ scaling inside the graph (see :mod:`sparse_rl.sb3.onnx_export`; needs ``pip inst
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,9 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
         tensors["obs_var"] = th.as_tensor(obs_rms.var, dtype=th.float32)
         config["obs_normalization"] = {"clip_obs": clip_obs, "epsilon": epsilon}
     save_file(tensors, str(out_dir / "policy.safetensors"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out_dir / "policy.safetensors", 0o666 & ~umask)  # safetensors writes 0600; match the other files
     (out_dir / "policy.json").write_text(json.dumps(config, indent=2))
     return out_dir
 

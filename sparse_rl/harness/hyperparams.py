@@ -107,6 +107,26 @@ def policy_kwargs_dict(value: Any) -> dict[str, Any]:
     return kwargs_dict(value, "policy_kwargs")
 
 
+def to_expression(value: Any) -> str:
+    """A Python expression that :func:`evaluate_expression` (and RL Zoo) read back as ``value``: dicts as
+    ``dict(k=v)``, torch classes as ``nn.ReLU`` / ``th.optim.RMSprop``; anything else as its ``repr``."""
+    import torch as th
+
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and k.isidentifier() for k in value):
+            return "dict(" + ", ".join(f"{k}={to_expression(v)}" for k, v in value.items()) + ")"
+        return "{" + ", ".join(f"{to_expression(k)}: {to_expression(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(to_expression(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(to_expression(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, type):
+        for prefix, module in (("nn", th.nn), ("th.optim", th.optim)):
+            if getattr(module, value.__name__, None) is value:
+                return f"{prefix}.{value.__name__}"
+    return repr(value)
+
+
 def merge_overrides(entry: dict[str, Any], overrides: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[str]]:
     """Layer ``overrides`` over ``entry`` by the override rule (``*_kwargs`` keys merged, others replaced).
 

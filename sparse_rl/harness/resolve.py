@@ -105,13 +105,23 @@ class Resolved:
         return lines
 
     def saved(self) -> dict[str, Any]:
-        """The record written to ``resolved.yml``."""
-        keep = {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v))
-                for k, v in self.hyperparams.items()}
-        keep["policy_kwargs"] = {k: (v if isinstance(v, (int, float, str, bool, list, tuple, dict, type(None))) else repr(v))
-                                 for k, v in self.hyperparams["policy_kwargs"].items()}
+        """The record written to ``resolved.yml`` (plain YAML: classes and schedules as expressions)."""
+        hyper = dict(self.hyperparams)
+        if self.topology is not None:
+            hyper["callback"] = [*hyper.get("callback", []), {hp.TOPOLOGY_CALLBACK: self.topology}]
         return {"method": self.method, "sparsity": self.sparsity, "distribution": self.distribution,
-                "topology": self.topology, "hyperparams": keep, "notes": self.notes, "sources": self.sources}
+                "topology": self.topology, "hyperparams": _plain(hyper), "notes": self.notes, "sources": self.sources}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with only YAML-safe types (tuples as lists, anything else as a Python expression string)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return hp.to_expression(value)
 
 
 def algo_class(algo: str) -> Any:

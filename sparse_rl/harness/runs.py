@@ -41,12 +41,14 @@ class RunFolder:
         self.path = Path(path)
         self.env_id = env_id
         self._lock_fd: int | None = None
+        self.created_parents: list[Path] = []  # folders :meth:`claim` created above the run folder
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
     def claim(cls, log_folder: str | Path, algo: str, env_id: str) -> RunFolder:
         """Create and lock the next free ``<log_folder>/<algo>/<Env>_<n>`` (atomic: concurrent runs get distinct n)."""
         base = Path(log_folder) / algo
+        created = [p for p in (base, *base.parents) if not p.exists()]
         base.mkdir(parents=True, exist_ok=True)
         name = env_name(env_id)
         taken = [int(p.name.rsplit("_", 1)[1]) for p in base.glob(f"{name}_*") if p.name.rsplit("_", 1)[1].isdigit()]
@@ -58,6 +60,7 @@ class RunFolder:
             except FileExistsError:
                 n += 1
         folder = cls(base / f"{name}_{n}", env_id)
+        folder.created_parents = created
         folder.lock()
         return folder
 
@@ -111,6 +114,11 @@ class RunFolder:
 
         self.unlock()
         shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.created_parents:  # innermost first; only if still empty (another run may use them)
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
     # -------------------------------------------------------------------------------------------------- paths
     @property
@@ -151,12 +159,15 @@ class RunFolder:
     def write_run_files(self, spec: Any, hyperparams: dict[str, Any], topology: dict[str, Any] | None,
                         resolved: dict[str, Any]) -> None:
         """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``."""
-        from sparse_rl.harness.hyperparams import TOPOLOGY_CALLBACK
+        from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, TOPOLOGY_CALLBACK, to_expression
 
         self.params_dir.mkdir(parents=True, exist_ok=True)
         saved = {k: v for k, v in hyperparams.items() if not callable(v)}
-        saved["policy_kwargs"] = str(hyperparams.get("policy_kwargs") or {})
-        saved["normalize"] = str(hyperparams["normalize"]) if hyperparams.get("normalize") else False
+        for key in EXPRESSION_KEYS:
+            if isinstance(saved.get(key), dict):
+                saved[key] = to_expression(saved[key])
+        saved["policy_kwargs"] = to_expression(hyperparams.get("policy_kwargs") or {})
+        saved["normalize"] = to_expression(hyperparams["normalize"]) if hyperparams.get("normalize") else False
         if topology is not None:
             saved["callback"] = [*hyperparams.get("callback", []), {TOPOLOGY_CALLBACK: topology}]
         _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(saved.items()))))
@@ -173,8 +184,18 @@ class RunFolder:
             raise ValueError(f"{path} not found: {self.path} is not a complete run folder")
         return dict(yaml.load(path.read_text(), Loader=yaml.UnsafeLoader))
 
+    def read_resolved(self) -> dict[str, Any]:
+        """The saved ``resolved.yml`` (``{}`` for a run written before it existed)."""
+        path = self.params_dir / "resolved.yml"
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
     def read_args(self) -> dict[str, Any]:
         return dict(yaml.load((self.params_dir / "args.yml").read_text(), Loader=yaml.UnsafeLoader))
+
+    def update_args(self, **changes: Any) -> None:
+        """Rewrite ``args.yml`` with ``changes`` (a resumed run's new ``-n`` becomes its target)."""
+        args = {**self.read_args(), **changes}
+        _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_text(self.summary_path, json.dumps(summary, indent=2))
@@ -225,13 +246,22 @@ def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> 
 
 
 def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:
-    """Hyperparameters of a saved ``config.yml`` with ``normalize`` / ``*_kwargs`` strings read back as dicts."""
+    """Hyperparameters of a saved ``config.yml`` with ``normalize`` / ``*_kwargs`` strings read back as dicts.
+
+    ``policy_kwargs`` that cannot be read back (a class outside ``torch.nn`` / ``torch.optim``, saved by its repr) are
+    left out: the saved model holds its own policy arguments.
+    """
     from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, evaluate_expression, kwargs_dict, normalize_settings
 
     result = dict(config)
     for key in EXPRESSION_KEYS:
         if key in result:
-            result[key] = kwargs_dict(result[key], key)
+            try:
+                result[key] = kwargs_dict(result[key], key)
+            except ValueError:
+                if key != "policy_kwargs":
+                    raise
+                result[key] = {}
     normalize = evaluate_expression(result.get("normalize", False), "normalize")
     result["normalize"] = normalize_settings({**result, "normalize": normalize}) or False if normalize else False
     return result

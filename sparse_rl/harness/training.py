@@ -109,9 +109,8 @@ def train(spec: RunSpec) -> Path:
     resolved = resolve(spec)
     check_action_space(spec.algo, spec.env, spec.env_kwargs or resolved.hyperparams.get("env_kwargs"))
     _set_threads(spec.threads)
-    for line in resolved.describe():
-        print(line)
     folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)
+    tb_dir = None
     try:
         tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved)) if spec.tensorboard_log else None
         folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
@@ -120,9 +119,17 @@ def train(spec: RunSpec) -> Path:
         policy = policy_class(spec.algo, hyper["policy"]) if resolved.sparse else hyper["policy"]
         model = algo_class(spec.algo)(policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
                                       **model_kwargs(hyper, env))
-    except BaseException:
+    except BaseException as error:
         folder.remove()
+        if tb_dir is not None:
+            Path(tb_dir).rmdir()
+        if isinstance(error, (TypeError, AssertionError, KeyError, ValueError)):  # SB3 rejected a setting
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"SB3 cannot build {spec.algo.upper()} with these settings: {type(error).__name__}: "
+                             f"{first} (check policy_kwargs, net_arch and the *_kwargs values)") from None
         raise
+    for line in resolved.describe():
+        print(line)
     _set_logger(model, tb_dir, spec.verbose)
     try:
         return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=0.0)
@@ -159,8 +166,12 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
     callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock)
     total = int(resolved.hyperparams["n_timesteps"])
     if start < total:
-        model.learn(total - start, callback=CallbackList(callbacks), progress_bar=spec.progress,
-                    reset_num_timesteps=start == 0)
+        try:
+            model.learn(total - start, callback=CallbackList(callbacks), progress_bar=spec.progress,
+                        reset_num_timesteps=start == 0)
+        except ValueError as error:  # a failure inside training is a bug or a diverged run, not bad input
+            raise RuntimeError(f"training failed at step {model.num_timesteps} (run folder {folder.path}; "
+                               f"--resume continues from the last checkpoint): {error}") from error
     atomic_save(model, folder.model_path)
     if resolved.normalize:
         tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
@@ -176,9 +187,10 @@ def resume_spec(spec: RunSpec, folder: RunFolder) -> RunSpec:
     """The saved run's own spec (``args.yml``) with this invocation's ``-n``, ``--progress``, ``--threads``, ``-v`` and
     ``--device``; any other flag given with ``--resume`` is an error (it cannot change a running experiment)."""
     saved = folder.read_args()
-    if saved["algo"] != spec.algo:
-        raise ValueError(f"--resume {str(folder.path)!r} is a {saved['algo']} run, but --algo {spec.algo} was given: "
-                         f"pass --algo {saved['algo']}")
+    for flag, key in (("--algo", "algo"), ("--env", "env")):  # "" when the flag was not given
+        if getattr(spec, key) and getattr(spec, key) != saved[key]:
+            raise ValueError(f"--resume {str(folder.path)!r} is a {saved['algo']} run on {saved['env']}, but {flag} "
+                             f"{getattr(spec, key)} was given: drop {flag} (the run's own is used)")
     defaults = RunSpec(algo=spec.algo, env=spec.env)
     changed = [f.name for f in fields(RunSpec) if f.name not in (*RESUME_FLAGS, "algo", "env")
                and getattr(spec, f.name) != getattr(defaults, f.name) and getattr(spec, f.name) != saved.get(f.name)]
@@ -202,10 +214,11 @@ def resolved_from_folder(spec: RunSpec, folder: RunFolder) -> Resolved:
     if spec.n_timesteps is not None and int(hyper["n_timesteps"]) != spec.n_timesteps:
         notes.append(f"n_timesteps: -n replaces {hyper['n_timesteps']} with {spec.n_timesteps}")
         hyper["n_timesteps"] = spec.n_timesteps
-    sparsity = float(hyper["policy_kwargs"].get("sparsity", 0.0)) if topology is not None else 0.0
+    saved = folder.read_resolved()
     method = topology["method"] if topology is not None else "dense"
-    distribution = str(hyper["policy_kwargs"].get("distribution", "erk")) if topology is not None else "none"
-    return Resolved(spec, hyper, topology, method, sparsity, distribution, notes, {})
+    sparsity = float(saved.get("sparsity", hyper["policy_kwargs"].get("sparsity", 0.0))) if topology is not None else 0.0
+    distribution = str(saved.get("distribution", hyper["policy_kwargs"].get("distribution", "erk")))
+    return Resolved(spec, hyper, topology, method, sparsity, distribution if topology is not None else "none", notes, {})
 
 
 def _resume(spec: RunSpec) -> Path:
@@ -231,18 +244,14 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
         return folder.path
     for line in resolved.describe():
         print(line)
+    if int(folder.read_args().get("n_timesteps") or 0) != total:  # the run's target is now this -n
+        folder.update_args(n_timesteps=total)
     record = checkpoint_record(folder.checkpoints)
     monitor_t_start = rewind_monitor_logs(folder.path, checkpoint_time(folder.checkpoints))
     env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, monitor_t_start=monitor_t_start,
                        env_kwargs=spec.env_kwargs)
     model, env = load_checkpoint(spec, folder, env)
-    saved = {}
-    resolved_file = folder.params_dir / "resolved.yml"
-    if resolved_file.is_file():
-        import yaml
-
-        saved = yaml.safe_load(resolved_file.read_text()) or {}
-    tb_dir = saved.get("tensorboard_dir")
+    tb_dir = folder.read_resolved().get("tensorboard_dir")
     _set_logger(model, tb_dir, spec.verbose)
     return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)))
 

@@ -157,6 +157,10 @@ class TopologyCallback(BaseCallback):
         self.next_update_step = self._first_update_step(clock, saved, last)
         if saved:
             self._announce_continuation(saved, clock)
+        elif self.next_update_step is None and UPDATERS[self.method].rewires:
+            schedule = self.resolved_schedule()
+            print(f"TopologyCallback: no {self.method} update fits this run ({_describe(schedule)}, training ends at step "
+                  f"{self.total_steps}): the topology stays as initialised; lower update_every or train longer")
         self._save_state()
         self.sparsity_log = SparsityLog(self.layers)
 

@@ -107,9 +107,12 @@ def _stored_batch(model: Any, generator: np.random.Generator, batch_size: int) -
     rows = generator.integers(0, size, batch_size)
     envs = generator.integers(0, buffer.n_envs, batch_size)
     normalize = model.get_vec_normalize_env()
+    # a rollout buffer that handed out minibatches (RigL's dense gradient at rollout end, or train()) is flattened to
+    # [n_steps * n_envs, ...] in SB3's swap_and_flatten order (env-major)
+    flat = bool(getattr(buffer, "generator_ready", False))
 
     def pick(array: np.ndarray) -> np.ndarray:
-        return array[rows, envs]
+        return array[envs * buffer.buffer_size + rows] if flat else array[rows, envs]
 
     if isinstance(buffer.observations, dict):
         obs_np = {key: pick(value) for key, value in buffer.observations.items()}
@@ -144,6 +147,7 @@ class DormantNeuronCallback(BaseCallback):
         self.path = Path(log_dir) / CSV_NAME if log_dir is not None else None
         self.generator = np.random.default_rng(seed)
         self.next_step = every
+        self._last_measured = -1
 
     def _init_callback(self) -> None:
         self.next_step = (self.model.num_timesteps // self.every + 1) * self.every
@@ -169,6 +173,7 @@ class DormantNeuronCallback(BaseCallback):
         batch = _stored_batch(self.model, self.generator, self.batch_size)
         if batch is None:
             return {}
+        self._last_measured = self.num_timesteps
         fractions = dormant_fractions(self.model.policy, *batch, taus=self.taus)
         rows = []
         for network, entry in fractions.items():
@@ -191,3 +196,8 @@ class DormantNeuronCallback(BaseCallback):
         if isinstance(self.model, OnPolicyAlgorithm) and self.num_timesteps >= self.next_step:
             self.measure()
             self.next_step = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_training_end(self) -> None:
+        """One last measurement when training ends off the grid (evaluations do the same)."""
+        if self.num_timesteps % self.every and self.num_timesteps != self._last_measured:
+            self.measure()

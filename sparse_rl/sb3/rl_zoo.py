@@ -5,7 +5,8 @@ trial lost ``sparsity`` / ``distribution`` and the ``TopologyCallback`` pruned i
 :func:`register` wraps each entry of RL Zoo's sampler table (``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER``) so that
 the sampled ``policy_kwargs`` are merged into the config's by this package's override rule: the sampled keys win,
 every other key of the config (the sparsity settings included) is kept. It runs when ``sparse_rl.sb3`` is imported
-under RL Zoo (``--gym-packages sparse_rl.sb3``).
+under RL Zoo (``--gym-packages sparse_rl.sb3``, which imports it after ``rl_zoo3``); a script that imports
+``sparse_rl.sb3`` first calls :func:`register` itself once RL Zoo is imported.
 
 RL Zoo gives samplers no access to the config: the wrapper reads the trial's hyperparameters from the
 ``ExperimentManager.objective`` call that invokes it; when it cannot find them it leaves the sample as it is and says

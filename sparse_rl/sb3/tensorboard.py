@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,9 @@ class HParamsCallback(BaseCallback):
     def _on_training_start(self) -> None:
         metrics = {"eval/mean_reward": 0.0, "rollout/ep_rew_mean": 0.0}
         self.logger.record("hparams", HParam(self.hparams, metrics), exclude=TB_ONLY)
-        self.logger.dump(self.num_timesteps)
+        with warnings.catch_warnings():  # the text outputs get an empty dict here (HParams are TensorBoard-only)
+            warnings.filterwarnings("ignore", message="Tried to write empty key-value dict")
+            self.logger.dump(self.num_timesteps)
 
     def _on_step(self) -> bool:
         return True

@@ -118,3 +118,33 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     assert out == [f"nothing to do: {run_dir} already reached 200 of 200 env steps"]
     assert train_main(["--algo", "sac", "--resume", str(run_dir), "--sparsity", "0.5"]) == 2
     assert "these flags cannot change: sparsity" in capsys.readouterr().err
+
+
+def test_resume_needs_no_algo_and_reads_classes_in_policy_kwargs(tmp_path, capsys):
+    """--resume without --algo failed for non-SAC runs (the default 'sac' counted as given), and a config with a class
+    in policy_kwargs (configs/ppo.yml: activation_fn=nn.ReLU) could not be read back."""
+    assert train_main(["--algo", "ppo", "--env", "CartPole-v1", "-n", "256", "--n-envs", "1", "-f", str(tmp_path),
+                       "--eval-freq", "-1",
+                       "--save-freq", "128", "-v", "0", "-params", "n_steps:64", "batch_size:32",
+                       "policy_kwargs:dict(activation_fn=nn.Tanh, net_arch=[16])"]) == 0
+    run_dir = tmp_path / "ppo" / "CartPole-v1_1"
+    config = yaml.load((run_dir / "CartPole-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert "activation_fn=nn.Tanh" in config["policy_kwargs"]
+    capsys.readouterr()
+    assert train_main(["--resume", str(run_dir), "-n", "384", "-v", "0"]) == 0
+    assert json.loads((run_dir / "run.json").read_text())["n_timesteps"] == 384
+    capsys.readouterr()
+    assert train_main(["--resume", str(run_dir)]) == 0  # the new -n is the run's target now
+    assert "nothing to do" in capsys.readouterr().out
+    assert train_main(["--resume", str(run_dir), "--algo", "sac"]) == 2
+    assert "drop --algo" in capsys.readouterr().err
+
+
+def test_settings_sb3_rejects_are_one_line_and_leave_nothing(tmp_path, capsys):
+    for params in ('policy_kwargs:dict(net_arch="big")', "policy_kwargs:dict(activation_fn='relu')",
+                   "replay_buffer_kwargs:dict(foo=1)"):
+        assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "50", "-f", str(tmp_path / "logs"),
+                           "-params", params]) == 2, params
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert not (tmp_path / "logs").exists(), f"{params}: a folder was left behind"

@@ -142,3 +142,22 @@ def test_policy_kwargs_strings_and_schedules():
         hp.policy_kwargs_dict("dict(net_arch=[64")
     schedule = hp.resolve_schedules({"learning_rate": "lin_0.001"})["learning_rate"]
     assert schedule(1.0) == 0.001 and schedule(0.5) == 0.0005
+
+
+def test_a_repeated_params_key_merges_kwargs_and_rejects_others():
+    """-params 'policy_kwargs:...' 'policy_kwargs:...' silently dropped the first one."""
+    from sparse_rl.train import parse_args
+
+    spec = parse_args(["-params", "policy_kwargs:dict(net_arch=[32, 32])", "policy_kwargs:dict(sparsity=0.5)"])
+    assert resolve(spec).hyperparams["policy_kwargs"] == {"sparsity": 0.5, "distribution": "erk", "net_arch": [32, 32]}
+    with pytest.raises(ValueError, match="sets 'gamma' twice"):
+        parse_args(["-params", "gamma:0.9", "gamma:0.95"])
+
+
+def test_to_expression_round_trips_torch_classes():
+    import torch as th
+
+    value = {"activation_fn": th.nn.Tanh, "optimizer_class": th.optim.RMSprop, "net_arch": [64, (1, 2)], "x": None}
+    text = hp.to_expression(value)
+    assert text == "dict(activation_fn=nn.Tanh, optimizer_class=th.optim.RMSprop, net_arch=[64, (1, 2)], x=None)"
+    assert hp.evaluate_expression(text, "policy_kwargs") == {**value, "net_arch": [64, (1, 2)]}
