@@ -1,22 +1,7 @@
-"""Sweeps (``python -m sparse_rl.sweep -conf SWEEP.yml``): seeds x sparsities x methods x envs as Ray tasks.
-
-Each grid point is one ``python -m sparse_rl.train`` run in its own process (one torch thread), executed as a Ray
-task: locally by default (as many runs at once as cores), or on an existing cluster with ``--address auto`` or a
-``ray://host:10001`` address. A failed run is retried (``max_retries``), then reported with its error while the
-others complete. Re-running the same sweep skips finished runs (those with a ``run.json``). When the grid is done,
-the runs are aggregated into the comparison report (``python -m sparse_rl.compare``).
-
-Sweep file (YAML)::
-
-    algo: sac                      # or a list
-    env: [Pendulum-v1, HalfCheetah-v4]
-    method: [static, set, rigl]    # dense is added once per (env, seed) when sparsity 0 is in the grid
-    sparsity: [0.0, 0.9]
-    seed: [0, 1, 2]
-    n_timesteps: 20000
-    train_args: ["--eval-freq", "2000"]   # any further flags of python -m sparse_rl.train
-    log_folder: logs/sweep
-    max_retries: 1
+"""Sweeps (``python -m sparse_rl.sweep -conf SWEEP.yml``, whose help shows the file format): the grid of seeds x
+sparsities x methods x envs, each point one ``python -m sparse_rl.train`` process run as a Ray task (locally, or on a
+cluster), failures retried then reported, finished points skipped when re-run, each point's folder locked while it
+trains.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch as th
+import yaml
 
 from sparse_rl.sb3 import TopologyCallback
 from sparse_rl.sb3.builders import find_optimizers, same_topology, sparse_layers, target_pairs
@@ -61,3 +62,15 @@ def checking_callback() -> type[CheckingCallback]:
 @pytest.fixture
 def invariants() -> Any:
     return check_invariants
+
+
+def sac_pendulum_config(path: Any, n_timesteps: int, net_arch: list[int] | None = None, method: str = "set",
+                        end: float = 0.8, buffer_size: int = 2000) -> Any:
+    """A small SAC Pendulum config file (90 % sparse, a topology update every 100 steps) for short real runs."""
+    kwargs = "dict(sparsity=0.9" + (f", net_arch={net_arch})" if net_arch else ")")
+    path.write_text(yaml.safe_dump({"Pendulum-v1": {
+        "n_timesteps": n_timesteps, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": buffer_size,
+        "batch_size": 32, "policy_kwargs": kwargs,
+        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": method, "update_every": 100, "end": end}}],
+    }}))
+    return path

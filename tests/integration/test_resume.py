@@ -9,22 +9,17 @@ import time
 
 import pytest
 import torch as th
-import yaml
 from stable_baselines3 import SAC
 
 from sparse_rl.train import main as train_main
+
+from .conftest import sac_pendulum_config
 
 TOTAL = 800
 
 
 def _conf(tmp_path):
-    conf = tmp_path / "sac.yml"
-    conf.write_text(yaml.safe_dump({"Pendulum-v1": {
-        "n_timesteps": TOTAL, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": 2000, "batch_size": 32,
-        "policy_kwargs": "dict(sparsity=0.9, net_arch=[64, 64])",
-        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set", "update_every": 100, "end": 0.8}}],
-    }}))
-    return conf
+    return sac_pendulum_config(tmp_path / "sac.yml", TOTAL, net_arch=[64, 64])
 
 
 def _argv(tmp_path, *extra):

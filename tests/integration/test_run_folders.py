@@ -13,6 +13,8 @@ import yaml
 from sparse_rl.harness.runs import RunFolder
 from sparse_rl.train import main as train_main
 
+from .conftest import sac_pendulum_config
+
 
 def _launch(tmp_path, sparsity: str, extra=()):
     argv = [sys.executable, "-m", "sparse_rl.train", "--algo", "sac", "--env", "Pendulum-v1", "--sparsity", sparsity,
@@ -66,13 +68,7 @@ def test_a_folder_in_use_cannot_be_resumed_or_claimed_twice(tmp_path, capsys):
 
 
 def _resume_conf(tmp_path):
-    conf = tmp_path / "sac.yml"
-    conf.write_text(yaml.safe_dump({"Pendulum-v1": {
-        "n_timesteps": 800, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": 2000, "batch_size": 32,
-        "policy_kwargs": "dict(sparsity=0.9, net_arch=[32, 32])",
-        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set", "update_every": 100, "end": 0.8}}],
-    }}))
-    return conf
+    return sac_pendulum_config(tmp_path / "sac.yml", 800, net_arch=[32, 32])
 
 
 def test_evaluations_stay_on_the_grid_after_resuming_from_an_off_grid_checkpoint(tmp_path):

@@ -3,13 +3,14 @@
 import io
 
 import numpy as np
-import yaml
 from PIL import Image as PILImage
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginAccumulator
 
 from sparse_rl.sb3.tensorboard import COLOURS, mask_change_image
 from sparse_rl.train import main as train_main
+
+from .conftest import sac_pendulum_config
 
 
 def test_mask_change_image_colours_and_downsampling():
@@ -27,12 +28,7 @@ def test_mask_change_image_colours_and_downsampling():
 
 
 def test_training_writes_sparsity_scalars_images_and_hparams(tmp_path):
-    conf = tmp_path / "sac.yml"
-    conf.write_text(yaml.safe_dump({"Pendulum-v1": {
-        "n_timesteps": 400, "policy": "SparseMlpPolicy", "learning_starts": 100, "buffer_size": 1000, "batch_size": 32,
-        "policy_kwargs": "dict(sparsity=0.9)",
-        "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set", "update_every": 100, "end": 1.0}}],
-    }}))
+    conf = sac_pendulum_config(tmp_path / "sac.yml", 400, end=1.0, buffer_size=1000)
     for sparsity in ("0.9", "0"):
         assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(conf), "--sparsity", sparsity,
                            "-f", str(tmp_path / "logs"), "-tb", str(tmp_path / "tb"), "--eval-freq", "200",
