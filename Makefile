@@ -39,5 +39,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_kernels.py --quick
 
+# ruff everywhere; mypy (strict, see [tool.mypy] in pyproject.toml) on the PyTorch-only layers, its cache in the venv
 lint: $(STAMP)
 	$(PY) -m ruff check sparse_rl tests scripts
+	$(PY) -m mypy --cache-dir $(VENV)/.mypy_cache sparse_rl/nn sparse_rl/topology

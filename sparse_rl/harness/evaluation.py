@@ -27,7 +27,7 @@ from torch import nn
 
 from sparse_rl.analysis.runs import Run, find_runs
 from sparse_rl.harness.suites import Suite, load_suite
-from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
+from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
 VALUE_BASED = ("dqn",)
 CSV_COLUMNS = (
@@ -38,7 +38,7 @@ CSV_COLUMNS = (
 
 
 # ------------------------------------------------------------------------------------------------ dense counterpart
-def dense_module(layer: SparseWeightMixin) -> nn.Module:
+def dense_module(layer: SparseLayer) -> nn.Module:
     """An ``nn.Linear``/``nn.Conv2d`` with the sparse layer's weights (zeros at pruned positions) and bias."""
     with th.no_grad():
         weight = layer.dense_weight().detach().clone()
@@ -75,7 +75,7 @@ def _swap_sparse_layers(policy: nn.Module, replacement: dict[int, nn.Module]) ->
 
 def dense_replacements(policy: nn.Module) -> dict[int, nn.Module]:
     """``id(sparse layer) -> dense equivalent`` for every sparse layer of ``policy``."""
-    return {id(m): dense_module(m) for m in policy.modules() if isinstance(m, SparseWeightMixin)}
+    return {id(m): dense_module(m) for m in policy.modules() if isinstance(m, SparseLayer)}
 
 
 def set_backend(policy: nn.Module, backend: str) -> None:
@@ -87,7 +87,7 @@ def set_backend(policy: nn.Module, backend: str) -> None:
         choices = [backends.AUTO, *backends.available("cpu")]
         raise ValueError(f"backend {backend!r} is not available here; available: {choices}")
     for module in policy.modules():
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             module.backend = backend
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
+from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
 FORMAT_VERSION = 1
 FORMATS = ("safetensors", "onnx")
@@ -40,7 +40,7 @@ def _narrow_indices(indices: th.Tensor, n_cols: int) -> th.Tensor:
 
 def _flatten_modules(module: nn.Module) -> list[nn.Module]:
     """The leaf ops of a feed-forward module, in call order (Sequential containers and NatureCNN are unrolled)."""
-    if isinstance(module, (nn.Linear, nn.Conv2d, SparseWeightMixin)) or type(module).__name__ in ACTIVATIONS:
+    if isinstance(module, (nn.Linear, nn.Conv2d, SparseLayer)) or type(module).__name__ in ACTIVATIONS:
         return [module]
     if type(module).__name__ == "FlattenExtractor":
         return [nn.Flatten()]
@@ -83,7 +83,7 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
     ops: list[dict[str, Any]] = []
     for i, module in enumerate(modules):
         key = f"layer{i}"
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             op = {"type": "sparse_conv2d" if isinstance(module, SparseConv2d) else "sparse_linear",
                   "weight_shape": list(module.weight_shape)}
             tensors[f"{key}.values"] = module.values.detach().float().cpu()
@@ -121,7 +121,7 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
     return out_dir
 
 
-def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: str) -> SparseWeightMixin:
+def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: str) -> SparseLayer:
     key, shape = op["key"], op["weight_shape"]
     indptr, indices = tensors[f"{key}.indptr"].long(), tensors[f"{key}.indices"].long()
     rows = len(indptr) - 1
@@ -129,7 +129,7 @@ def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: st
     mask = th.zeros(rows, cols, dtype=th.bool)
     mask[th.repeat_interleave(th.arange(rows), indptr[1:] - indptr[:-1]), indices] = True
     if op["type"] == "sparse_linear":
-        layer: SparseWeightMixin = SparseLinear(shape[1], shape[0], op["bias"], mask=mask, backend=backend)
+        layer: SparseLayer = SparseLinear(shape[1], shape[0], op["bias"], mask=mask, backend=backend)
     else:
         layer = SparseConv2d(shape[1] * op["groups"], shape[0], tuple(shape[2:]), tuple(op["stride"]), tuple(op["padding"]),
                              tuple(op["dilation"]), op["groups"], op["bias"], mask=mask, backend=backend)

@@ -19,9 +19,10 @@ from typing import Any
 from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs
 from sparse_rl.harness.envs import check_env_id, is_atari
+from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
 ALGOS = ("sac", "td3", "dqn", "ppo", "a2c")
-METHODS = ("dense", "static", "set", "rigl", "srigl", "gmp")
+METHODS = TOPOLOGY_METHODS  # "dense" and every DST method, from the updater registry
 SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
                         "constant_fan_in", "start_dense", "init_scale")
 SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy",

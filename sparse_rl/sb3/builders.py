@@ -19,7 +19,7 @@ import torch as th
 from torch import nn
 
 from sparse_rl.nn import backends
-from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin, random_mask
+from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear, random_mask
 from sparse_rl.topology.distributions import DISTRIBUTIONS, check_sparsity, constant_fan_in_nnz, layer_nnz
 
 #: Aliases accepted in ``dense_layers`` besides layer names (or name prefixes).
@@ -185,7 +185,7 @@ def _weight_shape(module: nn.Module) -> tuple[int, ...]:
     return tuple(module.weight.shape)
 
 
-def _make_sparse(module: nn.Module, mask: th.Tensor, init_scale: str = "sparse", backend: str = "auto") -> SparseWeightMixin:
+def _make_sparse(module: nn.Module, mask: th.Tensor, init_scale: str = "sparse", backend: str = "auto") -> SparseLayer:
     weight = module.weight
     common = dict(bias=module.bias is not None, mask=mask, init_scale=init_scale, backend=backend,
                   device=weight.device, dtype=weight.dtype)
@@ -198,7 +198,7 @@ def _make_sparse(module: nn.Module, mask: th.Tensor, init_scale: str = "sparse",
 def sparsify(
     net: nn.Module, prefix: str, config: SparseConfig, group_of: Any = None, heads: set[str] | None = None,
     inputs: set[str] | None = None,
-) -> dict[str, SparseWeightMixin]:
+) -> dict[str, SparseLayer]:
     """Replace the candidate layers of ``net`` by sparse layers, in place, and return them by policy-level name.
 
     Nonzeros are spread with ``config.distribution`` over the layers of each sparsity group; layers that are already
@@ -223,7 +223,7 @@ def sparsify(
         sparsity = config.group_sparsity(group_of(name, module) if group_of else "shared")
         if sparsity > 0:
             groups.setdefault(sparsity, {})[name] = module
-    built: dict[str, SparseWeightMixin] = {}
+    built: dict[str, SparseLayer] = {}
     for sparsity, layers in groups.items():
         shapes = {name: _weight_shape(module) for name, module in layers.items()}
         nnz = layer_nnz(shapes, sparsity, config.distribution)
@@ -252,7 +252,7 @@ def sparse_layout(net: nn.Module, skip: Sequence[str] = ("features_extractor",))
     """
     return {
         name: module.nnz for name, module in net.named_modules()
-        if isinstance(module, SparseWeightMixin) and not any(_matches(prefix, name) for prefix in skip)
+        if isinstance(module, SparseLayer) and not any(_matches(prefix, name) for prefix in skip)
     }
 
 
@@ -268,7 +268,7 @@ def rebuild_sparse_layers(net: nn.Module, layout: dict[str, int], init_scale: st
     generator = th.Generator().manual_seed(0)
     for name, nnz in layout.items():
         module = net.get_submodule(name)
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             continue
         if not is_candidate(module):
             raise ValueError(f"{name!r} is a {type(module).__name__}, not a linear or convolutional layer: the saved "
@@ -278,7 +278,7 @@ def rebuild_sparse_layers(net: nn.Module, layout: dict[str, int], init_scale: st
         _replace(net, name, _make_sparse(module, mask.view(shape), init_scale, backend))
 
 
-def sparse_orthogonal_(layer: SparseWeightMixin, gain: float = 1.0) -> None:
+def sparse_orthogonal_(layer: SparseLayer, gain: float = 1.0) -> None:
     """Orthogonal-like init of a sparse layer: an orthogonal matrix restricted to the mask, each row rescaled by
     ``1 / sqrt(row density)`` so that its norm matches the dense orthogonal init; the bias is zeroed."""
     rows, cols = layer.matrix_shape
@@ -298,15 +298,15 @@ def is_target_name(name: str) -> bool:
     return name.split(".", 1)[0].endswith("_target")
 
 
-def sparse_layers(policy: nn.Module) -> dict[str, SparseWeightMixin]:
+def sparse_layers(policy: nn.Module) -> dict[str, SparseLayer]:
     """The trained sparse layers of a policy by name (target networks excluded, shared modules listed once)."""
     return {
         name: module for name, module in policy.named_modules()
-        if isinstance(module, SparseWeightMixin) and not is_target_name(name)
+        if isinstance(module, SparseLayer) and not is_target_name(name)
     }
 
 
-def target_pairs(policy: nn.Module) -> Iterable[tuple[SparseWeightMixin, SparseWeightMixin]]:
+def target_pairs(policy: nn.Module) -> Iterable[tuple[SparseLayer, SparseLayer]]:
     """(online, target) sparse layer pairs for every ``*_target`` network of the policy."""
     for attr, target in policy.named_children():
         if not attr.endswith("_target"):
@@ -315,11 +315,11 @@ def target_pairs(policy: nn.Module) -> Iterable[tuple[SparseWeightMixin, SparseW
         if online is None:
             continue
         for name, layer in target.named_modules():
-            if isinstance(layer, SparseWeightMixin):
+            if isinstance(layer, SparseLayer):
                 yield online.get_submodule(name), layer
 
 
-def same_topology(a: SparseWeightMixin, b: SparseWeightMixin) -> bool:
+def same_topology(a: SparseLayer, b: SparseLayer) -> bool:
     return a.nnz == b.nnz and th.equal(a.indptr, b.indptr) and th.equal(a.indices, b.indices)
 
 

@@ -50,10 +50,11 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from sparse_rl.sb3.builders import find_optimizers, sparse_layers, sync_targets
 from sparse_rl.sb3.report import sparsity_report
 from sparse_rl.sb3.tensorboard import SparsityLog
-from sparse_rl.topology.schedules import DROP_DECAYS, TopologySchedule, resolve_step
+from sparse_rl.topology import SPARSE_METHODS, DropSchedule, Method
+from sparse_rl.topology.schedules import DROP_SCHEDULES, TopologySchedule, resolve_step
 from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, create_updater
 
-METHODS = ("static", "set", "rigl", "srigl", "gmp")
+METHODS = SPARSE_METHODS  # the topology methods a sparse policy trains with (the updater registry, but "dense")
 
 
 def _describe(schedule: dict[str, Any]) -> str:
@@ -80,10 +81,10 @@ class TopologyCallback(BaseCallback):
 
     def __init__(
         self,
-        method: str = "rigl",
+        method: Method = "rigl",
         update_every: int = 1000,
         drop_fraction: float = 0.3,
-        drop_schedule: str = "cosine",
+        drop_schedule: DropSchedule = "cosine",
         start: int | float | None = None,
         end: int | float = 0.8,
         seed: int | None = None,
@@ -93,11 +94,11 @@ class TopologyCallback(BaseCallback):
         super().__init__(verbose)
         if method not in METHODS or method not in UPDATERS:
             raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-        if drop_schedule not in DROP_DECAYS:
-            raise ValueError(f"unknown drop_schedule {drop_schedule!r}; choose one of {list(DROP_DECAYS)}")
+        if drop_schedule not in DROP_SCHEDULES:
+            raise ValueError(f"unknown drop_schedule {drop_schedule!r}; choose one of {list(DROP_SCHEDULES)}")
         # Validate the numbers now (fractions resolve once the total is known).
         TopologySchedule(update_every=update_every, start=0 if start is None else start, end=end,
-                         drop_fraction=drop_fraction, drop_decay=drop_schedule)
+                         drop_fraction=drop_fraction, drop_schedule=drop_schedule)
         if not 0.0 <= ablation_threshold <= 1.0:
             raise ValueError(f"ablation_threshold must lie in [0, 1], got {ablation_threshold!r}")
         self.method = method
@@ -173,7 +174,7 @@ class TopologyCallback(BaseCallback):
             warnings.warn(f"TopologyCallback: the schedule ends (end={self.end} -> step {end}) before it starts (step "
                           f"{start}, learning_starts by default): no topology update will happen", stacklevel=3)
         kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=max(end, start),
-                                      drop_fraction=self.drop_fraction, drop_decay=self.drop_schedule,
+                                      drop_fraction=self.drop_fraction, drop_schedule=self.drop_schedule,
                                       total_steps=self.total_steps, seed=self.seed)
         if self.method == "gmp":
             kwargs["final_sparsity"] = {name: policy.sparse_config.target_sparsity[name] for name in self.layers}
@@ -205,7 +206,7 @@ class TopologyCallback(BaseCallback):
         assert self.updater is not None
         schedule = self.updater.schedule
         return dict(update_every=schedule.update_every, start=schedule.start_step, end=schedule.end_step,
-                    drop_fraction=schedule.drop_fraction, drop_schedule=schedule.drop_decay)
+                    drop_fraction=schedule.drop_fraction, drop_schedule=schedule.drop_schedule)
 
     def _announce_continuation(self, saved: dict[str, Any], clock: int) -> None:
         """One line when a continued run follows another schedule than the saved one, or has no update left."""

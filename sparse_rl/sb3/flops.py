@@ -18,9 +18,9 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseWeightMixin)
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseLayer)
 
 
 def sample_observation(space: Any) -> Any:
@@ -59,7 +59,7 @@ def policy_flops_for_space(policy: nn.Module, observation_space: Any) -> dict[st
 
 def _costs(module: nn.Module) -> tuple[int, int]:
     """(sparse, dense) multiply-adds of one output position of a weight layer."""
-    if isinstance(module, SparseWeightMixin):
+    if isinstance(module, SparseLayer):
         return module.nnz, module.numel_dense
     numel = module.weight.numel()
     return int((module.weight != 0).sum()), numel

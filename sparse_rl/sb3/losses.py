@@ -27,10 +27,10 @@ from stable_baselines3 import DQN, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.topology.criteria import capture_dense_grad
 
-Layers = Mapping[str, SparseWeightMixin]
+Layers = Mapping[str, SparseLayer]
 
 
 def _replay_batch(model: Any) -> Any:
@@ -129,11 +129,11 @@ def on_policy_loss(model: OnPolicyAlgorithm) -> th.Tensor:
     return policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss
 
 
-def _split(layers: Layers, prefix: str) -> dict[str, SparseWeightMixin]:
+def _split(layers: Layers, prefix: str) -> dict[str, SparseLayer]:
     return {name: layer for name, layer in layers.items() if name.split(".", 1)[0] == prefix}
 
 
-def loss_passes(model: BaseAlgorithm, layers: Layers) -> list[tuple[dict[str, SparseWeightMixin], Callable[[], th.Tensor]]]:
+def loss_passes(model: BaseAlgorithm, layers: Layers) -> list[tuple[dict[str, SparseLayer], Callable[[], th.Tensor]]]:
     """(layers, loss function) pairs: each loss is backpropagated with only its layers capturing."""
     if isinstance(model, OnPolicyAlgorithm):
         return [(dict(layers), lambda: on_policy_loss(model))]

@@ -21,7 +21,7 @@ from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.td3.policies import Actor as TD3Actor
 from torch import nn
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.sb3.builders import rebuild_sparse_layers, sparse_layout
 
 __all__ = ["SparseContinuousCritic", "SparseNetworkMixin", "SparseQNetwork", "SparseSACActor", "SparseTD3Actor"]
@@ -47,7 +47,7 @@ class SparseNetworkMixin:
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()  # type: ignore[misc]
-        layers = [m for m in self.modules() if isinstance(m, SparseWeightMixin)]  # type: ignore[attr-defined]
+        layers = [m for m in self.modules() if isinstance(m, SparseLayer)]  # type: ignore[attr-defined]
         data.update(sparse_layout=self.sparse_layout(), sparse_backend=layers[0].backend if layers else "auto")
         return data
 

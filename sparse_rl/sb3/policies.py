@@ -45,7 +45,7 @@ from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.sb3.builders import DEFAULT_SPARSITY, SparseConfig, sparse_orthogonal_, sparsify
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseQNetwork, SparseSACActor, SparseTD3Actor
 from sparse_rl.sb3.policy_state import pop_topology_state, restate_sparsity, write_topology_state
@@ -251,7 +251,7 @@ class SparseActorCriticPolicy(SparsePolicyMixin, ActorCriticPolicy):
     @staticmethod
     def init_weights(module: nn.Module, gain: float = 1) -> None:
         """SB3's orthogonal init, extended to sparse layers (orthogonal-like, see :func:`sparse_orthogonal_`)."""
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             sparse_orthogonal_(module, gain=gain)
         else:
             ActorCriticPolicy.init_weights(module, gain=gain)

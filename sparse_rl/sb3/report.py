@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.sb3.builders import is_target_name
 
 
@@ -32,7 +32,7 @@ def sparsity_report(model_or_policy: Any) -> dict[str, dict[str, Any]]:
     for name, module in _policy_of(model_or_policy).named_modules():
         if is_target_name(name):
             continue
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             nnz, numel = module.nnz, module.numel_dense
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             nnz = numel = module.weight.numel()

@@ -1,23 +1,40 @@
 """When to change the topology and by how much.
 
 - :class:`TopologySchedule`: update every ``update_every`` steps after ``start``, up to ``end`` (each an absolute step,
-  or a fraction of ``total_steps`` when given as a float in [0, 1]); the drop fraction decays from
-  ``drop_fraction`` as ``constant``, ``cosine`` (Evci et al. 2020) or ``linear``.
-- :func:`polynomial_sparsity`: the cubic sparsity ramp of gradual magnitude pruning (Zhu and Gupta 2017).
+  or a fraction of ``total_steps`` when given as a float in [0, 1]); the drop fraction follows ``drop_schedule`` from
+  ``drop_fraction``: ``constant``, ``cosine`` (Evci et al. 2020, "Rigging the Lottery", arXiv:1911.11134) or ``linear``.
+- :func:`polynomial_sparsity`: the cubic sparsity ramp of gradual magnitude pruning (Zhu and Gupta 2017, "To prune,
+  or not to prune", arXiv:1710.01878).
 
-Steps are whatever clock the caller uses; the SB3 callback uses environment steps (``model.num_timesteps``).
+Units: a step is one tick of the caller's clock. :class:`~sparse_rl.sb3.callbacks.TopologyCallback` counts
+environment steps (``model.num_timesteps``, all parallel environments together), not gradient steps, so with
+``train_freq=1, gradient_steps=1`` and one environment the two coincide, and otherwise they do not.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-DROP_DECAYS = ("constant", "cosine", "linear")
+from sparse_rl.topology._deprecation import renamed
+
+DropSchedule = Literal["constant", "cosine", "linear"]
+"""How the drop fraction decays from ``start`` to ``end``."""
+DROP_SCHEDULES: tuple[str, ...] = get_args(DropSchedule)
+DROP_DECAYS = DROP_SCHEDULES
+"""Former name of :data:`DROP_SCHEDULES`."""
 
 
 def resolve_step(point: int | float, total_steps: int | None, what: str) -> int:
-    """An absolute step from an int, or from a float fraction in [0, 1] of ``total_steps``."""
+    """An absolute step from an int, or from a float fraction in [0, 1] of ``total_steps``.
+
+    :param point: a step (int, or a float above 1), or a fraction of training (float in [0, 1])
+    :param total_steps: length of training in steps, needed for a fraction
+    :param what: the name of the quantity, for the error messages
+    :raises ValueError: for a negative or non-numeric point, or a fraction without ``total_steps``
+    """
     if isinstance(point, bool) or not isinstance(point, (int, float)) or point < 0:
         raise ValueError(f"{what} must be a non-negative step or a fraction in [0, 1], got {point!r}")
     if isinstance(point, float) and point <= 1.0:
@@ -27,43 +44,74 @@ def resolve_step(point: int | float, total_steps: int | None, what: str) -> int:
     return int(point)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TopologySchedule:
     """Update times and drop fraction of dynamic sparse training.
 
-    Updates fire at ``start + k * update_every`` for ``k >= 1`` while the step is at most ``end``.
+    Updates fire at ``start + k * update_every`` for ``k >= 1`` while the step is at most ``end``. All steps are in
+    the caller's clock: environment steps (``model.num_timesteps``) under the SB3 ``TopologyCallback``.
 
     :param update_every: steps between topology updates (> 0)
     :param start: first step from which updates are counted (absolute, or fraction of ``total_steps``)
     :param end: last step at which an update may fire (absolute, or fraction of ``total_steps``)
     :param drop_fraction: fraction of each layer's connections replaced at the first update, in [0, 1]
-    :param drop_decay: ``"constant"``, ``"cosine"`` or ``"linear"`` decay of the drop fraction from start to end
-    :param total_steps: length of training, needed when ``start`` or ``end`` is a fraction
+    :param drop_schedule: ``"constant"``, ``"cosine"`` or ``"linear"`` decay of the drop fraction from start to end
+    :param total_steps: length of training in steps, needed when ``start`` or ``end`` is a fraction
+    :param drop_decay: former name of ``drop_schedule`` (deprecated: it warns, and goes in the next release)
+    :raises ValueError: for a non-positive ``update_every``, a ``drop_fraction`` outside [0, 1], an unknown
+        ``drop_schedule``, or an ``end`` before ``start``
     """
 
-    update_every: int = 1000
-    start: int | float = 0
-    end: int | float = 0.8
-    drop_fraction: float = 0.3
-    drop_decay: str = "cosine"
-    total_steps: int | None = None
+    update_every: int
+    start: int | float
+    end: int | float
+    drop_fraction: float
+    drop_schedule: DropSchedule
+    total_steps: int | None
+
+    def __init__(
+        self,
+        update_every: int = 1000,
+        start: int | float = 0,
+        end: int | float = 0.8,
+        drop_fraction: float = 0.3,
+        drop_schedule: DropSchedule = "cosine",
+        total_steps: int | None = None,
+        *,
+        drop_decay: DropSchedule | None = None,
+    ) -> None:
+        drop_schedule = renamed("drop_decay", "drop_schedule", drop_decay, drop_schedule, "cosine")
+        for name, value in (("update_every", update_every), ("start", start), ("end", end),
+                            ("drop_fraction", drop_fraction), ("drop_schedule", drop_schedule),
+                            ("total_steps", total_steps)):
+            object.__setattr__(self, name, value)  # frozen
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every <= 0:
             raise ValueError(f"update_every must be a positive integer number of steps, got {self.update_every!r}")
         if not isinstance(self.drop_fraction, (int, float)) or not 0.0 <= self.drop_fraction <= 1.0:
             raise ValueError(f"drop_fraction must lie in [0, 1], got {self.drop_fraction!r}")
-        if self.drop_decay not in DROP_DECAYS:
-            raise ValueError(f"unknown drop_decay {self.drop_decay!r}; choose one of {list(DROP_DECAYS)}")
+        if self.drop_schedule not in DROP_SCHEDULES:
+            raise ValueError(f"unknown drop_schedule {self.drop_schedule!r}; choose one of {list(DROP_SCHEDULES)}")
         if self.total_steps is not None and self.end_step < self.start_step:
             raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
 
     @property
+    def drop_decay(self) -> DropSchedule:
+        """Former name of :attr:`drop_schedule` (deprecated: it warns, and goes in the next release)."""
+        warnings.warn("TopologySchedule.drop_decay is deprecated and will be removed in the next release: use "
+                      "drop_schedule", DeprecationWarning, stacklevel=2)
+        return self.drop_schedule
+
+    @property
     def start_step(self) -> int:
+        """``start`` as an absolute step."""
         return resolve_step(self.start, self.total_steps, "start")
 
     @property
     def end_step(self) -> int:
+        """``end`` as an absolute step."""
         return resolve_step(self.end, self.total_steps, "end")
 
     def is_update_step(self, step: int) -> bool:
@@ -88,14 +136,20 @@ class TopologySchedule:
     def drop_fraction_at(self, step: int) -> float:
         """The drop fraction at ``step`` after decay."""
         p = self.progress(step)
-        if self.drop_decay == "cosine":
+        if self.drop_schedule == "cosine":
             return 0.5 * self.drop_fraction * (1.0 + math.cos(math.pi * p))
-        if self.drop_decay == "linear":
+        if self.drop_schedule == "linear":
             return self.drop_fraction * (1.0 - p)
         return float(self.drop_fraction)
 
 
 def polynomial_sparsity(progress: float, final: float, initial: float = 0.0, power: int = 3) -> float:
-    """Gradual pruning sparsity ``s_f + (s_i - s_f) * (1 - progress) ** power`` (Zhu and Gupta 2017)."""
+    """Gradual pruning sparsity ``s_f + (s_i - s_f) * (1 - progress) ** power`` (Zhu and Gupta 2017, arXiv:1710.01878).
+
+    :param progress: fraction of the pruning period done (clipped to [0, 1])
+    :param final: sparsity at the end, ``s_f``
+    :param initial: sparsity at the start, ``s_i``
+    :param power: exponent of the ramp (3: the cubic schedule of the paper)
+    """
     progress = min(1.0, max(0.0, progress))
     return final + (initial - final) * (1.0 - progress) ** power

@@ -1,95 +1,63 @@
-"""Topology updaters: small classes that differ by their drop and grow scores.
+"""Topology updaters: small classes that differ by their drop and grow scores (JaxPruner's decomposition).
 
-- :class:`Static`: the initial random topology is kept (sparse training without rewiring).
-- :class:`SET`: drop the smallest magnitudes, grow at random (Mocanu et al. 2018, "Scalable training of artificial
-  neural networks with adaptive sparse connectivity").
-- :class:`RigL`: drop the smallest magnitudes, grow the largest dense gradients (Evci et al. 2020, "Rigging the
-  Lottery"); sparse RL settings from Graesser et al. 2022, "The State of Sparse Training in Deep RL".
-- :class:`SRigL`: RigL with constant fan-in, every output neuron keeps the same number of inputs, with optional neuron
-  ablation (Lasby et al. 2024, "Dynamic Sparse Training with Structured Sparsity").
-- :class:`GradualMagnitudePruning`: dense-to-sparse baseline, cubic sparsity ramp (Zhu and Gupta 2017).
+Each class is one DST method, registered under its name in :data:`UPDATERS` (:data:`METHODS` lists the names):
 
-An update rewires each layer in place (:meth:`SparseWeightMixin.rewire`) and remaps the optimizer state with the same
-map: kept connections keep their weight and moments, grown ones start at zero. Dropped connections were active and
-grown connections were inactive before the update; DST keeps every layer's nnz constant.
+- :class:`Dense` (``"dense"``): the dense baseline, nothing sparse.
+- :class:`Static` (``"static"``): the initial random topology is kept (sparse training without rewiring).
+- :class:`SET` (``"set"``): drop the smallest magnitudes, grow at random (Mocanu et al. 2018, "Scalable training of
+  artificial neural networks with adaptive sparse connectivity inspired by network science", arXiv:1707.04780).
+- :class:`RigL` (``"rigl"``): drop the smallest magnitudes, grow the largest dense gradients (Evci et al. 2020,
+  "Rigging the Lottery: Making All Tickets Winners", arXiv:1911.11134); the sparse-RL settings follow Graesser et al.
+  2022, "The State of Sparse Training in Deep Reinforcement Learning", arXiv:2206.10369.
+- :class:`SRigL` (``"srigl"``): RigL with constant fan-in, every output neuron keeps the same number of inputs, with
+  optional neuron ablation (Lasby et al. 2024, "Dynamic Sparse Training with Structured Sparsity", arXiv:2305.02299).
+- :class:`GradualMagnitudePruning` (``"gmp"``): dense-to-sparse baseline on a cubic sparsity ramp (Zhu and Gupta 2017,
+  "To prune, or not to prune: exploring the efficacy of pruning for model compression", arXiv:1710.01878).
+
+An update rewires each layer in place (:meth:`SparseLayer.rewire <sparse_rl.nn.base.SparseLayer.rewire>`) and remaps
+the optimizer state with the same map: kept connections keep their weight and moments, grown ones start at zero.
+Dropped connections were active and grown connections were inactive before the update; DST keeps every layer's nnz
+constant (GMP excepted). Steps are the schedule's clock: environment steps under the SB3 ``TopologyCallback``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 import torch as th
 
-from sparse_rl.nn.layers import SparseWeightMixin
+from sparse_rl.nn.base import SparseLayer
+from sparse_rl.topology._deprecation import renamed
 from sparse_rl.topology.criteria import gradient_score, magnitude_score, random_score
-from sparse_rl.topology.optim import remap_optimizer_state, replace_parameter
 from sparse_rl.topology.schedules import TopologySchedule, polynomial_sparsity
+from sparse_rl.topology.selection import NEG_INF, LayerChange, UpdateStats, apply_rewire, cover, top_overall, top_per_row
 
-Layers = Mapping[str, SparseWeightMixin]
-NEG_INF = float("-inf")
+__all__ = [
+    "METHODS", "SET", "SPARSE_METHODS", "UPDATERS", "BaseUpdater", "Dense", "GradualMagnitudePruning", "LayerChange",
+    "Method", "RigL", "SRigL", "Static", "UpdateStats", "create_updater",
+]
 
-
-@dataclass
-class LayerChange:
-    """What one update did to one layer."""
-
-    dropped: int
-    grown: int
-    nnz: int
-
-
-@dataclass
-class UpdateStats:
-    """What one update did: the drop fraction used and the per-layer changes."""
-
-    step: int
-    drop_fraction: float
-    layers: dict[str, LayerChange]
-
-    @property
-    def changed_fraction(self) -> float:
-        """Fraction of the connections (before the update) that were replaced."""
-        total = sum(c.nnz for c in self.layers.values())
-        return sum(c.dropped for c in self.layers.values()) / max(total, 1)
-
-
-def _top_per_row(scores: th.Tensor, counts: th.Tensor) -> th.Tensor:
-    """Boolean mask selecting the ``counts[r]`` highest scores of each row ``r`` of ``scores``."""
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    ranks = th.empty_like(order)
-    ranks.scatter_(1, order, th.arange(scores.shape[1], device=scores.device).expand_as(order))
-    return ranks < counts.unsqueeze(1)
-
-
-def _cover(scores: th.Tensor, active: th.Tensor) -> th.Tensor:
-    """The highest-scoring active connection of every row and of every column that has one (at most rows + cols)."""
-    masked = scores.masked_fill(~active, NEG_INF)
-    cover = th.zeros_like(active)
-    rows = active.any(dim=1).nonzero().squeeze(1)
-    cover[rows, masked[rows].argmax(dim=1)] = True
-    cols = active.any(dim=0).nonzero().squeeze(1)
-    cover[masked[:, cols].argmax(dim=0), cols] = True
-    return cover
-
-
-def _top_overall(scores: th.Tensor, count: int) -> th.Tensor:
-    """Boolean mask (shaped like ``scores``) of the ``count`` highest scores."""
-    selected = th.zeros(scores.numel(), dtype=th.bool, device=scores.device)
-    if count > 0:
-        selected[th.topk(scores.flatten(), count, sorted=False).indices] = True
-    return selected.view_as(scores)
+Method = Literal["dense", "static", "set", "rigl", "srigl", "gmp"]
+"""Name of a DST method (a key of :data:`UPDATERS`)."""
+Layers = Mapping[str, SparseLayer]
 
 
 @dataclass
 class BaseUpdater:
     """Drop the lowest :meth:`drop_scores`, grow the highest :meth:`grow_scores`; subclasses override the scores.
 
-    :param schedule: when to update and which fraction to drop
+    :param schedule: when to update (in the caller's steps: environment steps under the SB3 ``TopologyCallback``) and
+        which fraction to drop
     :param seed: seed of the generator used by random criteria (``None``: drawn from torch's global RNG)
     :param keep_connected: never drop the last connection of an output unit or of an input (the strongest one of each
         row and column is kept; in a tiny layer whose drop budget would cut into them, fewer connections are swapped)
+
+    Class attributes: ``name`` (the registry key), ``is_sparse`` (the policy has sparse layers), ``rewires`` (updates
+    change the topology), ``needs_dense_grad`` (the grow score reads ``layer.dense_grad``: run a backward pass under
+    :func:`~sparse_rl.topology.criteria.capture_dense_grad` before :meth:`update`), ``constant_fan_in`` (the layers
+    must be built with constant fan-in).
     """
 
     schedule: TopologySchedule = field(default_factory=TopologySchedule)
@@ -109,20 +77,28 @@ class BaseUpdater:
         self.generator = th.Generator().manual_seed(seed)
 
     # -------------------------------------------------------------------------------------------------- scores
-    def drop_scores(self, layer: SparseWeightMixin) -> th.Tensor:
+    def drop_scores(self, layer: SparseLayer) -> th.Tensor:
         """Importance of each active connection, ``[nnz]`` (lowest dropped first)."""
         return magnitude_score(layer)
 
-    def grow_scores(self, layer: SparseWeightMixin) -> th.Tensor:
+    def grow_scores(self, layer: SparseLayer) -> th.Tensor:
         """Priority of each position of the dense matrix view, ``[rows, cols]`` (highest grown first)."""
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------------------------- update
     def is_update_step(self, step: int) -> bool:
+        """Whether the schedule fires at ``step`` (never for methods that do not rewire)."""
         return self.rewires and self.schedule.is_update_step(step)
 
     def update(self, layers: Layers, step: int, optimizers: Iterable[th.optim.Optimizer] = ()) -> UpdateStats:
-        """Rewire every layer at ``step`` and remap the optimizers' state; returns what changed (nothing for static)."""
+        """Rewire every layer at ``step`` and remap the optimizers' state.
+
+        :param layers: name -> sparse layer (rewired in place)
+        :param step: the current step, in the schedule's clock (sets the decayed drop fraction)
+        :param optimizers: optimizers holding the layers' ``values`` (their per-weight state is remapped)
+        :return: what changed (nothing for methods that do not rewire)
+        :raises RuntimeError: for RigL-type methods when no dense gradient was captured
+        """
         if not self.rewires:
             return UpdateStats(step=step, drop_fraction=0.0,
                                layers={name: LayerChange(0, 0, layer.nnz) for name, layer in layers.items()})
@@ -134,14 +110,14 @@ class BaseUpdater:
         return UpdateStats(step=step, drop_fraction=fraction, layers=changes)
 
     def _update_layer(
-        self, layer: SparseWeightMixin, fraction: float, step: int, optimizers: list[th.optim.Optimizer]
+        self, layer: SparseLayer, fraction: float, step: int, optimizers: list[th.optim.Optimizer]
     ) -> LayerChange:
         active = layer.mask.reshape(layer.matrix_shape)
         keep, grow = self._select(layer, active, fraction, step)
-        return _apply(layer, active, keep, grow, optimizers)
+        return apply_rewire(layer, active, keep, grow, optimizers)
 
     def _select(
-        self, layer: SparseWeightMixin, active: th.Tensor, fraction: float, step: int
+        self, layer: SparseLayer, active: th.Tensor, fraction: float, step: int
     ) -> tuple[th.Tensor, th.Tensor]:
         """Boolean ``[rows, cols]`` masks of the kept and the grown connections."""
         nnz = layer.nnz
@@ -150,21 +126,22 @@ class BaseUpdater:
         n_swap = min(round(fraction * nnz), int((~active).sum()), nnz - n_protected)
         if n_swap <= 0:
             return active, th.zeros_like(active)
-        keep = _top_overall(drop_scores, nnz - n_swap)
+        keep = top_overall(drop_scores, nnz - n_swap)
         grow_scores = self.grow_scores(layer).masked_fill(active, NEG_INF)
-        return keep, _top_overall(grow_scores, n_swap)
+        return keep, top_overall(grow_scores, n_swap)
 
-    def _dense_drop_scores(self, layer: SparseWeightMixin, active: th.Tensor, protect: bool = True) -> th.Tensor:
+    def _dense_drop_scores(self, layer: SparseLayer, active: th.Tensor, protect: bool = True) -> th.Tensor:
         """Drop scores over the dense view (``-inf`` where inactive); with ``keep_connected`` (and ``protect``) the
         strongest connection of every row and column scores ``+inf``, so no drop ever disconnects a unit or an input."""
         dense = th.full(layer.matrix_shape, NEG_INF, device=active.device)
         dense.view(-1)[layer.flat_indices()] = self.drop_scores(layer).float()
         if self.keep_connected and protect:
-            dense = dense.masked_fill(_cover(dense, active), float("inf"))
+            dense = dense.masked_fill(cover(dense, active), float("inf"))
         return dense
 
     # --------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """The updater's progress and random state (saved with the model; the schedule is not part of it)."""
         return {
             "name": self.name,
             "num_updates": self.num_updates,
@@ -173,28 +150,15 @@ class BaseUpdater:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        :raises ValueError: when the state was saved by another method
+        """
         if state.get("name", self.name) != self.name:
             raise ValueError(f"topology state of method {state['name']!r} cannot be loaded into {self.name!r}")
         self.num_updates = int(state["num_updates"])
         self.last_update_step = state["last_update_step"]
         self.generator.set_state(state["generator"])
-
-
-def _apply(
-    layer: SparseWeightMixin, active: th.Tensor, keep: th.Tensor, grow: th.Tensor, optimizers: list[th.optim.Optimizer]
-) -> LayerChange:
-    """Rewire ``layer`` to ``keep | grow`` and remap optimizer state with the same slot map."""
-    old_nnz = layer.nnz
-    assert not (keep & ~active).any() and not (grow & active).any(), "kept must be active and grown inactive"
-    slot_of = th.full(layer.matrix_shape, -1, dtype=th.long, device=active.device)
-    slot_of.view(-1)[layer.flat_indices()] = th.arange(old_nnz, device=active.device)
-    new_mask = keep | grow
-    source = slot_of.masked_fill(~keep, -1)[new_mask]  # CSR order: row-major boolean indexing
-    old_param = layer.values
-    remap_optimizer_state(optimizers, old_param, source, old_nnz)
-    layer.rewire(new_mask, source)
-    replace_parameter(optimizers, old_param, layer.values)
-    return LayerChange(dropped=int((active & ~keep).sum()), grown=int(grow.sum()), nnz=old_nnz)
 
 
 @dataclass
@@ -208,7 +172,8 @@ class Dense(BaseUpdater):
 
 @dataclass
 class Static(BaseUpdater):
-    """Static sparse training: the initial random topology never changes."""
+    """Static sparse training: the initial random topology never changes (the baseline of Graesser et al. 2022,
+    arXiv:2206.10369)."""
 
     name: ClassVar[str] = "static"
     rewires: ClassVar[bool] = False
@@ -216,28 +181,32 @@ class Static(BaseUpdater):
 
 @dataclass
 class SET(BaseUpdater):
-    """Sparse Evolutionary Training (Mocanu et al. 2018): magnitude drop, random grow."""
+    """Sparse Evolutionary Training (Mocanu et al. 2018, arXiv:1707.04780): magnitude drop, random grow."""
 
     name: ClassVar[str] = "set"
 
-    def grow_scores(self, layer: SparseWeightMixin) -> th.Tensor:
+    def grow_scores(self, layer: SparseLayer) -> th.Tensor:
         return random_score(layer, self.generator)
 
 
 @dataclass
 class RigL(BaseUpdater):
-    """Rigged Lottery (Evci et al. 2020): magnitude drop, grow where the dense gradient is largest."""
+    """Rigged Lottery (Evci et al. 2020, arXiv:1911.11134): magnitude drop, grow where the dense gradient is largest.
+
+    The dense gradient is captured only at update steps (:func:`~sparse_rl.topology.criteria.capture_dense_grad`), so
+    every other training step stays sparse.
+    """
 
     name: ClassVar[str] = "rigl"
     needs_dense_grad: ClassVar[bool] = True
 
-    def grow_scores(self, layer: SparseWeightMixin) -> th.Tensor:
+    def grow_scores(self, layer: SparseLayer) -> th.Tensor:
         return gradient_score(layer)
 
 
 @dataclass
 class SRigL(RigL):
-    """Constant fan-in RigL (Lasby et al. 2024): drop and grow within each output neuron.
+    """Constant fan-in RigL (Lasby et al. 2024, arXiv:2305.02299): drop and grow within each output neuron.
 
     :param ablation_threshold: gamma_sal of SRigL. A neuron with fewer than ``ablation_threshold * fan_in`` salient
         connections (those an unstructured RigL step would keep or grow) is ablated: it loses all its inputs and
@@ -250,7 +219,7 @@ class SRigL(RigL):
     constant_fan_in: ClassVar[bool] = True
 
     def _select(
-        self, layer: SparseWeightMixin, active: th.Tensor, fraction: float, step: int
+        self, layer: SparseLayer, active: th.Tensor, fraction: float, step: int
     ) -> tuple[th.Tensor, th.Tensor]:
         rows, cols = layer.matrix_shape
         counts = active.sum(dim=1)
@@ -267,17 +236,17 @@ class SRigL(RigL):
         # keep the row's protected connections (last of an input): such a row swaps fewer, unless ablation empties it
         protected = (drop_dense == float("inf")).sum(dim=1)
         n_keep = th.maximum(n_keep, th.minimum(protected, target))
-        keep = _top_per_row(drop_dense, n_keep) & active
-        grow = _top_per_row(grow_dense, target - n_keep) & ~active
+        keep = top_per_row(drop_dense, n_keep) & active
+        grow = top_per_row(grow_dense, target - n_keep) & ~active
         return keep, grow
 
     def _ablated_targets(
-        self, layer: SparseWeightMixin, active: th.Tensor, drop_dense: th.Tensor, grow_dense: th.Tensor, fraction: float
+        self, layer: SparseLayer, active: th.Tensor, drop_dense: th.Tensor, grow_dense: th.Tensor, fraction: float
     ) -> th.Tensor:
         nnz = layer.nnz
         counts = active.sum(dim=1)
         n_swap = min(round(fraction * nnz), int((~active).sum()))
-        salient = _top_overall(drop_dense, nnz - n_swap) | _top_overall(grow_dense, n_swap)
+        salient = top_overall(drop_dense, nnz - n_swap) | top_overall(grow_dense, n_swap)
         fan_in = max(1, round(nnz / max(int((counts > 0).sum()), 1)))
         alive = (counts > 0) & (salient.sum(dim=1) >= self.ablation_threshold * fan_in)
         if not alive.any():
@@ -295,10 +264,14 @@ class SRigL(RigL):
 
 @dataclass
 class GradualMagnitudePruning(BaseUpdater):
-    """Dense-to-sparse baseline (Zhu and Gupta 2017): prune the smallest magnitudes on a cubic sparsity ramp.
+    """Dense-to-sparse baseline (Zhu and Gupta 2017, arXiv:1710.01878): prune the smallest magnitudes on a cubic ramp.
 
     Layers start dense (density 1) and reach ``final_sparsity`` (a float for every layer, or per-layer values) at the
     end of the schedule; nothing is regrown, so nnz follows the ramp instead of staying constant.
+
+    :param final_sparsity: sparsity reached at the last scheduled update, for every layer or per layer name
+    :param initial_sparsity: sparsity at ``schedule.start``
+    :param power: exponent of the ramp (3: cubic)
     """
 
     final_sparsity: float | Mapping[str, float] = 0.9
@@ -320,8 +293,8 @@ class GradualMagnitudePruning(BaseUpdater):
         for name, layer in layers.items():
             active = layer.mask.reshape(layer.matrix_shape)
             n_keep = max(1, round((1.0 - self.target_sparsity(name, step)) * layer.numel_dense))
-            keep = active if n_keep >= layer.nnz else _top_overall(self._dense_drop_scores(layer, active), n_keep)
-            changes[name] = _apply(layer, active, keep, th.zeros_like(active), optimizers)
+            keep = active if n_keep >= layer.nnz else top_overall(self._dense_drop_scores(layer, active), n_keep)
+            changes[name] = apply_rewire(layer, active, keep, th.zeros_like(active), optimizers)
         self.num_updates += 1
         self.last_update_step = step
         return UpdateStats(step=step, drop_fraction=0.0, layers=changes)
@@ -330,21 +303,33 @@ class GradualMagnitudePruning(BaseUpdater):
 UPDATERS: dict[str, type[BaseUpdater]] = {
     cls.name: cls for cls in (Dense, Static, SET, RigL, SRigL, GradualMagnitudePruning)
 }
+"""Registry: method name -> updater class."""
+METHODS: tuple[str, ...] = tuple(UPDATERS)
+"""Every DST method name, dense baseline included."""
+SPARSE_METHODS: tuple[str, ...] = tuple(name for name, cls in UPDATERS.items() if cls.is_sparse)
+"""The methods that train sparse layers (all but ``"dense"``)."""
+SCHEDULE_KEYWORDS = frozenset(f.name for f in fields(TopologySchedule))
 
 
-def create_updater(name: str | Mapping[str, Any], **kwargs: Any) -> BaseUpdater:
-    """Build an updater by name (``dense, static, set, rigl, srigl, gmp``) or from a config mapping with ``name``.
+def create_updater(name: Method | str | Mapping[str, Any], **kwargs: Any) -> BaseUpdater:
+    """Build an updater by method name (``dense, static, set, rigl, srigl, gmp``) or from a config mapping with ``name``.
 
-    Schedule fields (``update_every``, ``start``, ``end``, ``drop_fraction``, ``drop_decay``, ``total_steps``) may be
-    passed directly instead of a ``schedule``.
+    Schedule fields (``update_every``, ``start``, ``end``, ``drop_fraction``, ``drop_schedule``, ``total_steps``) may
+    be passed directly instead of a ``schedule``; ``drop_decay`` is the deprecated former name of ``drop_schedule``.
+
+    :param name: a key of :data:`UPDATERS`, or a mapping holding it under ``"name"`` plus keyword arguments
+    :param kwargs: the updater's fields (``seed``, ``keep_connected``, ``ablation_threshold``...) and schedule fields
+    :raises ValueError: for an unknown method, or a ``schedule`` given together with schedule fields
     """
     if isinstance(name, Mapping):
         kwargs = {**name, **kwargs}
         name = kwargs.pop("name")
     if name not in UPDATERS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(UPDATERS)}")
-    schedule_keys = set(TopologySchedule.__dataclass_fields__)
-    schedule_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in schedule_keys}
+    if "drop_decay" in kwargs:
+        kwargs["drop_schedule"] = renamed("drop_decay", "drop_schedule", kwargs.pop("drop_decay"),
+                                          kwargs.get("drop_schedule", "cosine"), "cosine")
+    schedule_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in SCHEDULE_KEYWORDS}
     if schedule_kwargs:
         if "schedule" in kwargs:
             raise ValueError("give either a schedule or its fields, not both")

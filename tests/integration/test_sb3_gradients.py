@@ -11,7 +11,7 @@ import torch as th
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from torch import nn
 
-from sparse_rl.nn.layers import SparseLinear, SparseWeightMixin
+from sparse_rl.nn.layers import SparseLayer, SparseLinear
 from sparse_rl.sb3 import SparseActorCriticPolicy, SparseDQNPolicy, SparseSACPolicy, SparseTD3Policy, TopologyCallback
 from sparse_rl.sb3.builders import sparse_layers
 from sparse_rl.sb3.losses import (
@@ -37,14 +37,14 @@ def dense_twin(model: Any) -> tuple[Any, dict[str, nn.Module]]:
     """A shallow copy of the algorithm whose policy is a deep copy with every sparse layer made a plain dense layer
     (weights equal to the sparse layer's dense weight), so plain autograd gives the reference dL/dW."""
     for module in model.policy.modules():  # backend caches may hold objects that cannot be deep-copied
-        if isinstance(module, SparseWeightMixin):
+        if isinstance(module, SparseLayer):
             module._cache.clear()
     if hasattr(model.policy, "action_dist"):  # SB3 keeps the last (non-leaf) distribution, rebuilt at each forward
         model.policy.action_dist.distribution = None
     policy = copy.deepcopy(model.policy)
     dense = {}
     for name, layer in list(policy.named_modules()):
-        if not isinstance(layer, SparseWeightMixin):
+        if not isinstance(layer, SparseLayer):
             continue
         if isinstance(layer, SparseLinear):
             replacement = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)

@@ -1,12 +1,14 @@
 """Per-layer densities: ERK / ER / uniform, exact global sparsity, dense layers outside the budget."""
 
 import math
+import typing
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_rl.topology import constant_fan_in_nnz, layer_densities, layer_nnz
+from sparse_rl.topology import DISTRIBUTIONS, Distribution, constant_fan_in_nnz, layer_densities, layer_nnz
+from sparse_rl.topology.distributions import DISTRIBUTION_SCALES
 
 shape_2d = st.tuples(st.integers(1, 300), st.integers(1, 300))
 shape_4d = st.tuples(st.integers(1, 64), st.integers(1, 32), st.integers(1, 8), st.integers(1, 8))
@@ -15,11 +17,11 @@ shapes_strategy = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), s
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=shapes_strategy, sparsity=st.floats(0.0, 0.99), method=st.sampled_from(["uniform", "er", "erk"]))
-def test_global_sparsity_is_exact_and_densities_valid(shapes, sparsity, method):
-    densities = layer_densities(shapes, sparsity, method)
+@given(shapes=shapes_strategy, sparsity=st.floats(0.0, 0.99), distribution=st.sampled_from(DISTRIBUTIONS))
+def test_global_sparsity_is_exact_and_densities_valid(shapes, sparsity, distribution):
+    densities = layer_densities(shapes, sparsity, distribution)
     assert all(0.0 < d <= 1.0 + 1e-12 for d in densities.values())
-    nnz = layer_nnz(shapes, sparsity, method)
+    nnz = layer_nnz(shapes, sparsity, distribution=distribution)
     total = sum(math.prod(s) for s in shapes.values())
     target = max(round((1 - sparsity) * total), len(shapes))
     assert sum(nnz.values()) == target
@@ -58,8 +60,25 @@ def test_constant_fan_in_rounding():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(sparsity=1.0), r"sparsity must be"), (dict(sparsity=-0.1), r"sparsity must be"),
-    (dict(sparsity=0.5, method="gaussian"), "unknown distribution"), (dict(sparsity=0.5, dense=["nope"]), "not among"),
+    (dict(sparsity=0.5, distribution="gaussian"), "unknown distribution"), (dict(sparsity=0.5, dense=["nope"]), "not among"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         layer_densities({"a": (4, 4)}, **kwargs)
+
+
+def test_distribution_names_come_from_the_registry():
+    assert DISTRIBUTIONS == tuple(DISTRIBUTION_SCALES) == typing.get_args(Distribution) == ("uniform", "er", "erk")
+    with pytest.raises(ValueError, match=r"choose one of \['uniform', 'er', 'erk'\]"):
+        layer_nnz({"a": (4, 4)}, 0.5, "gaussian")
+
+
+def test_method_keyword_still_works_with_a_deprecation_warning():
+    shapes = {"small": (64, 32), "big": (512, 512), "conv": (32, 16, 3, 3)}  # ER and ERK differ on the kernel dims
+    with pytest.warns(DeprecationWarning, match="'method' is deprecated.*'distribution'"):
+        old = layer_densities(shapes, 0.98, method="er")
+    assert old == layer_densities(shapes, 0.98, distribution="er") != layer_densities(shapes, 0.98)
+    with pytest.warns(DeprecationWarning, match="'method' is deprecated"):
+        assert layer_nnz(shapes, 0.9, method="uniform") == layer_nnz(shapes, 0.9, "uniform")
+    with pytest.raises(TypeError, match="pass only 'distribution'"), pytest.warns(DeprecationWarning):
+        layer_nnz(shapes, 0.9, distribution="er", method="uniform")

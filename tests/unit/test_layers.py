@@ -187,3 +187,25 @@ def test_checkpoint_of_another_architecture_is_refused_clearly():
     small, big = nn.Sequential(SparseLinear(8, 16)), nn.Sequential(SparseLinear(8, 32))
     with pytest.raises(RuntimeError, match="saved from another architecture"):
         big.load_state_dict(small.state_dict())
+
+
+def test_base_class_and_its_former_name():
+    from sparse_rl.nn import SparseLayer
+    from sparse_rl.nn.layers import SparseLayer as from_layers
+
+    assert SparseLayer is SparseLayer is from_layers  # code written against 0.1 keeps importing and checking
+    conv, linear = SparseConv2d(3, 4, 3), SparseLinear(4, 3)
+    assert isinstance(conv, SparseLayer) and isinstance(linear, SparseLayer)
+    assert set(conv.state_dict()) == {"values", "indices", "indptr", "bias"}  # the saved models' keys
+
+
+@pytest.mark.parametrize("make", [
+    lambda scale: SparseLinear(4, 4, init_scale=scale), lambda scale: SparseConv2d(2, 2, 3, init_scale=scale),
+])
+def test_init_scale_is_checked_for_both_layer_types(make):
+    with pytest.raises(ValueError, match=r"init_scale must be one of \['sparse', 'dense'\]"):
+        make("huge")
+    th.manual_seed(0)
+    sparse = make("sparse").values.abs().max()
+    th.manual_seed(0)
+    assert make("dense").values.abs().max() < sparse  # the sparse fan-in gives larger initial weights

@@ -15,7 +15,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 import sparse_rl.sb3 as sb3
-from sparse_rl.nn.layers import SparseConv2d, SparseLinear, SparseWeightMixin
+from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 from sparse_rl.sb3 import (
     SparseActorCriticCnnPolicy,
     SparseActorCriticPolicy,
@@ -65,7 +65,7 @@ def test_sparsity_zero_is_sb3_policy(sparse_cls, dense_cls, obs, act) -> None:
     sparse = sparse_cls(obs, act, lr, sparsity=0.0)
     th.manual_seed(0)
     dense = dense_cls(obs, act, lr)
-    assert not any(isinstance(m, SparseWeightMixin) for m in sparse.modules())
+    assert not any(isinstance(m, SparseLayer) for m in sparse.modules())
     a, b = sparse.state_dict(), dense.state_dict()
     assert a.keys() == b.keys()  # no topology-state entry while there is no topology state
     assert all(th.equal(a[k], b[k]) for k in a)
@@ -181,7 +181,7 @@ def test_cnn_policies_sparse_extractor() -> None:
     assert ppo(obs)[0].shape == (2,)
 
 
-def sparse_row_norms(layer: SparseWeightMixin) -> th.Tensor:
+def sparse_row_norms(layer: SparseLayer) -> th.Tensor:
     return layer.dense_weight().reshape(layer.matrix_shape).norm(dim=1)
 
 
@@ -276,8 +276,8 @@ def test_sparse_mlp_alias_without_sparsity_builds_sparse_network() -> None:
 
 # ------------------------------------------------------------------------------- sub-networks saved alone (d)
 def _same_sparse_layers(a: nn.Module, b: nn.Module) -> None:
-    layers_a = {n: m for n, m in a.named_modules() if isinstance(m, SparseWeightMixin)}
-    layers_b = {n: m for n, m in b.named_modules() if isinstance(m, SparseWeightMixin)}
+    layers_a = {n: m for n, m in a.named_modules() if isinstance(m, SparseLayer)}
+    layers_b = {n: m for n, m in b.named_modules() if isinstance(m, SparseLayer)}
     assert layers_a and layers_a.keys() == layers_b.keys()
     for name, layer in layers_a.items():
         assert type(layers_b[name]) is type(layer), name

@@ -1,5 +1,7 @@
 """DST updaters: nnz exact, dropped were active, grown were inactive, grown weights and moments zero, and the criteria."""
 
+import typing
+
 import pytest
 import torch as th
 from hypothesis import given, settings
@@ -7,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparse_rl.nn import SparseLinear
-from sparse_rl.topology import UPDATERS, capture_dense_grad, create_updater
+from sparse_rl.topology import METHODS, SPARSE_METHODS, UPDATERS, Method, capture_dense_grad, create_updater
 
 
 def _net(sparsity: float, constant_fan_in: bool = False, seed: int = 0) -> nn.Sequential:
@@ -53,7 +55,7 @@ def test_invariants_after_any_sequence_of_updates(method, sparsity, fractions, s
     nnz0 = {name: layer.nnz for name, layer in _layers(net).items()}
     for step, fraction in enumerate(fractions, start=1):
         _train_step(net, opt, x, y)
-        updater = create_updater(method, update_every=1, end=100, drop_fraction=fraction, drop_decay="constant", seed=seed)
+        updater = create_updater(method, update_every=1, end=100, drop_fraction=fraction, drop_schedule="constant", seed=seed)
         before = {name: _snapshot(layer, opt) for name, layer in _layers(net).items()}
         _capture(net, x, y)
         stats = updater.update(_layers(net), step, [opt])
@@ -84,7 +86,7 @@ def test_rigl_grows_top_gradients_among_inactive_hand_case():
     with th.no_grad():
         layer.values.copy_(th.tensor([0.5, -0.1, 2.0, -0.05]))  # CSR order: (0,0) (0,1) (1,1) (1,3)
     layer.dense_grad = th.tensor([[9.0, 0.0, 0.3, -0.7], [5.0, 8.0, -0.2, 0.0]])
-    updater = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_decay="constant",
+    updater = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_schedule="constant",
                              keep_connected=False)
     stats = updater.update({"l": layer}, 1)
     # drop the 2 smallest |w|: (1,3) 0.05 and (0,1) 0.1; grow the 2 largest |grad| among inactive: (1,0) 5.0, (0,3) 0.7
@@ -100,7 +102,7 @@ def test_rigl_never_drops_the_last_connection_of_an_input_or_unit():
     with th.no_grad():
         layer.values.copy_(th.tensor([0.5, -0.1, 2.0, -0.05]))  # CSR order: (0,0) (0,1) (1,1) (1,3)
     layer.dense_grad = th.tensor([[9.0, 0.0, 0.3, -0.7], [5.0, 8.0, -0.2, 0.0]])
-    stats = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_decay="constant").update({"l": layer}, 1)
+    stats = create_updater("rigl", update_every=1, end=10, drop_fraction=0.5, drop_schedule="constant").update({"l": layer}, 1)
     # (1,3) is input 3's only connection and (0,0), (1,1) are the strongest of their rows and columns: of the two
     # swaps the drop fraction asks for, one is possible: drop (0,1), grow the largest inactive gradient (1,0)
     assert th.equal(layer.mask, th.tensor([[1, 0, 0, 0], [1, 1, 0, 1]], dtype=th.bool))
@@ -196,6 +198,9 @@ def test_sgd_momentum_is_reset_for_grown_entries():
 
 def test_static_and_dense_never_rewire_and_registry_names():
     assert set(UPDATERS) == {"dense", "static", "set", "rigl", "srigl", "gmp"}
+    assert METHODS == tuple(UPDATERS) == typing.get_args(Method)  # the Literal and the registry agree
+    assert SPARSE_METHODS == tuple(name for name in METHODS if name != "dense")
+    assert all(UPDATERS[name].name == name for name in METHODS)
     assert not create_updater("static").is_update_step(1000) and not create_updater("dense").is_sparse
     assert create_updater({"name": "rigl", "update_every": 5}).schedule.update_every == 5
     with pytest.raises(ValueError, match="unknown method"):

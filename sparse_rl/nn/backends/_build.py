@@ -3,8 +3,9 @@
 The library is compiled with ``g++`` into ``$SPARSE_RL_CACHE`` (default ``~/.cache/sparse_rl/``; ``XDG_CACHE_HOME`` is
 honoured) under a name keyed by a hash of the source, the compiler flags and the host CPU, written to a temporary file
 and atomically renamed so that concurrent builds never corrupt it. Flags are tried in order (``-march=native`` and
-OpenMP are dropped if the compiler rejects them). If nothing builds, :func:`load` returns ``None`` and one warning line
-says so; the package keeps working on the torch/reference path. ``SPARSE_RL_NO_COMPILE=1`` disables the kernel.
+OpenMP are dropped if the compiler rejects them). A library is used only when its ABI version and struct layout match
+:mod:`sparse_rl.nn.backends._abi`. If nothing builds or loads, :func:`load` returns ``None`` and one warning line says
+so; the package keeps working on the torch/reference path. ``SPARSE_RL_NO_COMPILE=1`` disables the kernel.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import time
 import warnings
 from pathlib import Path
 
+from sparse_rl.nn.backends import _abi
+
 SOURCE = Path(__file__).with_name("csrc") / "csr_kernels.cpp"
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 FLAG_CHOICES = [["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []]
-SUFFIXES = ("f32_i16", "f32_i32", "f64_i16", "f64_i32")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -72,7 +74,9 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
-        ctypes.CDLL(tmp).srl_abi_version()  # refuse a library that does not load (e.g. -fopenmp without its runtime)
+        mismatch = _abi.check(ctypes.CDLL(tmp))  # refuse a library that does not load (e.g. -fopenmp without its runtime)
+        if mismatch is not None:
+            return f"the built library does not match the Python mirror of its interface: {mismatch}"
         os.replace(tmp, target)
         return None
     except (OSError, subprocess.SubprocessError) as err:
@@ -100,19 +104,6 @@ def _find_or_build() -> tuple[Path | None, str]:
     return None, last_error
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    """Declare the C signatures (see the ``SPARSE_RL_EXPORT`` macro in the source)."""
-    ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for suffix in SUFFIXES:
-        fwd = getattr(lib, f"srl_forward_{suffix}")
-        fwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, cint]
-        fwd.restype = None
-        bwd = getattr(lib, f"srl_backward_{suffix}")
-        bwd.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ptr,
-                        i64, ptr, ptr, ptr, cint]
-        bwd.restype = None
-
-
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library (building it on first use), or None with one warning when it cannot be built."""
     if "lib" in _state:
@@ -128,8 +119,10 @@ def load() -> ctypes.CDLL | None:
             if path is not None:
                 try:
                     lib = ctypes.CDLL(str(path))
-                    _bind(lib)
-                except (OSError, AttributeError) as err:
+                    mismatch = _abi.check(lib)
+                    if mismatch is not None:
+                        lib, reason = None, f"{path} does not match this package: {mismatch}"
+                except OSError as err:
                     lib, reason = None, f"could not load {path}: {err}"
         if lib is None:
             # warn_explicit on a pseudo location: the warning prints as exactly one line (no source line below it)

@@ -1,17 +1,59 @@
-"""Helpers shared by the sparse backends: the transposed (CSC) layout and input flattening."""
+"""Helpers shared by the backends: the dense reference computation, the transposed (CSC) layout, input flattening."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch as th
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseConv2d, SparseLinear
 
 
-def csc_layout(layer: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+def dense_weight(layer: SparseLayer) -> th.Tensor:
+    """The layer's dense weight: a view of ``values`` when every connection is present, else their scatter.
+
+    A fully connected layer (ERK often makes small first layers dense) stores its values in row-major order already.
+
+    :param layer: a sparse layer
+    :return: ``layer.weight_shape``, differentiable with respect to ``layer.values``
+    """
+    values = layer.values
+    if values.numel() == layer.numel_dense:
+        return values.view(layer.weight_shape)
+    return layer.dense_weight()
+
+
+def dense_linear(layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
+    """``F.linear`` on the materialised dense weight: the reference every kernel is tested against.
+
+    :param layer: a sparse linear layer
+    :param inputs: ``[*, in_features]``
+    :return: ``[*, out_features]``
+    """
+    return F.linear(inputs, dense_weight(layer), layer.bias)
+
+
+def dense_conv2d(layer: SparseConv2d, inputs: th.Tensor) -> th.Tensor:
+    """``F.conv2d`` on the materialised dense weight.
+
+    :param layer: a sparse convolution
+    :param inputs: ``[N, C_in, H, W]`` (or unbatched ``[C_in, H, W]``)
+    :return: ``[N, C_out, H_out, W_out]``
+    """
+    return F.conv2d(inputs, dense_weight(layer), layer.bias, **layer.conv_kwargs())
+
+
+def csc_layout(layer: SparseLayer) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
     """``(colptr, rowidx, perm)`` of the layer's matrix in CSC order, int64, cached per topology.
 
     ``perm[k]`` is the CSR slot of the k-th CSC entry, so ``values[perm]`` are the CSC values (i.e. the CSR values of
     the transposed matrix).
+
+    :param layer: a sparse layer
+    :return: ``colptr [cols + 1]``, ``rowidx [nnz]``, ``perm [nnz]``
     """
 
     def build() -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -26,18 +68,15 @@ def csc_layout(layer: Any) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
     return layer.cached("csc", build)
 
 
-def flatten_inputs(layer: Any, inputs: th.Tensor) -> tuple[th.Tensor, tuple[int, ...]]:
-    """Inputs ``[..., in]`` as a 2-D ``[B, in]`` tensor (a view when possible) and the leading shape."""
+def flatten_inputs(layer: SparseLayer, inputs: th.Tensor) -> tuple[th.Tensor, tuple[int, ...]]:
+    """Inputs ``[*, cols]`` as a 2-D ``[B, cols]`` tensor (a view when possible) and the leading shape ``*``.
+
+    :param layer: a sparse layer (``cols`` is ``layer.matrix_shape[1]``)
+    :param inputs: ``[*, cols]``
+    :raises ValueError: when the last dimension of ``inputs`` is not ``cols``
+    """
     cols = layer.matrix_shape[1]
     if inputs.shape[-1] != cols:
         raise ValueError(f"expected inputs with last dimension {cols}, got shape {tuple(inputs.shape)}")
     lead = tuple(inputs.shape[:-1])
     return (inputs if inputs.dim() == 2 else inputs.reshape(-1, cols)), lead
-
-
-def needs_grad(layer: Any, inputs: th.Tensor) -> bool:
-    """Whether autograd must track this call."""
-    if not th.is_grad_enabled():
-        return False
-    bias = layer.bias
-    return inputs.requires_grad or layer.values.requires_grad or (bias is not None and bias.requires_grad)

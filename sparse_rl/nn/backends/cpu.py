@@ -3,23 +3,28 @@
 Forward, gradient to the inputs (through a cached CSC layout), gradient to the values and the bias all run in the
 kernel, single- or multi-threaded following ``torch.get_num_threads()``. Calls that need no gradient (acting under
 ``torch.no_grad()``) skip autograd and go straight to the kernel, so batch-1 calls cost little more than the kernel.
+Each call hands the kernel one struct of named fields (:mod:`sparse_rl.nn.backends._abi`); the matrix structs are built
+once per topology.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch as th
 
-from sparse_rl.nn.backends import _build
-from sparse_rl.nn.backends._common import csc_layout, flatten_inputs
-from sparse_rl.nn.backends.reference import ReferenceBackend
+from sparse_rl.nn.backends import _abi, _build
+from sparse_rl.nn.backends._common import csc_layout
+from sparse_rl.nn.backends.base import KernelBackend
 
-_DTYPES = {th.float32: "f32", th.float64: "f64"}
-_INDEX = {th.int16: "i16", th.int32: "i32"}
-_reference = ReferenceBackend()
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseLinear
+
 _local = threading.local()
+_csc_lock = threading.Lock()
 BLOCK_COLUMNS = 256  # columns per block: with a 64-wide batch chunk, a 64 KiB slice of the input (measured best of 64-512)
 MIN_BLOCK_ENTRIES = 8  # fewer entries per row per block on average and re-reading partial sums outweighs the gain
 
@@ -31,6 +36,11 @@ def column_blocks(indptr: th.Tensor, indices: th.Tensor, rows: int, cols: int) -
     ``indptr[r + 1]``). The kernel then sweeps one column block at a time over a group of rows, so the block's slice
     of the input stays in cache while every row of the group uses it (a cache-blocked SpMM). ``(None, 0)`` when
     blocks would hold too few entries to pay, or when the columns are not sorted within rows.
+
+    :param indptr: ``[rows + 1]`` row pointers (CPU)
+    :param indices: ``[nnz]`` column of each entry (CPU)
+    :param rows: rows of the matrix
+    :param cols: columns of the matrix
     """
     nnz = indices.numel()
     nblk = min(-(-cols // BLOCK_COLUMNS), nnz // max(1, MIN_BLOCK_ENTRIES * rows))
@@ -50,27 +60,36 @@ def column_blocks(indptr: th.Tensor, indices: th.Tensor, rows: int, cols: int) -
 
 
 class _Kernel:
-    """Per-topology handles (kept in ``layer.cached``): kernel functions for the layer's dtypes, index pointers, CSC."""
+    """Per-topology handles (kept in ``layer.cached``): the matrix structs, the tensors they point into, the dtype code."""
 
-    def __init__(self, layer: Any, lib: Any) -> None:
-        """Bind the kernel functions for the layer's value and index dtypes."""
-        suffix = f"{_DTYPES[layer.values.dtype]}_{_INDEX[layer.indices.dtype]}"
-        self.forward = getattr(lib, f"srl_forward_{suffix}")
-        self.backward = getattr(lib, f"srl_backward_{suffix}")
+    def __init__(self, layer: SparseLayer, lib: ctypes.CDLL) -> None:
+        self.forward_entry, self.backward_entry = lib.srl_forward, lib.srl_backward
         self.rows, self.cols = layer.matrix_shape
         self.dtype = layer.values.dtype
-        self.indices, self.indptr = layer.indices, layer.indptr
-        self.indices_ptr, self.indptr_ptr = self.indices.data_ptr(), self.indptr.data_ptr()
+        self.dtype_code = _abi.VALUE_DTYPES[self.dtype]
+        self.indices, self.indptr = layer.indices, layer.indptr  # the struct points into them: keep them alive
         self.blocks, self.nblk = column_blocks(layer.indptr.cpu(), layer.indices.cpu(), self.rows, self.cols)
-        self._layer: Any = layer
-        self._csc: tuple[Any, ...] | None = None
+        self.csr = _abi.Csr(indptr=self.indptr.data_ptr(), indices=self.indices.data_ptr(), perm=None,
+                            blocks=_ptr(self.blocks), nblk=self.nblk, rows=self.rows, cols=self.cols,
+                            index_dtype=_abi.INDEX_DTYPES[layer.indices.dtype])
+        self.csr_address = ctypes.addressof(self.csr)
+        self._layer: SparseLayer | None = layer
+        self._csc: _abi.Csr | None = None
+        self._csc_tensors: tuple[th.Tensor | None, ...] = ()
 
-    def csc(self) -> tuple[Any, ...]:
-        """``(colptr, rowidx, perm, blocks, nblk)`` for the gradient to the inputs (int32; blocks may be None)."""
+    def csc(self) -> _abi.Csr:
+        """The CSC layout for the gradient to the inputs: the CSR of ``W^T`` (int32, column-blocked when it pays)."""
         if self._csc is None:
-            colptr, rowidx, perm = (t.to(th.int32) for t in csc_layout(self._layer))
-            self._csc = (colptr, rowidx, perm, *column_blocks(colptr, rowidx, self.cols, self.rows))
-            self._layer = None  # drop the reference once built
+            with _csc_lock:  # built once, even when two threads train through the same layer
+                if self._csc is None:
+                    assert self._layer is not None
+                    colptr, rowidx, perm = (t.to(th.int32) for t in csc_layout(self._layer))
+                    blocks, nblk = column_blocks(colptr, rowidx, self.cols, self.rows)
+                    self._csc_tensors = (colptr, rowidx, perm, blocks)  # the struct points into them
+                    self._csc = _abi.Csr(indptr=colptr.data_ptr(), indices=rowidx.data_ptr(), perm=perm.data_ptr(),
+                                         blocks=_ptr(blocks), nblk=nblk, rows=self.cols, cols=self.rows,
+                                         index_dtype=_abi.INT32)
+                    self._layer = None  # drop the reference once built
         return self._csc
 
 
@@ -83,7 +102,7 @@ def _scratch(numel: int, dtype: th.dtype, slot: str) -> th.Tensor:
     pool = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = {}
-    buf = pool.get((dtype, slot))
+    buf: th.Tensor | None = pool.get((dtype, slot))
     if buf is None or buf.numel() < numel:
         buf = pool[(dtype, slot)] = th.empty(max(numel, 1 << 12), dtype=dtype)
     return buf
@@ -108,9 +127,12 @@ def _forward(
     xt = _chunk_buffer(x2, kern.cols, "x")
     if xt is not None and keep:
         xt = th.empty(kern.cols * batch, dtype=x2.dtype)
-    kern.forward(x2.data_ptr(), batch, kern.cols, sb, sj, _ptr(xt), values.data_ptr(), kern.indices_ptr,
-                 kern.indptr_ptr, _ptr(kern.blocks), kern.nblk, kern.rows, _ptr(bias), y.data_ptr(),
-                 th.get_num_threads())
+    args = _abi.ForwardArgs(weight=kern.csr_address, dtype=kern.dtype_code, values=values.data_ptr(), bias=_ptr(bias),
+                            x=x2.data_ptr(), batch=batch, x_stride_batch=sb, x_stride_feature=sj, x_chunked=_ptr(xt),
+                            y=y.data_ptr(), threads=th.get_num_threads())
+    status = kern.forward_entry(ctypes.addressof(args))
+    if status:
+        _abi.raise_for_status(status, "srl_forward")
     return y, xt
 
 
@@ -135,53 +157,52 @@ class _LinearFn(th.autograd.Function):
         dx = th.empty(batch, kern.cols, dtype=values.dtype) if need_x else None
         dv = th.empty_like(values) if need_v else None
         db = th.empty(kern.rows, dtype=values.dtype) if need_b and ctx.has_bias else None
-        cptr, cidx, perm, cblocks, ncblk = kern.csc() if need_x else (None, None, None, None, 0)
-        kern.backward(grad_out.data_ptr(), batch, kern.rows, sb, sj, _ptr(_chunk_buffer(grad_out, kern.rows, "dy")),
-                      _ptr(x), kern.cols, 0, 0, _ptr(xt), values.data_ptr(), kern.indices_ptr, kern.indptr_ptr,
-                      _ptr(kern.blocks), kern.nblk, _ptr(cptr), _ptr(cidx), _ptr(perm), _ptr(cblocks),
-                      ncblk, _ptr(dx), _ptr(dv), _ptr(db), th.get_num_threads())
+        args = _abi.BackwardArgs(
+            weight=kern.csr_address, weight_t=ctypes.addressof(kern.csc()) if need_x else None, dtype=kern.dtype_code,
+            values=values.data_ptr(), dy=grad_out.data_ptr(), batch=batch, dy_stride_batch=sb, dy_stride_feature=sj,
+            dy_chunked=_ptr(_chunk_buffer(grad_out, kern.rows, "dy")), x=_ptr(x), x_stride_batch=0, x_stride_feature=0,
+            x_chunked=_ptr(xt), dx=_ptr(dx), dvalues=_ptr(dv), dbias=_ptr(db), threads=th.get_num_threads(),
+        )
+        status = kern.backward_entry(ctypes.addressof(args))
+        if status:
+            _abi.raise_for_status(status, "srl_backward")
         return dx, dv, db, None
 
 
-class CpuBackend:
+class CpuBackend(KernelBackend[_Kernel]):
     """C++ CSR kernels for ``SparseLinear`` on CPU (float32/float64); convolutions use the reference path."""
 
     name = "cpu"
 
-    def available(self, device: th.device) -> bool:
+    def available(self, device: th.device | str) -> bool:
         return th.device(device).type == "cpu" and _build.load() is not None
 
-    def supports(self, layer: Any) -> bool:
+    def supports(self, layer: SparseLayer) -> bool:
         """Whether the layer's dtypes run on the kernel (else calls fall back to the reference path)."""
-        return layer.values.dtype in _DTYPES and layer.indices.dtype in _INDEX and layer.nnz < 2**31
+        return layer.values.dtype in _abi.VALUE_DTYPES and layer.indices.dtype in _abi.INDEX_DTYPES and layer.nnz < 2**31
 
-    def kernel(self, layer: Any) -> _Kernel | None:
+    def kernel(self, layer: SparseLayer) -> _Kernel | None:
         """The layer's kernel handles (kept in ``layer.cached``), or None when its dtypes/device are unsupported."""
-        return layer.cached("cpu_kernel", lambda: _Kernel(layer, _build.load()) if self._usable(layer) else None)
+        return layer.cached("cpu_kernel", lambda: self._make_kernel(layer))
 
-    def _usable(self, layer: Any) -> bool:
-        """Real CPU tensors of supported dtypes (fake tensors under torch.export have no pointer to hand the kernel)."""
+    def _make_kernel(self, layer: SparseLayer) -> _Kernel | None:
+        """Handles for real CPU tensors of supported dtypes (fake tensors under torch.export have no pointer)."""
         real = type(layer.values.data) is th.Tensor and type(layer.indices) is th.Tensor
-        return real and layer.values.device.type == "cpu" and self.supports(layer) and _build.load() is not None
+        lib = _build.load()
+        if not (real and layer.values.device.type == "cpu" and self.supports(layer) and lib is not None):
+            return None
+        return _Kernel(layer, lib)
 
-    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
+    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> _Kernel | None:
         kern = self.kernel(layer)
-        params = layer._parameters
-        values, bias = params["values"], params["bias"]
         if kern is None or inputs.dtype != kern.dtype or inputs.device.type != "cpu":
-            return _reference.linear(layer, inputs)
-        x2 = inputs
-        if inputs.dim() != 2 or inputs.shape[1] != kern.cols:
-            x2 = flatten_inputs(layer, inputs)[0]
-        if x2.shape[0] == 0:
-            return _reference.linear(layer, inputs)
-        grad = inputs.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad)
-        if grad and th.is_grad_enabled():
-            kern.csc()  # built now, from the topology this forward uses
-            y = _LinearFn.apply(x2, values, bias, kern)
-        else:
-            y = _forward(kern, x2, values, bias, keep=False)[0]
-        return y if inputs.dim() == 2 else y.reshape(*inputs.shape[:-1], kern.rows)
+            return None
+        return kern
 
-    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return _reference.conv2d(layer, inputs)
+    def forward(self, state: _Kernel, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        return _forward(state, x2, values, bias, keep=False)[0]
+
+    def forward_with_grad(self, state: _Kernel, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        state.csc()  # built now, from the topology this forward uses
+        y: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
+        return y

@@ -7,30 +7,27 @@ makes small first layers fully dense) skips the scatter: its CSR values are the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch as th
-import torch.nn.functional as F
+
+from sparse_rl.nn.backends._common import dense_conv2d, dense_linear
+from sparse_rl.nn.backends.base import SparseBackend
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.layers import SparseConv2d, SparseLinear
 
 
-class ReferenceBackend:
+class ReferenceBackend(SparseBackend):
     """Dense materialisation; runs on any device and dtype."""
 
     name = "reference"
 
-    def available(self, device: th.device) -> bool:
+    def available(self, device: th.device | str) -> bool:
         return True
 
-    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return F.linear(inputs, _weight(layer), layer.bias)
+    def linear(self, layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
+        return dense_linear(layer, inputs)
 
-    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return F.conv2d(inputs, _weight(layer), layer.bias, **layer.conv_kwargs())
-
-
-def _weight(layer: Any) -> th.Tensor:
-    """The dense weight: a view of ``values`` when the layer is fully connected, else the scatter of ``values``."""
-    values = layer.values
-    if values.numel() == layer.numel_dense:
-        return values.view(layer.weight_shape)
-    return layer.dense_weight()
+    def conv2d(self, layer: SparseConv2d, inputs: th.Tensor) -> th.Tensor:
+        return dense_conv2d(layer, inputs)

@@ -9,16 +9,19 @@ to the values is ``dy^T x`` gathered at the stored positions.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch as th
 import torch.nn.functional as F
 
-from sparse_rl.nn.backends._common import flatten_inputs, needs_grad
-from sparse_rl.nn.backends.reference import ReferenceBackend
+from sparse_rl.nn.backends._common import dense_linear
+from sparse_rl.nn.backends.base import KernelBackend
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseLinear
 
 _DTYPES = (th.float16, th.bfloat16, th.float32)
-_reference = ReferenceBackend()
 _warned: list[bool] = []
 
 
@@ -27,7 +30,7 @@ def _to_semi_structured() -> Any:
     return getattr(sparse, "to_sparse_semi_structured", None)
 
 
-def is_two_four(layer: Any) -> bool:
+def is_two_four(layer: SparseLayer) -> bool:
     """Whether every aligned group of 4 columns in each row holds at most 2 stored weights (cached per topology)."""
 
     def build() -> bool:
@@ -41,9 +44,9 @@ def is_two_four(layer: Any) -> bool:
     return layer.cached("two_four", build)
 
 
-def _compressed(layer: Any) -> Any:
+def _compressed(layer: SparseLayer) -> Any:
     """The compressed weight, rebuilt when the topology or the values (their version counter) change."""
-    holder = layer.cached("semi_structured", dict)
+    holder: dict[str, Any] = layer.cached("semi_structured", dict)
     key = layer.values._version
     if holder.get("version") != key:
         with th.no_grad():
@@ -54,7 +57,7 @@ def _compressed(layer: Any) -> Any:
 
 class _LinearFn(th.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: Any) -> th.Tensor:
+    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: SparseLayer) -> th.Tensor:
         ctx.flat, ctx.shape, ctx.has_bias = layer.flat_indices(), layer.matrix_shape, bias is not None
         ctx.save_for_backward(x2, values)
         return F.linear(x2, _compressed(layer), bias)
@@ -75,41 +78,41 @@ class _LinearFn(th.autograd.Function):
         return dx, dv, db, None
 
 
-class SemiStructuredBackend:
+class SemiStructuredBackend(KernelBackend["SparseLinear"]):
     """2:4 sparse tensor cores (CUDA, compute capability >= 8.0) for ``SparseLinear``; conv uses the reference path."""
 
     name = "semi_structured"
 
-    def available(self, device: th.device) -> bool:
+    def available(self, device: th.device | str) -> bool:
         device = th.device(device)
         if device.type != "cuda" or not th.cuda.is_available() or _to_semi_structured() is None:
             return False
         return th.cuda.get_device_capability(device)[0] >= 8
 
-    def supports(self, layer: Any) -> bool:
-        """A 2:4 layout with a dtype and shape the semi-structured kernels accept (rows % 32, cols % 64)."""
+    def supports(self, layer: SparseLayer) -> bool:
+        """A linear 2:4 layout with a dtype and shape the semi-structured kernels accept (rows % 32, cols % 64)."""
         rows, cols = layer.matrix_shape
-        return (hasattr(layer, "in_features") and layer.values.dtype in _DTYPES and rows % 32 == 0 and cols % 64 == 0
+        return (len(layer.weight_shape) == 2 and layer.values.dtype in _DTYPES and rows % 32 == 0 and cols % 64 == 0
                 and is_two_four(layer))
 
-    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        if not (layer.values.is_cuda and inputs.dtype == layer.values.dtype and self.supports(layer)):
-            return _reference.linear(layer, inputs)
-        x2, lead = flatten_inputs(layer, inputs)
-        if x2.shape[0] == 0:
-            return _reference.linear(layer, inputs)
+    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> SparseLinear | None:
+        ok = layer.values.is_cuda and inputs.dtype == layer.values.dtype and self.supports(layer)
+        return layer if ok else None
+
+    def forward(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        return F.linear(x2, _compressed(state), bias)
+
+    def forward_with_grad(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        y: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
+        return y
+
+    def linear(self, layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
+        """The shared call, falling back to the reference path (with one warning) when the sparse kernels reject it."""
         try:
-            if needs_grad(layer, inputs):
-                y = _LinearFn.apply(x2, layer.values, layer.bias, layer)
-            else:
-                y = F.linear(x2, _compressed(layer), layer.bias)
+            return super().linear(layer, inputs)
         except (RuntimeError, NotImplementedError) as err:  # e.g. a GPU/dtype/shape the sparse kernels reject
             if not _warned:
                 warnings.warn(f"sparse_rl: semi_structured backend failed ({err}); using the reference path",
                               RuntimeWarning, stacklevel=2)
                 _warned.append(True)
-            return _reference.linear(layer, inputs)
-        return y.reshape(*lead, layer.matrix_shape[0])
-
-    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return _reference.conv2d(layer, inputs)
+            return dense_linear(layer, inputs)

@@ -8,19 +8,22 @@ transposed matrix comes from the cached CSC layout); the gradient to the values 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch as th
 
-from sparse_rl.nn.backends._common import csc_layout, flatten_inputs, needs_grad
-from sparse_rl.nn.backends.reference import ReferenceBackend
+from sparse_rl.nn.backends._common import csc_layout
+from sparse_rl.nn.backends.base import KernelBackend
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseLinear
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-_reference = ReferenceBackend()
 _SAMPLED_CHUNK = 1 << 22  # elements of a gathered [nnz-chunk, B] block when sampled_addmm is unsupported
 
 
-def _index(layer: Any) -> tuple[th.Tensor, th.Tensor]:
+def _index(layer: SparseLayer) -> tuple[th.Tensor, th.Tensor]:
     """int64 ``(crow, col)`` of the layer (torch.sparse needs matching index dtypes), cached per topology."""
     return layer.cached("torch_csr_index", lambda: (layer.indptr.long(), layer.indices.long()))
 
@@ -29,13 +32,14 @@ def _csr(crow: th.Tensor, col: th.Tensor, values: th.Tensor, shape: tuple[int, i
     return th.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _grad_values(layer: Any, values: th.Tensor, x2: th.Tensor, dy: th.Tensor) -> th.Tensor:
+def _grad_values(layer: SparseLayer, values: th.Tensor, x2: th.Tensor, dy: th.Tensor) -> th.Tensor:
     """``dv[k] = sum_b dy[b, row_k] x[b, col_k]`` without forming the dense ``dy^T x``."""
     crow, col = _index(layer)
     if values.device.type == "cuda" or values.dtype in (th.float32, th.float64):
         try:
             pattern = _csr(crow, col, th.zeros_like(values), layer.matrix_shape)
-            return th.sparse.sampled_addmm(pattern, dy.t(), x2, beta=0.0).values()
+            sampled: th.Tensor = th.sparse.sampled_addmm(pattern, dy.t(), x2, beta=0.0)
+            return sampled.values()
         except (RuntimeError, NotImplementedError):
             pass
     rows_of, out = layer.row_indices(), th.empty_like(values)
@@ -49,7 +53,7 @@ def _grad_values(layer: Any, values: th.Tensor, x2: th.Tensor, dy: th.Tensor) ->
 
 class _LinearFn(th.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: Any) -> th.Tensor:
+    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: SparseLayer) -> th.Tensor:
         ctx.layer = layer
         ctx.csc = csc_layout(layer) if ctx.needs_input_grad[0] else None
         ctx.index = _index(layer)
@@ -76,33 +80,31 @@ class _LinearFn(th.autograd.Function):
         return dx, dv, db, None
 
 
-def _forward(layer: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+def _forward(layer: SparseLayer, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
     crow, col = _index(layer)
     w = _csr(crow, col, values, layer.matrix_shape)
     if bias is None:
-        return th.sparse.mm(w, x2.t()).t()
+        product: th.Tensor = th.sparse.mm(w, x2.t())
+        return product.t()
     return th.addmm(bias.unsqueeze(1), w, x2.t()).t()
 
 
-class TorchCsrBackend:
+class TorchCsrBackend(KernelBackend["SparseLinear"]):
     """``torch.sparse`` CSR products on any device torch supports them on; convolutions use the reference path."""
 
     name = "torch_csr"
 
-    def available(self, device: th.device) -> bool:
+    def available(self, device: th.device | str) -> bool:
         return th.device(device).type in ("cpu", "cuda") and (th.device(device).type == "cpu" or th.cuda.is_available())
 
-    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
+    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> SparseLinear | None:
         if inputs.dtype != layer.values.dtype or not inputs.is_floating_point() or inputs.is_meta:
-            return _reference.linear(layer, inputs)  # torch.sparse has no meta kernels: shapes from the reference path
-        x2, lead = flatten_inputs(layer, inputs)
-        if x2.shape[0] == 0:
-            return _reference.linear(layer, inputs)
-        if needs_grad(layer, inputs):
-            y = _LinearFn.apply(x2, layer.values, layer.bias, layer)
-        else:
-            y = _forward(layer, x2, layer.values, layer.bias)
-        return y.reshape(*lead, layer.matrix_shape[0])
+            return None  # torch.sparse has no meta kernels: shapes from the reference path
+        return layer
 
-    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return _reference.conv2d(layer, inputs)
+    def forward(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        return _forward(state, x2, values, bias)
+
+    def forward_with_grad(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        y: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
+        return y

@@ -12,10 +12,14 @@ ONNX Runtime folds the scatter into a dense weight when it loads the model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch as th
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseConv2d, SparseLinear
 
 _Tensor = th.Tensor
 _is_jit_tracing = th._C._is_tracing
@@ -48,7 +52,7 @@ def is_tracing(inputs: th.Tensor) -> bool:
     return type(inputs) is not _Tensor or compiler_state._is_compiling_flag or _is_jit_tracing()
 
 
-def flat_indices(layer: Any) -> th.Tensor:
+def flat_indices(layer: SparseLayer) -> th.Tensor:
     """Position of each stored value in the flattened dense matrix, int64, computed with static shapes only.
 
     Real tensors (``torch.jit.trace``) reuse the layer's cached positions, which the trace records as a constant; fake
@@ -56,7 +60,7 @@ def flat_indices(layer: Any) -> th.Tensor:
     the row of entry ``k`` is the number of row ends ``indptr[1:]`` at or before ``k`` (a scatter-add of ones at the
     row ends, then a cumulative sum), so no ``repeat_interleave`` with data-dependent size enters the graph.
 
-    :param layer: a sparse layer (:class:`~sparse_rl.nn.layers.SparseWeightMixin`)
+    :param layer: a sparse layer (:class:`~sparse_rl.nn.base.SparseLayer`)
     """
     indices = layer.indices
     if not (_is_compiling() or type(indices) is not _Tensor):
@@ -67,31 +71,33 @@ def flat_indices(layer: Any) -> th.Tensor:
     return marks[:nnz].cumsum(0) * layer.matrix_shape[1] + indices.long()
 
 
-def dense_weight(layer: Any) -> th.Tensor:
+def dense_weight(layer: SparseLayer) -> th.Tensor:
     """The layer's dense weight (zeros at pruned positions), differentiable in ``values``, from traceable ops only.
 
     Sizes come from the layer's shape only (``torch.jit.trace`` would warn about any taken from a tensor).
 
-    :param layer: a sparse layer (:class:`~sparse_rl.nn.layers.SparseWeightMixin`)
+    :param layer: a sparse layer (:class:`~sparse_rl.nn.base.SparseLayer`)
     """
     values = layer.values
     flat = values.new_zeros(layer.numel_dense).scatter(0, flat_indices(layer), values)
     return flat.view(layer.weight_shape)
 
 
-def linear(layer: Any, inputs: th.Tensor) -> th.Tensor:
+def linear(layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
     """``SparseLinear``'s output on the traceable path.
 
     :param layer: a :class:`~sparse_rl.nn.layers.SparseLinear`
-    :param inputs: ``[..., in_features]``
+    :param inputs: ``[*, in_features]``
+    :return: ``[*, out_features]``
     """
     return F.linear(inputs, dense_weight(layer), layer.bias)
 
 
-def conv2d(layer: Any, inputs: th.Tensor) -> th.Tensor:
+def conv2d(layer: SparseConv2d, inputs: th.Tensor) -> th.Tensor:
     """``SparseConv2d``'s output on the traceable path.
 
     :param layer: a :class:`~sparse_rl.nn.layers.SparseConv2d`
-    :param inputs: ``[batch, channels, height, width]``
+    :param inputs: ``[N, C_in, H, W]``
+    :return: ``[N, C_out, H_out, W_out]``
     """
     return F.conv2d(inputs, dense_weight(layer), layer.bias, **layer.conv_kwargs())

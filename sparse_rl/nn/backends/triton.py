@@ -6,16 +6,19 @@ Available only with a CUDA device and an importable triton; float64 layers fall 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch as th
 
-from sparse_rl.nn.backends._common import csc_layout, flatten_inputs, needs_grad
-from sparse_rl.nn.backends.reference import ReferenceBackend
+from sparse_rl.nn.backends._common import csc_layout
+from sparse_rl.nn.backends.base import KernelBackend
+
+if TYPE_CHECKING:
+    from sparse_rl.nn.base import SparseLayer
+    from sparse_rl.nn.layers import SparseLinear
 
 _DTYPES = (th.float32, th.float16, th.bfloat16)
 BLOCK_K = 32
-_reference = ReferenceBackend()
 _kernels: Any = None
 
 
@@ -36,7 +39,7 @@ def _block_b(batch: int) -> int:
     return int(min(128, max(16, 1 << (batch - 1).bit_length())))
 
 
-def _index(layer: Any) -> dict[str, th.Tensor]:
+def _index(layer: SparseLayer) -> dict[str, th.Tensor]:
     """Device int32 index arrays (CSR row of each entry, CSC layout), cached per topology."""
 
     def build() -> dict[str, th.Tensor]:
@@ -62,7 +65,7 @@ def _spmm(xt: th.Tensor, values: th.Tensor, idx: th.Tensor, ptr: th.Tensor, perm
 
 class _LinearFn(th.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: Any) -> th.Tensor:
+    def forward(ctx: Any, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, layer: SparseLayer) -> th.Tensor:
         xt = x2.t().contiguous()
         rows, cols = layer.matrix_shape
         ctx.index, ctx.indices, ctx.shape = _index(layer), layer.indices, (rows, cols)
@@ -94,30 +97,26 @@ class _LinearFn(th.autograd.Function):
         return dx, dv, db, None
 
 
-class TritonBackend:
+class TritonBackend(KernelBackend["SparseLinear"]):
     """Triton CSR kernels for ``SparseLinear`` on CUDA; convolutions use the reference path."""
 
     name = "triton"
 
-    def available(self, device: th.device) -> bool:
+    def available(self, device: th.device | str) -> bool:
         return th.device(device).type == "cuda" and th.cuda.is_available() and _triton_importable()
 
-    def supports(self, layer: Any) -> bool:
+    def supports(self, layer: SparseLayer) -> bool:
         """Whether the layer's dtype runs on the kernels (else calls fall back to the reference path)."""
         return layer.values.dtype in _DTYPES
 
-    def linear(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        if not (self.supports(layer) and inputs.dtype == layer.values.dtype and inputs.is_cuda and layer.values.is_cuda):
-            return _reference.linear(layer, inputs)
-        x2, lead = flatten_inputs(layer, inputs)
-        if x2.shape[0] == 0:
-            return _reference.linear(layer, inputs)
-        if needs_grad(layer, inputs):
-            y = _LinearFn.apply(x2, layer.values, layer.bias, layer)
-        else:
-            y = _spmm(x2.t().contiguous(), layer.values, layer.indices, layer.indptr, None, layer.bias,
-                      layer.matrix_shape[0], x2.shape[0])
-        return y.reshape(*lead, layer.matrix_shape[0])
+    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> SparseLinear | None:
+        ok = self.supports(layer) and inputs.dtype == layer.values.dtype and inputs.is_cuda and layer.values.is_cuda
+        return layer if ok else None
 
-    def conv2d(self, layer: Any, inputs: th.Tensor) -> th.Tensor:
-        return _reference.conv2d(layer, inputs)
+    def forward(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        return _spmm(x2.t().contiguous(), values, state.indices, state.indptr, None, bias, state.matrix_shape[0],
+                     x2.shape[0])
+
+    def forward_with_grad(self, state: SparseLinear, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        y: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
+        return y

@@ -4,9 +4,17 @@
 // turned "chunked feature-major" (see to_chunked_blocks) so that every stored weight multiplies a contiguous run of
 // batch entries; chunks of up to 8 SIMD registers are accumulated in registers per output row, and results go back to
 // batch-major through in-register block transposes. Threads split rows (or columns) balanced by their nonzeros.
+//
+// Interface (the ABI, at the end of this file): two entry points, srl_forward and srl_backward, each taking one
+// struct of named fields (srl_forward_args, srl_backward_args; the matrix is an srl_csr). The structs are declared
+// once below through field lists and mirrored once in Python (sparse_rl/nn/backends/_abi.py); srl_abi_version and
+// srl_abi_layout (every struct's size and field offsets, as text) let Python refuse a library that does not match.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -55,6 +63,23 @@ inline int64_t chunk_width(int64_t rem) {
   if (rem >= 2 * L) return 2 * L;
   if (rem >= L) return L;
   return rem >= 4 ? 4 : (rem >= 2 ? 2 : 1);
+}
+
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// The one width dispatch, for the widths chunk_width produces: vec(Int<NV>{}) for a chunk of NV * L batch columns
+// (NV = 8, 4, 2, 1), narrow(Int<W>{}) for a chunk of W < L columns (W = 4, 2, 1).
+template <typename T, typename Vec, typename Narrow>
+inline void dispatch_width(int64_t w, Vec&& vec, Narrow&& narrow) {
+  constexpr int64_t L = Simd<T>::L;
+  if (w == 8 * L) vec(Int<8>{});
+  else if (w == 4 * L) vec(Int<4>{});
+  else if (w == 2 * L) vec(Int<2>{});
+  else if (w == L) vec(Int<1>{});
+  else if (w == 4) narrow(Int<4>{});
+  else if (w == 2) narrow(Int<2>{});
+  else narrow(Int<1>{});
 }
 
 // dst[i * ldd + j] = src[j * lds + i] for an L x L block (L = SIMD width): in-register transposes when AVX is on.
@@ -283,25 +308,20 @@ template <typename T, typename I>
 void spmm_rows(const T* xt, int64_t B, int64_t n_in, const T* vals, const I* idx, const int32_t* ptr,
                const int32_t* bs, int64_t nblk, int64_t rows, int64_t r0, int64_t r1, const T* bias, T* y,
                int64_t ldy) {
-  constexpr int L = Simd<T>::L;
   const int32_t* e = ptr + 1;
   for (int64_t b0 = 0, w; b0 < B; b0 += w) {
     w = chunk_width<T>(B - b0);
     const T* xc = xt + b0 * n_in;
     T* yc = y + b0 * ldy;
-    if (use_blocks<T>(nblk, w, n_in)) {
-      if (w == 8 * L) chunk_blocked<T, I, 8>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
-      else if (w == 4 * L) chunk_blocked<T, I, 4>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
-      else if (w == 2 * L) chunk_blocked<T, I, 2>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
-      else chunk_blocked<T, I, 1>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
-    }
-    else if (w == 8 * L) chunk_vec<T, I, 8>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else if (w == 4 * L) chunk_vec<T, I, 4>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else if (w == 2 * L) chunk_vec<T, I, 2>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else if (w == L) chunk_vec<T, I, 1>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else if (w == 4) chunk_scalar<T, I, 4>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else if (w == 2) chunk_scalar<T, I, 2>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
-    else chunk_scalar<T, I, 1>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+    auto narrow = [&](auto nw) { chunk_scalar<T, I, decltype(nw)::value>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy); };
+    if (use_blocks<T>(nblk, w, n_in))  // w >= L here: narrow is never taken
+      dispatch_width<T>(w, [&](auto nv) {
+        chunk_blocked<T, I, decltype(nv)::value>(xc, vals, idx, bs, nblk, rows, r0, r1, bias, yc, ldy);
+      }, narrow);
+    else
+      dispatch_width<T>(w, [&](auto nv) {
+        chunk_vec<T, I, decltype(nv)::value>(xc, vals, idx, ptr, e, r0, r1, bias, yc, ldy);
+      }, narrow);
   }
 }
 
@@ -395,7 +415,6 @@ void sddmm_scalar(const T* gc, const T* xc, const I* idx, const int32_t* s0, con
 template <typename T, typename I>
 void sddmm_rows(const T* g, const T* xt, int64_t B, int64_t rows, int64_t cols, const I* idx, const int32_t* ptr,
                 const int32_t* bs, int64_t nblk, int64_t r0, int64_t r1, T* dv) {
-  constexpr int L = Simd<T>::L;
   for (int64_t b0 = 0, w; b0 < B; b0 += w) {
     w = chunk_width<T>(B - b0);
     const T* gc = g + b0 * rows;
@@ -407,13 +426,9 @@ void sddmm_rows(const T* g, const T* xt, int64_t B, int64_t rows, int64_t cols, 
       for (int64_t c = 0; c < (blocked ? nblk : 1); ++c) {
         const int32_t* s0 = blocked ? bs + c * rows : ptr;
         const int32_t* s1 = blocked ? s0 + rows : ptr + 1;
-        if (w == 8 * L) sddmm_vec<T, I, 8>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else if (w == 4 * L) sddmm_vec<T, I, 4>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else if (w == 2 * L) sddmm_vec<T, I, 2>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else if (w == L) sddmm_vec<T, I, 1>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else if (w == 4) sddmm_scalar<T, I, 4>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else if (w == 2) sddmm_scalar<T, I, 2>(gc, xc, idx, s0, s1, g0, g1, dv, first);
-        else sddmm_scalar<T, I, 1>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        dispatch_width<T>(w, [&](auto nv) {
+          sddmm_vec<T, I, decltype(nv)::value>(gc, xc, idx, s0, s1, g0, g1, dv, first);
+        }, [&](auto nw) { sddmm_scalar<T, I, decltype(nw)::value>(gc, xc, idx, s0, s1, g0, g1, dv, first); });
       }
     }
   }
@@ -465,7 +480,7 @@ void backward(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* d
     if (dyt != nullptr) to_chunked_blocks<T>(dy, B, rows, sb, sj, dyt, nbj * t / n, nbj * (t + 1) / n);
     if (x && xt && dv) to_chunked_blocks<T>(x, B, cols, sxb, sxj, xt, nbx * t / n, nbx * (t + 1) / n);
     if (dx != nullptr)
-      for (int64_t k = nnz * t / n, e = nnz * (t + 1) / n; k < e; ++k) vtp[k] = vals[perm[k]];
+      for (int64_t k = nnz * t / n, e = nnz * (t + 1) / n; k < e; ++k) vtp[k] = perm ? vals[perm[k]] : vals[k];
 #pragma omp barrier
     const int64_t r0 = split(ptr, rows, t, n), r1 = split(ptr, rows, t + 1, n);
     if (db != nullptr) {
@@ -490,24 +505,147 @@ void backward(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* d
 
 }  // namespace
 
-#define SPARSE_RL_EXPORT(T, I, SUFFIX)                                                                                  \
-  extern "C" void srl_forward_##SUFFIX(const T* x, int64_t B, int64_t cols, int64_t sb, int64_t sj, T* xt,            \
-                                        const T* vals, const I* idx, const int32_t* ptr, const int32_t* bs,            \
-                                        int64_t nblk, int64_t rows, const T* bias, T* y, int nt) {                     \
-    forward<T, I>(x, B, cols, sb, sj, xt, vals, idx, ptr, bs, nblk, rows, bias, y, nt);                                \
-  }                                                                                                                    \
-  extern "C" void srl_backward_##SUFFIX(const T* dy, int64_t B, int64_t rows, int64_t sb, int64_t sj, T* dyt,          \
-                                         const T* x, int64_t cols, int64_t sxb, int64_t sxj, T* xt, const T* vals,     \
-                                         const I* idx, const int32_t* ptr, const int32_t* bs, int64_t nblk,            \
-                                         const int32_t* cptr, const int32_t* cidx, const int32_t* perm,                \
-                                         const int32_t* cbs, int64_t ncblk, T* dx, T* dv, T* db, int nt) {             \
-    backward<T, I>(dy, B, rows, sb, sj, dyt, x, cols, sxb, sxj, xt, vals, idx, ptr, bs, nblk, cptr, cidx, perm, cbs,   \
-                   ncblk, dx, dv, db, nt);                                                                             \
-  }
+// ------------------------------------------------------------------------------------------------------------ ABI
+// Bump SRL_ABI_VERSION with any change of the structs, the dtype codes, the status codes or the entry points, and
+// mirror it in sparse_rl/nn/backends/_abi.py (ABI_VERSION and the ctypes structs). Every field is 8 bytes wide, so
+// the layouts have no padding on any 64-bit ABI.
+#define SRL_ABI_VERSION 3
 
-SPARSE_RL_EXPORT(float, int16_t, f32_i16)
-SPARSE_RL_EXPORT(float, int32_t, f32_i32)
-SPARSE_RL_EXPORT(double, int16_t, f64_i16)
-SPARSE_RL_EXPORT(double, int32_t, f64_i32)
+// dtype codes: the width in bits (0 is never valid, so a field left at zero is caught)
+enum : int64_t { SRL_INT16 = 16, SRL_INT32 = 32, SRL_FLOAT32 = 1032, SRL_FLOAT64 = 1064 };
+// status codes returned by the entry points
+enum : int64_t { SRL_OK = 0, SRL_BAD_DTYPE = 1, SRL_BAD_ARGUMENT = 2 };
 
-extern "C" int srl_abi_version() { return 2; }
+// A sparse matrix [rows, cols] in CSR. The CSC layout of a weight W is passed as the CSR of W^T whose entries are
+// those of W permuted: perm[k] is the slot in the values array of entry k (null: entry k is slot k).
+#define SRL_CSR_FIELDS(X)                                                                                              \
+  X(const int32_t*, indptr)  /* [rows + 1] first entry of each row */                                                  \
+  X(const void*, indices)    /* [nnz] column of each entry, int16 or int32 (index_dtype), ascending within a row */    \
+  X(const int32_t*, perm)    /* [nnz] values slot of each entry, or null for the identity */                           \
+  X(const int32_t*, blocks)  /* [(nblk + 1) * rows] first entry of each row in each column block, or null */           \
+  X(int64_t, nblk)           /* number of column blocks (<= 1: none) */                                                \
+  X(int64_t, rows)                                                                                                     \
+  X(int64_t, cols)                                                                                                     \
+  X(int64_t, index_dtype)    /* SRL_INT16 or SRL_INT32 */
+
+// y = x W^T + bias. Dense tensors hold `dtype` elements; x is [batch, cols] with the given strides (in elements). The
+// weight's perm must be null (the values are in CSR order).
+#define SRL_FORWARD_FIELDS(X)                                                                                          \
+  X(const struct srl_csr*, weight)                                                                                     \
+  X(int64_t, dtype)             /* SRL_FLOAT32 or SRL_FLOAT64: values, bias, x, x_chunked and y */                     \
+  X(const void*, values)        /* [nnz] */                                                                            \
+  X(const void*, bias)          /* [rows] or null */                                                                   \
+  X(const void*, x)                                                                                                    \
+  X(int64_t, batch)                                                                                                    \
+  X(int64_t, x_stride_batch)                                                                                           \
+  X(int64_t, x_stride_feature)                                                                                         \
+  X(void*, x_chunked)           /* [batch * cols] receives x chunked; null when x is one contiguous row */             \
+  X(void*, y)                   /* [batch, rows] contiguous */                                                         \
+  X(int64_t, threads)
+
+// Gradients of y = x W^T + bias given dy. The input comes chunked (x_chunked, saved by the forward) or, for one
+// contiguous row, as x itself; when both are given, x (with its strides) is chunked into x_chunked first. Null outputs
+// are skipped; dx needs weight_t. The weight's perm must be null.
+#define SRL_BACKWARD_FIELDS(X)                                                                                         \
+  X(const struct srl_csr*, weight)                                                                                     \
+  X(const struct srl_csr*, weight_t)  /* W^T in CSR (int32 indices, perm): the CSC layout of W, or null */             \
+  X(int64_t, dtype)                                                                                                    \
+  X(const void*, values)                                                                                               \
+  X(const void*, dy)                  /* [batch, rows] with the given strides */                                       \
+  X(int64_t, batch)                                                                                                    \
+  X(int64_t, dy_stride_batch)                                                                                          \
+  X(int64_t, dy_stride_feature)                                                                                        \
+  X(void*, dy_chunked)                /* [batch * rows] scratch for dy chunked; null for one contiguous row */         \
+  X(const void*, x)                                                                                                    \
+  X(int64_t, x_stride_batch)                                                                                           \
+  X(int64_t, x_stride_feature)                                                                                         \
+  X(void*, x_chunked)                                                                                                  \
+  X(void*, dx)                        /* [batch, cols] or null */                                                      \
+  X(void*, dvalues)                   /* [nnz] or null */                                                              \
+  X(void*, dbias)                     /* [rows] or null */                                                             \
+  X(int64_t, threads)
+
+#define SRL_DECLARE(type, name) type name;
+extern "C" {
+struct srl_csr { SRL_CSR_FIELDS(SRL_DECLARE) };
+struct srl_forward_args { SRL_FORWARD_FIELDS(SRL_DECLARE) };
+struct srl_backward_args { SRL_BACKWARD_FIELDS(SRL_DECLARE) };
+}
+
+namespace {
+
+template <typename T>
+struct Type { typedef T type; };
+
+// The one dtype dispatch: f(Type<T>{}, Type<I>{}) for the value type T and the index type I of the codes.
+template <typename F>
+int64_t dispatch_dtypes(int64_t dtype, int64_t index_dtype, F&& f) {
+  if (dtype == SRL_FLOAT32 && index_dtype == SRL_INT16) f(Type<float>{}, Type<int16_t>{});
+  else if (dtype == SRL_FLOAT32 && index_dtype == SRL_INT32) f(Type<float>{}, Type<int32_t>{});
+  else if (dtype == SRL_FLOAT64 && index_dtype == SRL_INT16) f(Type<double>{}, Type<int16_t>{});
+  else if (dtype == SRL_FLOAT64 && index_dtype == SRL_INT32) f(Type<double>{}, Type<int32_t>{});
+  else return SRL_BAD_DTYPE;
+  return SRL_OK;
+}
+
+// "name size field@offset ..." of one struct, from its field list.
+#define SRL_DESCRIBE(type, name) out += " " #name "@" + std::to_string(offsetof(SRL_STRUCT, name));
+
+std::string describe_layout() {
+  std::string out = "srl_csr " + std::to_string(sizeof(srl_csr));
+#define SRL_STRUCT srl_csr
+  SRL_CSR_FIELDS(SRL_DESCRIBE)
+#undef SRL_STRUCT
+  out += "; srl_forward_args " + std::to_string(sizeof(srl_forward_args));
+#define SRL_STRUCT srl_forward_args
+  SRL_FORWARD_FIELDS(SRL_DESCRIBE)
+#undef SRL_STRUCT
+  out += "; srl_backward_args " + std::to_string(sizeof(srl_backward_args));
+#define SRL_STRUCT srl_backward_args
+  SRL_BACKWARD_FIELDS(SRL_DESCRIBE)
+#undef SRL_STRUCT
+  return out;
+}
+
+}  // namespace
+
+extern "C" int64_t srl_abi_version() { return SRL_ABI_VERSION; }
+
+// Every struct's size and field offsets, e.g. "srl_csr 64 indptr@0 indices@8 ...; srl_forward_args ...".
+extern "C" const char* srl_abi_layout() {
+  static const std::string layout = describe_layout();
+  return layout.c_str();
+}
+
+extern "C" int64_t srl_forward(const srl_forward_args* a) {
+  if (a == nullptr || a->weight == nullptr || a->weight->perm != nullptr) return SRL_BAD_ARGUMENT;
+  const srl_csr& w = *a->weight;
+  return dispatch_dtypes(a->dtype, w.index_dtype, [&](auto t, auto i) {
+    typedef typename decltype(t)::type T;
+    typedef typename decltype(i)::type I;
+    forward<T, I>(static_cast<const T*>(a->x), a->batch, w.cols, a->x_stride_batch, a->x_stride_feature,
+                  static_cast<T*>(a->x_chunked), static_cast<const T*>(a->values), static_cast<const I*>(w.indices),
+                  w.indptr, w.blocks, w.nblk, w.rows, static_cast<const T*>(a->bias), static_cast<T*>(a->y),
+                  static_cast<int>(a->threads));
+  });
+}
+
+extern "C" int64_t srl_backward(const srl_backward_args* a) {
+  if (a == nullptr || a->weight == nullptr || a->weight->perm != nullptr) return SRL_BAD_ARGUMENT;
+  const srl_csr& w = *a->weight;
+  const srl_csr* wt = a->weight_t;
+  if (a->dx != nullptr && (wt == nullptr || wt->index_dtype != SRL_INT32 || wt->rows != w.cols || wt->cols != w.rows))
+    return SRL_BAD_ARGUMENT;
+  return dispatch_dtypes(a->dtype, w.index_dtype, [&](auto t, auto i) {
+    typedef typename decltype(t)::type T;
+    typedef typename decltype(i)::type I;
+    const bool has_t = a->dx != nullptr;
+    backward<T, I>(static_cast<const T*>(a->dy), a->batch, w.rows, a->dy_stride_batch, a->dy_stride_feature,
+                   static_cast<T*>(a->dy_chunked), static_cast<const T*>(a->x), w.cols, a->x_stride_batch,
+                   a->x_stride_feature, static_cast<T*>(a->x_chunked), static_cast<const T*>(a->values),
+                   static_cast<const I*>(w.indices), w.indptr, w.blocks, w.nblk, has_t ? wt->indptr : nullptr,
+                   has_t ? static_cast<const int32_t*>(wt->indices) : nullptr, has_t ? wt->perm : nullptr,
+                   has_t ? wt->blocks : nullptr, has_t ? wt->nblk : 0, static_cast<T*>(a->dx),
+                   static_cast<T*>(a->dvalues), static_cast<T*>(a->dbias), static_cast<int>(a->threads));
+  });
+}
