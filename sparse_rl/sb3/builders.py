@@ -1,6 +1,6 @@
 """Turning SB3 networks into sparse ones, and keeping target networks in step with them.
 
-Sparse RL set-up of Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning"): every
+Sparse RL set-up of Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning", arXiv 2206.10369): every
 linear (and convolutional) layer of a network can be sparse, the nonzeros are spread over the layers with ERK (Evci
 et al. 2020, "Rigging the Lottery") and the weights are drawn at a scale that accounts for the sparse fan-in.
 

@@ -1,9 +1,11 @@
 """``TopologyCallback``: dynamic sparse training of a ``Sparse*Policy`` on SB3's environment-step clock.
 
-Methods: ``static``, ``set`` (Mocanu et al. 2018), ``rigl`` (Evci et al. 2020, "Rigging the Lottery"), ``srigl``
-(Lasby et al. 2024) and ``gmp`` (gradual magnitude pruning, Zhu and Gupta 2017), in the deep-RL setting of Graesser
-et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning". The DST logic lives in
-:mod:`sparse_rl.topology`; this module only wires it to SB3.
+Methods: ``static``, ``set`` (Mocanu et al. 2018, arXiv 1707.04780), ``rigl`` (Evci et al. 2020, "Rigging the
+Lottery", arXiv 1911.11134), ``srigl`` (Lasby et al. 2024, arXiv 2305.02299) and ``gmp`` (gradual magnitude pruning,
+Zhu and Gupta 2017, arXiv 1710.01878), in the deep-RL setting of Graesser et al. 2022, "The State of Sparse Training
+in Deep Reinforcement Learning" (arXiv 2206.10369). The DST logic lives in :mod:`sparse_rl.topology`; this module
+only wires it to SB3. Units: ``update_every``, ``start`` and ``end`` count environment steps (``model.num_timesteps``),
+not gradient steps.
 
 When updates run:
 
