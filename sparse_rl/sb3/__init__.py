@@ -1,7 +1,8 @@
 """Stable-Baselines3 integration: sparse policies and the topology callback.
 
-Sparse deep RL as in Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning", arXiv 2206.10369), with the
-DST methods of :mod:`sparse_rl.topology` (SET, RigL of Evci et al. 2020, SRigL, gradual magnitude pruning)::
+Sparse deep RL as in Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning", arXiv
+2206.10369), with the DST methods of :mod:`sparse_rl.topology` (SET, RigL of Evci et al. 2020, SRigL, gradual
+magnitude pruning)::
 
     from stable_baselines3 import SAC
     from sparse_rl.sb3 import SparseSACPolicy, TopologyCallback

@@ -1,8 +1,9 @@
 """Turning SB3 networks into sparse ones, and keeping target networks in step with them.
 
-Sparse RL set-up of Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning", arXiv 2206.10369): every
-linear (and convolutional) layer of a network can be sparse, the nonzeros are spread over the layers with ERK (Evci
-et al. 2020, "Rigging the Lottery") and the weights are drawn at a scale that accounts for the sparse fan-in.
+Sparse RL set-up of Graesser et al. 2022 ("The State of Sparse Training in Deep Reinforcement Learning", arXiv
+2206.10369): every linear (and convolutional) layer of a network can be sparse, the nonzeros are spread over the layers
+with ERK (Evci et al. 2020, "Rigging the Lottery", arXiv 1911.11134) and the weights are drawn at a scale that accounts
+for the sparse fan-in.
 
 Layer names are the module paths inside the policy (``actor.latent_pi.0``, ``critic.qf1.4``, ``q_net.q_net.0``,
 ``features_extractor.cnn.0``, ``mlp_extractor.policy_net.2``, ``action_net`` ...), as in ``policy.named_modules()``.

@@ -1,8 +1,9 @@
 """Sparse Stable-Baselines3 policies: SAC, TD3, DQN (+ CNN) and actor-critic (PPO/A2C, + CNN).
 
-Sparse networks for deep RL as in Graesser et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning" (arXiv 2206.10369)
-(ERK layer densities and sparse-fan-in initialisation from Evci et al. 2020, "Rigging the Lottery", arXiv 1911.11134). The layers store
-only their nonzero weights (:class:`sparse_rl.nn.SparseLinear`, :class:`sparse_rl.nn.SparseConv2d`).
+Sparse networks for deep RL as in Graesser et al. 2022, "The State of Sparse Training in Deep Reinforcement Learning"
+(arXiv 2206.10369), with ERK layer densities and sparse-fan-in initialisation from Evci et al. 2020, "Rigging the
+Lottery" (arXiv 1911.11134). The layers store only their nonzero weights (:class:`sparse_rl.nn.SparseLinear`,
+:class:`sparse_rl.nn.SparseConv2d`).
 
 Every SB3 ``policy_kwargs`` key keeps working; the extra keys are those of :class:`sparse_rl.sb3.builders.SparseConfig`
 (``sparsity``, ``actor_sparsity``, ``critic_sparsity``, ``distribution``, ``dense_layers``, ``backend``,
