@@ -96,8 +96,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _band(ax: Any, x: np.ndarray, stats: np.ndarray, label: str, dense: bool) -> None:
+    line = ax.plot(x, stats[:, 0], label=label, lw=2 if dense else 1.5)
+    ax.fill_between(x, stats[:, 1], stats[:, 2], color=line[0].get_color(), alpha=0.2)
+
+
 def plot_curves(runs: list[Run], out_dir: Path) -> list[Path]:
-    """One PNG per (algo, env): mean evaluation return and 95 % CI band over seeds, one line per configuration."""
+    """One PNG per (algo, env), one line per configuration (mean and 95 % CI band over seeds), return against
+    environment steps, against training wall-clock seconds and against training compute (where sparse should win)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,24 +111,47 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[Path]:
 
     paths = []
     for (algo, env), by_label in sorted(group_runs(runs).items()):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+        measured = True
         for label in sorted(by_label, key=lambda name: (name != "dense", name)):
             group = [r for r in by_label[label] if len(r.timesteps)]
             if not group:
                 continue
             grid, curves = _aligned_curves(group)
             stats = np.array([mean_ci(curves[:, i]) for i in range(len(grid))])
-            line = ax.plot(grid, stats[:, 0], label=f"{label} (n={len(group)})", lw=2 if label == "dense" else 1.5)
-            ax.fill_between(grid, stats[:, 1], stats[:, 2], color=line[0].get_color(), alpha=0.2)
-        ax.set(title=f"{algo.upper()} on {env}", xlabel="environment steps", ylabel="evaluation return")
-        ax.grid(alpha=0.3)
-        ax.legend()
+            text, dense = f"{label} (n={len(group)})", label == "dense"
+            _band(axes[0], grid, stats, text, dense)
+            seconds = []
+            for run in group:
+                values, exact = run.seconds()
+                measured &= exact
+                seconds.append(np.interp(grid, run.timesteps, values))
+            _band(axes[1], np.mean(seconds, axis=0), stats, text, dense)
+            ratio = _summary_value(group, "training_flops_vs_dense")
+            _band(axes[2], grid * (1.0 if np.isnan(ratio) else ratio), stats, text, dense)
+        axes[0].set(title=f"{algo.upper()} on {env}", xlabel="environment steps", ylabel="evaluation return")
+        axes[1].set(title="against wall clock" + ("" if measured else " (approx.: run time spread over steps)"),
+                    xlabel="training seconds (evaluations excluded)", ylabel="evaluation return")
+        axes[2].set(title="against training compute", xlabel="training multiply-adds, in env steps of the dense run",
+                    ylabel="evaluation return")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
         path = out_dir / f"curves_{algo}_{env.replace('/', '-')}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def runs_table(runs: list[Run]) -> str:
+    """One row per run: its name (as in TensorBoard and run.json), configuration, seed and final return."""
+    lines = ["| run | config | seed | final return | steps | wall time (s) |", "|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.label, r.seed)):
+        lines.append(f"| {run.name} | {run.label} | {run.seed} | {run.final_return:.1f} | "
+                     f"{run.summary.get('n_timesteps', '')} | {float(run.summary.get('wall_time_s') or np.nan):.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
@@ -135,14 +164,17 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     pngs = plot_curves(runs, out_dir)
     note = ("Final return: last evaluation, mean over seeds with a 95 % bootstrap CI. vs dense: 1 + (sparse - dense) / "
             "|dense| (1.0 = dense, above 1 is better). FLOPs: multiply-adds of one forward pass of the policy networks.")
-    md = ["# Dense vs sparse comparison", "", markdown_table(rows), note, ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    md = ["# Dense vs sparse comparison", "", markdown_table(rows), note, "", "## Runs", "", runs_table(runs)]
+    md += [f"![{p.stem}]({p.name})" for p in pngs]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>" for row in rows)
     images = "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in pngs)
+    names = "".join(f"<li>{html.escape(r.name)}: {html.escape(r.label)}, final return {r.final_return:.1f}</li>"
+                    for r in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.label, r.seed)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sparse_rl comparison</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #aaa;"
             f"padding:4px 8px;text-align:right}}</style></head><body><h1>Dense vs sparse comparison</h1><table><tr>{header}"
-            f"</tr>{body}</table><p>{html.escape(note)}</p>{images}</body></html>")
+            f"</tr>{body}</table><p>{html.escape(note)}</p><h2>Runs</h2><ul>{names}</ul>{images}</body></html>")
     (out_dir / "report.html").write_text(page)
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", **{p.stem: p for p in pngs}}

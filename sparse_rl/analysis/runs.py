@@ -25,6 +25,24 @@ class Run:
     timesteps: np.ndarray
     returns: np.ndarray  # mean evaluation return at each evaluation
     summary: dict[str, Any] = field(default_factory=dict)
+    walltime: np.ndarray | None = None  # training seconds at each evaluation (runs written since walltime_s existed)
+
+    @property
+    def name(self) -> str:
+        """``<algo>_<Env>_<dense|rigl90>_s<seed>``: the run's name in TensorBoard, run.json and reports."""
+        if self.summary.get("name"):
+            return str(self.summary["name"])
+        config = "dense" if self.label == "dense" else f"{self.method}{round(100 * self.sparsity)}"
+        return f"{self.algo}_{self.env.replace('/', '-').replace(':', '-')}_{config}_s{self.seed}"
+
+    def seconds(self) -> tuple[np.ndarray, bool]:
+        """Training wall-clock seconds at each evaluation, and whether they were measured (else: the run's total
+        wall time spread evenly over its steps)."""
+        if self.walltime is not None and len(self.walltime) == len(self.timesteps):
+            return self.walltime, True
+        total = float(self.summary.get("wall_time_s") or np.nan)
+        steps = float(self.summary.get("n_timesteps") or (self.timesteps[-1] if len(self.timesteps) else 1))
+        return self.timesteps * total / max(steps, 1.0), False
 
     @property
     def label(self) -> str:
@@ -46,14 +64,16 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"{path} has no {RUN_SUMMARY}: it was not written by python -m sparse_rl.train")
     summary = json.loads(summary_file.read_text())
     evaluations = path / "evaluations.npz"
+    walltime = None
     if evaluations.is_file():
         data = np.load(evaluations)
         timesteps, returns = data["timesteps"], data["results"].mean(axis=1)
+        walltime = data["walltime_s"] if "walltime_s" in data else None
     else:
         timesteps, returns = np.zeros(0, dtype=int), np.zeros(0)
     return Run(path=path, algo=summary["algo"], env=summary["env"], method=summary["method"],
                sparsity=float(summary["sparsity"]), seed=int(summary["seed"]), timesteps=timesteps, returns=returns,
-               summary=summary)
+               summary=summary, walltime=walltime)
 
 
 def find_runs(root: str | Path) -> list[Run]:

@@ -26,6 +26,9 @@ def model_kwargs(hyperparams: dict[str, Any], env: Any) -> dict[str, Any]:
     """The SB3 constructor arguments: RL Zoo's own keys removed; ``lin_`` schedules, ``noise_type``, ``train_freq``
     lists and ``replay_buffer_class`` names resolved."""
     kwargs = hp.resolve_schedules({k: v for k, v in hyperparams.items() if k not in hp.RL_ZOO_KEYS})
+    for key, value in kwargs.items():  # SB3 writes into policy_kwargs (use_sde...): the resolved settings stay ours
+        if key.endswith("_kwargs") and isinstance(value, dict):
+            kwargs[key] = dict(value)
     if isinstance(kwargs.get("train_freq"), list):
         kwargs["train_freq"] = tuple(kwargs["train_freq"])
     buffer_class = kwargs.get("replay_buffer_class")
@@ -48,10 +51,15 @@ def model_kwargs(hyperparams: dict[str, Any], env: Any) -> dict[str, Any]:
     return kwargs
 
 
-def claim_tensorboard_dir(root: str, resolved: Resolved) -> Path:
-    """``<root>/<algo>_<Env>_<dense|rigl90>_s<seed>`` (``_2``, ``_3``... when taken), created atomically."""
+def run_name(resolved: Resolved) -> str:
+    """What the run is, in one name: ``<algo>_<Env>_<dense|rigl90>_s<seed>`` (TensorBoard, run.json, reports)."""
     spec = resolved.spec
-    base = Path(root) / f"{spec.algo}_{env_name(spec.env)}_{resolved.label()}_s{spec.seed}"
+    return f"{spec.algo}_{env_name(spec.env)}_{resolved.label()}_s{spec.seed}"
+
+
+def claim_tensorboard_dir(root: str, resolved: Resolved) -> Path:
+    """``<root>/<run name>`` (``_2``, ``_3``... when taken), created atomically."""
+    base = Path(root) / run_name(resolved)
     Path(root).mkdir(parents=True, exist_ok=True)
     candidate, n = base, 1
     while True:
@@ -77,17 +85,20 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
     ``--eval-freq`` env steps (RL Zoo files) and checkpoints."""
     from sparse_rl.sb3 import TopologyCallback
     from sparse_rl.sb3.checkpoints import AtomicCheckpointCallback
+    from sparse_rl.sb3.comparison import ComparisonCallback
     from sparse_rl.sb3.dormant import DormantNeuronCallback
     from sparse_rl.sb3.eval_callback import GridEvalCallback
     from sparse_rl.sb3.tensorboard import HParamsCallback
 
     hyper = resolved.hyperparams
-    callbacks = [HParamsCallback(dict(algo=spec.algo, env=spec.env, method=resolved.method, sparsity=resolved.sparsity,
-                                      distribution=resolved.distribution, seed=spec.seed)),
+    callbacks = [HParamsCallback(dict(run=run_name(resolved), algo=spec.algo, env=spec.env, method=resolved.method,
+                                      sparsity=resolved.sparsity, distribution=resolved.distribution, seed=spec.seed)),
                  *hp.build_callbacks(hyper["callback"])]
-    if resolved.topology is not None:
-        callbacks.append(TopologyCallback(**resolved.topology))
-    if spec.eval_freq > 0:
+    topology = TopologyCallback(**resolved.topology) if resolved.topology is not None else None
+    if topology is not None:
+        callbacks.append(topology)
+    if spec.eval_freq > 0:  # the comparable scalars and dormant fractions are recorded just before each evaluation
+        callbacks.append(ComparisonCallback(every=spec.eval_freq, topology=topology, clock=clock))
         callbacks.append(DormantNeuronCallback(every=spec.eval_freq, log_dir=folder.path, seed=spec.seed))
         evaluation = GridEvalCallback(
             evaluation_env(spec.env, hyper, spec.seed + EVAL_SEED_OFFSET, env_kwargs=spec.env_kwargs), grid=spec.eval_freq,
@@ -177,7 +188,8 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
         tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
         env.save(str(tmp))
         os.replace(tmp, folder.vecnormalize_path)
-    folder.write_summary(run_summary(spec, model, resolved.method, resolved.sparsity, clock.seconds(), tb_dir))
+    folder.write_summary({"name": run_name(resolved), **run_summary(spec, model, resolved.method, resolved.sparsity,
+                                                                   clock.seconds(), tb_dir)})
     print(f"saved to {folder.path}")
     return folder.path
 

@@ -3,7 +3,7 @@
 Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (arXiv 2302.12902): the score of
 hidden unit ``i`` of layer ``l`` over a batch of states is ``s_i = E|h_i| / mean_k E|h_k|`` (a convolution channel
 counts as one unit, averaged over positions); the unit is *tau-dormant* when ``s_i <= tau``. The paper reports
-``tau = 0`` and ``0.1`` and resets (ReDo) at ``0.025``; the defaults here measure 0.025 and 0.1.
+``tau = 0`` and ``0.1`` and resets (ReDo) at ``0.025``; the defaults here measure all three.
 
 Hidden layers are the outputs of the activation modules (``nn.ReLU``, ``nn.Tanh``, ...) of each network that acts or
 is trained (target networks excluded): ``actor``, ``critic``, ``q_net``, ``mlp_extractor.policy_net``,
@@ -29,7 +29,7 @@ from torch import nn
 from sparse_rl.sb3.tensorboard import network_of
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Softplus, nn.Mish)
-TAUS = (0.025, 0.1)
+TAUS = (0.0, 0.025, 0.1)
 CSV_NAME = "dormant.csv"
 FIELDS = ("timesteps", "network", "tau", "fraction", "units")
 

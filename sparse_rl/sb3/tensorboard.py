@@ -4,7 +4,8 @@
   relative to dense (with the update counters logged by :class:`~sparse_rl.sb3.TopologyCallback`).
 - Images: at each topology update, one image per layer in four colours (as in the DST tutorial figures): newly
   pruned (red), newly grown (green), kept active (white), kept inactive (black); big layers are downsampled, a block
-  taking the most notable state among its entries (grown, then pruned, then active).
+  taking the most notable state among its entries (grown, then pruned, then active), thin ones scaled up, the legend
+  in the image's description (:mod:`sparse_rl.sb3.comparison`).
 - Hyperparameters (algo, env, method, sparsity, distribution, seed) through SB3's ``HParam``, for dense runs too, so
   the HPARAMS tab is the dense-vs-sparse table.
 """
@@ -17,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import HParam, Image
+from stable_baselines3.common.logger import HParam
 
-from sparse_rl.sb3.flops import policy_flops_for_space
+from sparse_rl.sb3.comparison import comparable_scalars, tensorboard_writer, write_mask_image
 from sparse_rl.sb3.report import sparsity_report
 
 TB_ONLY = ("stdout", "log", "json", "csv")
@@ -71,25 +72,24 @@ class SparsityLog:
     def masks(self) -> dict[str, th.Tensor]:
         return {name: layer.mask for name, layer in self.layers.items()}
 
-    def record(self, logger: Any, model: Any, before: dict[str, th.Tensor] | None = None) -> None:
-        """Record the scalars (and, given the masks ``before`` an update, one mask-change image per layer)."""
-        policy = model.policy
-        report = sparsity_report(policy)
-        logger.record("sparsity/density", report["total"]["density"])
-        logger.record("sparsity/nnz", report["total"]["nnz"])
-        for network, density in network_densities(policy).items():
-            logger.record(f"sparsity/density_{network}", density)
+    def ever_active_fraction(self) -> float:
+        """Fraction of the sparse layers' connections active at some point so far (Liu et al. 2021)."""
         for name, layer in self.layers.items():
             self.ever_active[name] |= layer.mask
         ever = sum(int(m.sum()) for m in self.ever_active.values())
-        logger.record("sparsity/ever_active_fraction", ever / max(sum(m.numel() for m in self.ever_active.values()), 1))
-        flops = policy_flops_for_space(policy, model.observation_space)
-        logger.record("sparsity/inference_flops_vs_dense", flops["inference_vs_dense"])
-        logger.record("sparsity/training_flops_vs_dense", flops["training_vs_dense"])
-        if before is not None:
+        return ever / max(sum(m.numel() for m in self.ever_active.values()), 1)
+
+    def record(self, logger: Any, model: Any, before: dict[str, th.Tensor] | None = None) -> None:
+        """Record the scalars (and, given the masks ``before`` an update, one mask-change image per layer)."""
+        for key, value in comparable_scalars(model, self.ever_active_fraction()).items():
+            logger.record(key, value)
+        for network, density in network_densities(model.policy).items():
+            logger.record(f"sparsity/density_{network}", density)
+        writer = tensorboard_writer(logger)
+        if before is not None and writer is not None:
             for name, layer in self.layers.items():
-                image = mask_change_image(before[name], layer.mask)
-                logger.record(f"sparsity_masks/{name}", Image(image, "HWC"), exclude=TB_ONLY)
+                write_mask_image(writer, f"sparsity_masks/{name}", mask_change_image(before[name], layer.mask),
+                                 int(model.num_timesteps))
 
 
 class HParamsCallback(BaseCallback):

@@ -1,6 +1,7 @@
 """TensorBoard: SB3's keys untouched, sparsity/* scalars, one mask-change image per layer per update, HPARAMS."""
 
 import io
+import json
 
 import numpy as np
 from PIL import Image as PILImage
@@ -54,3 +55,48 @@ def test_training_writes_sparsity_scalars_images_and_hparams(tmp_path):
         plugin = PluginAccumulator(str(run_dir))
         plugin.Reload()
         assert "_hparams_/session_start_info" in plugin.PluginTagToContent("hparams")
+
+
+def test_dense_and_sparse_runs_compare_in_one_tensorboard_folder(tmp_path):
+    """Runs were named Pendulum-v1_1_1 / _2_1, dense runs logged no sparsity/* scalars, thin mask images were a few
+    pixels wide and there was no comparison layout."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    conf = sac_pendulum_config(tmp_path / "sac.yml", 400, method="rigl", end=1.0, buffer_size=1000)
+    for sparsity in ("0.9", "0"):
+        assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(conf), "--sparsity", sparsity,
+                           "-f", str(tmp_path / "logs"), "-tb", str(tmp_path / "tb"), "--eval-freq", "200",
+                           "--eval-episodes", "1", "-v", "0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["sac_Pendulum-v1_dense_s0", "sac_Pendulum-v1_rigl90_s0"]
+    names = {json.loads(p.read_text())["name"] for p in (tmp_path / "logs").rglob("run.json")}
+    assert names == {"sac_Pendulum-v1_dense_s0", "sac_Pendulum-v1_rigl90_s0"}
+    overlaid = {"eval/mean_reward", "time/steps_per_second", "sparsity/density", "sparsity/nnz", "sparsity/params",
+                "sparsity/training_flops_vs_dense", "sparsity/inference_flops_vs_dense", "sparsity/ever_active_fraction",
+                "dormant/actor_tau0", "dormant/actor_tau0.1", "dormant/critic_tau0.1"}
+    values = {}
+    for name in ("dense", "rigl90"):
+        events = EventAccumulator(str(tmp_path / "tb" / f"sac_Pendulum-v1_{name}_s0"),
+                                  size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+        events.Reload()
+        assert overlaid <= set(events.Tags()["scalars"]), overlaid - set(events.Tags()["scalars"])
+        assert "sparsity/weight_magnitude" in events.Tags()["histograms"]
+        assert {200, 400} <= {e.step for e in events.Scalars("sparsity/density")}  # on the evaluation grid
+        values[name] = {tag: events.Scalars(tag)[-1].value for tag in ("sparsity/density", "sparsity/training_flops_vs_dense",
+                                                                       "sparsity/ever_active_fraction")}
+        plugin = PluginAccumulator(str(tmp_path / "tb" / f"sac_Pendulum-v1_{name}_s0"))
+        plugin.Reload()
+        layout = layout_pb2.Layout()
+        layout.ParseFromString(plugin.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+        charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+        assert layout.category[0].title == "dense vs sparse"
+        assert {"evaluation return", "training FLOPs vs dense", "density", "dormant fraction (tau 0.1)",
+                "steps per second"} <= set(charts)
+        if name == "rigl90":
+            image = events.Images("sparsity_masks/actor.latent_pi.0")[0]  # a 256 x 3 layer: scaled x8
+            assert (image.height, image.width) == (2048, 24)
+            description = events.SummaryMetadata("sparsity_masks/actor.latent_pi.0").summary_description
+            assert "red: newly pruned" in description and "scaled x8" in description
+    assert values["dense"] == {"sparsity/density": 1.0, "sparsity/training_flops_vs_dense": 1.0,
+                               "sparsity/ever_active_fraction": 1.0}
+    assert values["rigl90"]["sparsity/density"] < 0.2 and values["rigl90"]["sparsity/training_flops_vs_dense"] < 0.3
+    assert 0.1 < values["rigl90"]["sparsity/ever_active_fraction"] < 1.0
