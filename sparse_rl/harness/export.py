@@ -223,10 +223,19 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
     path = Path(path)
     if not (path / "policy.json").is_file() or not (path / "policy.safetensors").is_file():
         raise ValueError(f"{path} is not an export folder: it needs policy.json and policy.safetensors")
-    config = json.loads((path / "policy.json").read_text())
+    try:
+        config = json.loads((path / "policy.json").read_text())
+        tensors = load_file(str(path / "policy.safetensors"))
+    except Exception as error:  # truncated / corrupted files: one line
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"the export in {path} cannot be read ({type(error).__name__}: {first}): the files are damaged; "
+                         "export the run again") from None
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"export format version {config.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-    return ExportedPolicy(config, load_file(str(path / "policy.safetensors")), backend).eval()
+    try:
+        return ExportedPolicy(config, tensors, backend).eval()
+    except KeyError as error:
+        raise ValueError(f"the export in {path} lacks the tensor {error}: the files are damaged; export again") from None
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False, fmt: str = "safetensors") -> Path:

@@ -241,7 +241,13 @@ def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> 
 
     run = load_run(Path(run_dir))
     folder = RunFolder(run_dir, run.env)
-    model = algo_class(run.algo).load(folder.agent_path(best), device=device)
+    path = folder.agent_path(best)
+    try:
+        model = algo_class(run.algo).load(path, device=device)
+    except Exception as error:  # a truncated or corrupted file: one line, not a traceback from zipfile/torch
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}): the file is damaged or not an "
+                         f"SB3 {run.algo.upper()} model") from None
     return model, run, folder.read_config()
 
 

@@ -1,0 +1,74 @@
+"""Package the seed-0 runs of the learning benchmarks as the trained agents in ``agents/`` and write its README table.
+
+    python scripts/package_agents.py --bench sac-halfcheetah --configs dense rigl90
+    python scripts/package_agents.py --table-only
+
+Each agent is ``agents/<algo>/<Env>/<config>/`` (:mod:`sparse_rl.harness.agents`): the run folder's files, the
+compact export, ``results.json`` (10 deterministic evaluation episodes on an env seeded 20000, the benchmark's aggregate
+over all its seeds from ``scripts/results/bench_learning_<bench>.json``, costs, versions) and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_learning import BENCHES, RESULTS, grid  # noqa: E402
+
+from sparse_rl.harness.agents import agent_dir, package, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENTS = ROOT / "agents"
+
+
+def _run_dir(folder: Path) -> Path | None:
+    found = sorted(folder.glob("*/*/run.json"))
+    return found[0].parent if found else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bench", choices=sorted(BENCHES))
+    parser.add_argument("--configs", nargs="+", default=None, help="configuration names (default: all of the bench)")
+    parser.add_argument("--log-folder", default="logs/bench_learning")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    if not args.table_only:
+        if args.bench is None:
+            parser.error("--bench is required (or --table-only)")
+        bench = BENCHES[args.bench]
+        root = Path(args.log_folder) / f"{args.bench}_{bench.steps}"
+        summary_file = RESULTS / f"bench_learning_{args.bench}.json"
+        rows = json.loads(summary_file.read_text())["rows"] if summary_file.is_file() else {}
+        for config, run in grid(bench, bench.configs, (0,), root):
+            if args.configs and config.name not in args.configs:
+                continue
+            run_dir = _run_dir(run.folder)
+            if run_dir is None:
+                print(f"skipped {config.name}: seed 0 has not finished ({run.folder})")
+                continue
+            out = agent_dir(AGENTS, bench.algo, bench.env, config.name)
+            result = package(run_dir, out, config.name, rows.get(config.name), bench=args.bench)
+            print(f"{out}: return {result['evaluation']['mean']:.1f} +- {result['evaluation']['std']:.1f}")
+    command = "python scripts/package_agents.py --table-only"
+    size = sum(p.stat().st_size for p in AGENTS.rglob("*") if p.is_file()) if AGENTS.exists() else 0
+    text = ["# Trained agents", "",
+            "The seed-0 run of each learning benchmark (`scripts/bench_learning.py`), packaged by "
+            "`python scripts/package_agents.py --bench BENCH`. Replay one with `python -m sparse_rl.enjoy "
+            "agents/<algo>/<Env>/<config>`, evaluate them all with `python -m sparse_rl.evaluate --suite SUITE --runs "
+            "agents/`, or load one without pickle: `sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')`. "
+            "`results.json` holds the numbers below (acting time vs dense: one `predict` call, batch 1, one thread, "
+            "on the packaging machine; below 1 is faster).", "", table(AGENTS) if AGENTS.exists() else "(none yet)\n",
+            f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB."]
+    AGENTS.mkdir(exist_ok=True)
+    (AGENTS / "README.md").write_text("\n".join(text) + "\n")
+    print((AGENTS / "README.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Trained agents shipped in ``agents/`` (as RL Zoo's rl-trained-agents ships one model per algorithm and env).
+
+An agent folder ``agents/<algo>/<Env>/<config>/`` is the seed-0 run of a learning benchmark, trimmed to what a user
+needs to run, inspect and check it. It keeps the run folder's own layout, so ``python -m sparse_rl.enjoy`` and
+``python -m sparse_rl.evaluate --runs agents/`` read it like any run:
+
+- ``<Env>.zip`` (the SB3 model, with ``<Env>/vecnormalize.pkl`` when the config normalises), ``<Env>/config.yml``,
+  ``<Env>/args.yml``, ``<Env>/resolved.yml``, ``command.txt``, ``run.json``, ``evaluations.npz``, ``dormant.csv``;
+- ``export/policy.safetensors`` + ``export/policy.json``: the compact acting policy, loaded without unpickling
+  (``sparse_rl.load_exported``);
+- ``results.json``: the evaluation (per-episode returns of deterministic episodes on an env seeded with
+  ``evaluation_seed``), the benchmark's aggregate over all seeds, density, nnz, stored bytes and inference FLOPs vs
+  dense, acting latency vs dense on the packaging machine, training wall time and the library versions;
+- ``curve.png``: the run's learning curve.
+
+:func:`replay_first_episode` replays episode 1 with the stored seed, which must reproduce the stored return.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_rl.harness.envs import env_name, evaluation_env
+from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
+
+RESULTS = "results.json"
+#: SB3 zips above this size are not shipped (the compact export always is)
+MAX_ZIP_BYTES = 4_000_000
+EVALUATION_SEED = 20_000
+VERSIONED = ("sparse_rl", "torch", "stable_baselines3", "gymnasium", "numpy", "mujoco", "ale-py", "minatar")
+COPIED = ("run.json", "evaluations.npz", "dormant.csv", "command.txt")
+
+
+def agent_dir(root: str | Path, algo: str, env_id: str, config: str) -> Path:
+    """``<root>/<algo>/<Env>/<config>``."""
+    return Path(root) / algo / env_name(env_id) / config
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _stored_bytes(policy: Any) -> tuple[int, int]:
+    """(bytes of the trained networks' weights as stored, bytes of the same weights dense in float32)."""
+    from torch import nn
+
+    from sparse_rl.nn.base import SparseLayer
+
+    stored = dense = 0
+    for name, module in policy.named_modules():
+        if name.split(".", 1)[0].endswith("_target"):
+            continue
+        if isinstance(module, SparseLayer):
+            stored += module.stored_bytes()
+            dense += 4 * (module.numel_dense + (module.bias.numel() if module.bias is not None else 0))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            size = 4 * sum(p.numel() for p in module.parameters(recurse=False))
+            stored += size
+            dense += size
+    return stored, dense
+
+
+def evaluate_episodes(run_dir: Path, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` deterministic episodes of a run's final model on an evaluation env seeded ``seed``."""
+    from sparse_rl.harness.evaluation import play
+
+    model, run, config = load_agent(run_dir)
+    env = evaluation_env(run.env, saved_hyperparams(config), seed, RunFolder(run_dir, run.env).vecnormalize_path)
+    try:
+        return play(model, env, episodes, deterministic=True, seed=seed)
+    finally:
+        env.close()
+
+
+def replay_first_episode(agent: str | Path) -> tuple[float, float]:
+    """(stored return of episode 1, replayed return) of a packaged agent."""
+    agent = Path(agent)
+    try:
+        results = json.loads((agent / RESULTS).read_text())
+        expected = float(results["evaluation"]["episode_returns"][0])
+        seed = int(results["evaluation"]["seed"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"{agent / RESULTS} is missing or unreadable ({type(error).__name__}): package the agent "
+                         "again") from None
+    return expected, evaluate_episodes(agent, 1, seed)[0]
+
+
+def _curve(run_dir: Path, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.load(run_dir / "evaluations.npz")
+    mean, std = data["results"].mean(axis=1), data["results"].std(axis=1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(data["timesteps"], mean)
+    ax.fill_between(data["timesteps"], mean - std, mean + std, alpha=0.2)
+    ax.set(title=title, xlabel="environment steps", ylabel="evaluation return (mean +- std over episodes)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: dict[str, Any] | None = None,
+            episodes: int = 10, seed: int = EVALUATION_SEED, bench: str = "") -> dict[str, Any]:
+    """Package the run folder ``run_dir`` as the agent ``out_dir``; returns its ``results.json`` record.
+
+    :param config: the configuration's name (``dense``, ``rigl90``...)
+    :param aggregate: the benchmark's aggregate over all seeds for this configuration (its report row)
+    :param episodes: deterministic evaluation episodes
+    :param seed: seed of the evaluation env (episode 1 is replayable from it)
+    """
+    from sparse_rl.harness.evaluation import acting_latency
+    from sparse_rl.harness.export import export_run
+    from sparse_rl.sb3.flops import policy_flops_for_space, sample_observation
+    from sparse_rl.sb3.report import sparsity_report
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, run, _ = load_agent(run_dir)
+    source = RunFolder(run_dir, run.env)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / source.name).mkdir(parents=True)
+    for name in COPIED:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    for path in source.params_dir.iterdir():
+        shutil.copy2(path, out_dir / source.name / path.name)
+    zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
+    if zipped:
+        shutil.copy2(source.model_path, out_dir / source.model_path.name)
+    export_run(run_dir, out_dir / "export")
+    returns = evaluate_episodes(run_dir, episodes, seed)
+    report = sparsity_report(model)["total"]
+    stored, dense = _stored_bytes(model.policy)
+    observation = sample_observation(model.observation_space)
+    results = {
+        "name": run.name, "algo": run.algo, "env": run.env, "config": config, "seed": run.seed, "bench": bench,
+        "evaluation": {"episodes": len(returns), "deterministic": True, "seed": seed, "episode_returns": returns,
+                       "mean": float(np.mean(returns)), "std": float(np.std(returns))},
+        "benchmark": aggregate or {},
+        "density": report["density"], "nnz": report["nnz"], "numel": report["numel"],
+        "stored_bytes": stored, "dense_bytes": dense, "stored_vs_dense": stored / max(dense, 1),
+        "inference_flops_vs_dense": policy_flops_for_space(model.policy, model.observation_space)["inference_vs_dense"],
+        **acting_latency(model.policy, observation, steps=200, rounds=7),
+        "training_wall_time_s": run.summary.get("wall_time_s"), "n_timesteps": run.summary.get("n_timesteps"),
+        "sb3_zip": source.model_path.name if zipped else None,
+        "export_bytes": sum(p.stat().st_size for p in (out_dir / "export").iterdir()),
+        "versions": _versions(),
+    }
+    (out_dir / RESULTS).write_text(json.dumps(results, indent=1))
+    _curve(run_dir, f"{run.algo.upper()} {run.env} {config}, seed {run.seed}", out_dir / "curve.png")
+    return results
+
+
+def table(root: str | Path) -> str:
+    """The markdown table of every agent under ``root`` (return, vs dense, density, bytes, latency)."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RESULTS))]
+    dense = {(r["algo"], r["env"]): r["evaluation"]["mean"] for r in rows if r["config"] == "dense"}
+    lines = ["| agent | return (10 episodes) | vs dense | benchmark IQM over seeds | density | stored vs dense | "
+             "export | acting time vs dense | SB3 zip |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = dense.get((r["algo"], r["env"]))
+        ratio = f"{1 + (r['evaluation']['mean'] - base) / abs(base):.3f}" if base else "n/a"
+        iqm = r.get("benchmark", {}).get("iqm")
+        lines.append(
+            f"| `{r['algo']}/{env_name(r['env'])}/{r['config']}` | {r['evaluation']['mean']:.1f} +- "
+            f"{r['evaluation']['std']:.1f} | {ratio} | {f'{iqm[0]:.0f} [{iqm[1]:.0f}, {iqm[2]:.0f}]' if iqm else 'n/a'} | "
+            f"{r['density']:.3f} | {r['stored_vs_dense']:.3f} | {r['export_bytes'] / 1024:.0f} KB | "
+            f"{r['latency_vs_dense']:.2f} | {'yes' if r.get('sb3_zip') else 'no (size)'} |")
+    return "\n".join(lines) + "\n"

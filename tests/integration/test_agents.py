@@ -1,0 +1,57 @@
+"""The trained agents shipped in agents/: each loads three ways and replays its stored evaluation episode exactly."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_rl import load_exported
+from sparse_rl.enjoy import main as enjoy_main
+from sparse_rl.harness.agents import RESULTS, replay_first_episode
+from sparse_rl.harness.runs import load_agent
+
+AGENTS = Path(__file__).resolve().parents[2] / "agents"
+SHIPPED = sorted(p.parent for p in AGENTS.rglob(RESULTS)) if AGENTS.exists() else []
+
+
+@pytest.mark.parametrize("agent", SHIPPED, ids=lambda p: str(p.relative_to(AGENTS)))
+def test_agent_replays_its_stored_episode(agent):
+    """MuJoCo and MinAtar are deterministic given the seed and the policy acts deterministically: exact."""
+    expected, replayed = replay_first_episode(agent)
+    assert replayed == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("agent", SHIPPED, ids=lambda p: str(p.relative_to(AGENTS)))
+def test_agent_loads_three_ways(agent, capsys):
+    results = json.loads((agent / RESULTS).read_text())
+    exported = load_exported(agent / "export")
+    model, run, _ = load_agent(agent)  # SB3's Algo.load on the shipped zip
+    assert run.name == results["name"]
+    observation = model.observation_space.sample()
+    if "obs_normalization" not in exported.config:  # with VecNormalize the SB3 model reads normalised observations
+        np.testing.assert_allclose(exported.predict(observation)[0], model.predict(observation, deterministic=True)[0],
+                                   rtol=1e-5, atol=1e-5)
+    assert enjoy_main([str(agent), "--episodes", "1", "-n", "50"]) == 0  # the replay command on the agent folder
+    capsys.readouterr()
+
+
+def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
+    if not SHIPPED:
+        pytest.skip("no agent shipped yet")
+    agent = tmp_path / "agent"
+    shutil.copytree(SHIPPED[0], agent)
+    model = next(agent.glob("*.zip"))
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    assert enjoy_main([str(agent), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot be loaded" in err and err.count("\n") == 1
+    tensors = agent / "export" / "policy.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be read") as error:
+        load_exported(agent / "export")
+    assert "\n" not in str(error.value)
+    (agent / RESULTS).write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        replay_first_episode(agent)
