@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,20 @@ def grid(bench: Bench, configs: tuple[Config, ...], seeds: tuple[int, ...], root
             for seed in seeds for config in configs]
 
 
+def _config(bench: Bench, name: str) -> Config:
+    """A configuration of the bench by name, or a plain method at a sparsity: ``dense``, ``set90``, ``static80``..."""
+    for config in bench.configs:
+        if config.name == name:
+            return config
+    match = re.fullmatch(r"(static|set|rigl|srigl|gmp)(\d+)", name)
+    if name == "dense":
+        return DENSE
+    if match is None:
+        raise SystemExit(f"error: unknown configuration {name!r}; the bench's are {[c.name for c in bench.configs]}, "
+                         "or dense / <method><sparsity %> such as set90")
+    return Config(match.group(1), int(match.group(2)) / 100)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", choices=sorted(BENCHES), default="sac-pendulum")
@@ -133,7 +148,7 @@ def main() -> int:
     bench = BENCHES[args.bench]
     steps = args.steps or bench.steps
     bench = Bench(bench.algo, bench.env, steps, bench.flags, bench.configs, bench.note)
-    configs = tuple(c for c in bench.configs if args.configs is None or c.name in args.configs)
+    configs = bench.configs if args.configs is None else tuple(_config(bench, name) for name in args.configs)
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
     runs = grid(bench, configs, SEEDS[: args.seeds], root)
     todo = [run for _, run in runs if not run.is_finished()]
