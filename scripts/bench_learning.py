@@ -11,7 +11,10 @@ probability of improvement over dense (rliable, Agarwal et al. 2021, arXiv 2108.
     python scripts/bench_learning.py --bench dqn-minatar-breakout --jobs 2
     python scripts/bench_learning.py --bench sac-halfcheetah --report-only   # the table from what has finished
 
-Writes ``scripts/results/bench_learning_<bench>.{json,md,png}`` (``--out`` renames them).
+Writes ``scripts/results/bench_learning_<bench>.{json,md,png}`` (``--out`` renames them). The JSON keeps every finished
+run's record (curve, final score, wall time, dormant fractions): a run recorded there is not trained again, so a
+benchmark continues across sessions and machines from its committed results (unfinished runs resume from their
+checkpoints while their log folder exists).
 """
 
 from __future__ import annotations
@@ -151,7 +154,11 @@ def main() -> int:
     configs = bench.configs if args.configs is None else tuple(_config(bench, name) for name in args.configs)
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
     runs = grid(bench, configs, SEEDS[: args.seeds], root)
-    todo = [run for _, run in runs if not run.is_finished()]
+    out = args.out or f"bench_learning_{args.bench}"
+    from learning_report import saved_records
+
+    reported = {(name, r["seed"]) for name, records in saved_records(RESULTS / f"{out}.json", steps).items() for r in records}
+    todo = [run for config, run in runs if not run.is_finished() and (config.name, run.seed) not in reported]
     if not args.report_only and todo:
         print(f"{len(runs)} runs, {len(todo)} to train, {args.jobs} at once", flush=True)
         started = time.time()
@@ -159,13 +166,10 @@ def main() -> int:
             for run, error in zip(todo, pool.map(_attempt, todo)):
                 status = f"FAILED: {error}" if error else "done"
                 print(f"  {status} {run.folder} ({time.time() - started:.0f} s)", flush=True)
-    try:
-        from learning_report import write_report
-    except ImportError:  # a checkout older than the report: the runs are done, render them with --report-only
-        print("no learning_report module here: run this command again with --report-only from a newer checkout")
-        return 0
-    command = " ".join(["python", "scripts/bench_learning.py", *sys.argv[1:]])
-    paths = write_report(args.bench, bench, runs, root, command, args.out or f"bench_learning_{args.bench}", RESULTS)
+    from learning_report import write_report
+
+    command = " ".join(["python", "scripts/bench_learning.py", *(a for a in sys.argv[1:] if a != "--report-only")])
+    paths = write_report(args.bench, bench, runs, root, command, out, RESULTS)
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
 

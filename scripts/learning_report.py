@@ -168,15 +168,37 @@ def plot(records: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Pa
     return path
 
 
+def saved_records(path: Path, steps: int) -> dict[str, list[dict[str, Any]]]:
+    """The run records of an earlier report (``<out>.json``) of the same step budget: finished runs whose folders
+    may be gone (another session, another machine) still count and are not trained again."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if int(data.get("steps", -1)) != steps:
+        return {}
+    return {name: list(runs) for name, runs in data.get("records", {}).items()}
+
+
+def merge(records: dict[str, list[dict[str, Any]]], saved: dict[str, list[dict[str, Any]]]
+          ) -> dict[str, list[dict[str, Any]]]:
+    """``records`` plus the saved records of (configuration, seed) pairs it lacks."""
+    merged = {name: list(runs) for name, runs in records.items()}
+    for name, runs in saved.items():
+        have = {r["seed"] for r in merged.get(name, [])}
+        merged.setdefault(name, []).extend(r for r in runs if r["seed"] not in have)
+    return {name: sorted(runs, key=lambda r: r["seed"]) for name, runs in merged.items()}
+
+
 def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]], root: Path, command: str, out: str,
                  results: Path) -> list[Path]:
-    records = load(config_runs)
+    records = merge(load(config_runs), saved_records(results / f"{out}.json", bench.steps))
     if not records:
         return []
     summary = summarize(records)
     header = (f"# {bench_name}: {bench.algo.upper()} on {bench.env}, {bench.steps:,} env steps per run\n\n"
-              f"Command: `{command}`. {bench.note}. Final score: mean return of the final evaluation "
-              f"({records[next(iter(records))][0]['episodes']} deterministic episodes) at the last step.")
+              f"Command: `{command}`. {bench.note[:1].upper()}{bench.note[1:]}. Final score: mean return of the final "
+              f"evaluation ({records[next(iter(records))][0]['episodes']} deterministic episodes) at the last step. Wall "
+              "time and steps/s come from runs that shared the machine with other jobs: not a speed comparison.")
     results.mkdir(exist_ok=True)
     md = results / f"{out}.md"
     md.write_text(markdown(summary, header))
