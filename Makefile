@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,mujoco,atari,analysis,sweep,onnx,minatar
+EXTRAS ?= dev,mujoco,atari,analysis,sweep,onnx,minatar,contrib
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 DEMO_DIR ?= logs/demo

@@ -21,12 +21,15 @@ from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs
 from sparse_rl.harness.envs import check_env_id, is_atari
 from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
-ALGOS = ("sac", "td3", "dqn", "ppo", "a2c")
+#: sb3-contrib's algorithms (the optional ``contrib`` extra), by RL Zoo's names
+CONTRIB_ALGOS = {"tqc": "TQC", "qrdqn": "QRDQN", "crossq": "CrossQ", "ppo_lstm": "RecurrentPPO", "ppo_mask": "MaskablePPO"}
+ALGOS = ("sac", "td3", "dqn", "ppo", "a2c", *CONTRIB_ALGOS)
 METHODS = TOPOLOGY_METHODS  # "dense" and every DST method, from the updater registry
 SPARSE_POLICY_KWARGS = ("sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend",
                         "constant_fan_in", "start_dense", "init_scale")
 SPARSE_ALIASES = {"MlpPolicy": "SparseMlpPolicy", "CnnPolicy": "SparseCnnPolicy", "MultiInputPolicy": "SparseMultiInputPolicy",
-                  "MinAtarPolicy": "SparseMinAtarPolicy"}
+                  "MinAtarPolicy": "SparseMinAtarPolicy", "MlpLstmPolicy": "SparseMlpLstmPolicy",
+                  "CnnLstmPolicy": "SparseCnnLstmPolicy", "MultiInputLstmPolicy": "SparseMultiInputLstmPolicy"}
 DENSE_ALIASES = {sparse: dense for dense, sparse in SPARSE_ALIASES.items()}
 
 
@@ -126,10 +129,17 @@ def _plain(value: Any) -> Any:
 
 
 def algo_class(algo: str) -> Any:
-    import stable_baselines3 as sb3
-
+    """The SB3 (or sb3-contrib) algorithm class of an RL Zoo algorithm name (``sac``, ``tqc``, ``ppo_lstm``...)."""
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; choose one of {list(ALGOS)}")
+    if algo in CONTRIB_ALGOS:
+        try:
+            import sb3_contrib
+        except ImportError:
+            raise ValueError(f"--algo {algo} needs sb3-contrib, the contrib extra: pip install 'sparse_rl[contrib]'") from None
+        return getattr(sb3_contrib, CONTRIB_ALGOS[algo])
+    import stable_baselines3 as sb3
+
     return getattr(sb3, algo.upper())
 
 

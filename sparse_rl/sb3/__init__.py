@@ -13,7 +13,9 @@ magnitude pruning)::
 This package holds the SB3 integration (``nn`` and ``topology`` never import SB3). Importing it registers the
 policy aliases (``SparseMlpPolicy``, ``SparseCnnPolicy``, ``SparseMultiInputPolicy``) of every algorithm, so RL Zoo's
 ``--gym-packages sparse_rl.sb3`` makes them available to its configs (and lets ``-optimize`` keep the sparsity, see
-:mod:`sparse_rl.sb3.rl_zoo`).
+:mod:`sparse_rl.sb3.rl_zoo`). With sb3-contrib installed (the optional ``contrib`` extra) it also imports
+:mod:`sparse_rl.sb3.contrib`, which registers the same aliases for TQC, QR-DQN, CrossQ, RecurrentPPO (plus
+``SparseMlpLstmPolicy``...) and MaskablePPO; without it those aliases are simply absent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from sparse_rl.sb3.policies import (
 )
 from sparse_rl.sb3.report import sparsity_report
 from sparse_rl.sb3.rl_zoo import register as _register_rl_zoo_samplers
+
+try:  # the optional contrib extra: sparse policies for sb3-contrib's algorithms, registered under the same aliases
+    import sb3_contrib as _sb3_contrib  # noqa: F401
+except ImportError:
+    HAS_CONTRIB = False
+else:
+    import sparse_rl.sb3.contrib  # noqa: F401  (registers the aliases of TQC, QRDQN, CrossQ, RecurrentPPO, MaskablePPO)
+
+    HAS_CONTRIB = True
 
 _register_rl_zoo_samplers()  # under RL Zoo: its -optimize trials keep the config's policy_kwargs (sparsity included)
 

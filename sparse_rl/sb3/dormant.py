@@ -50,7 +50,15 @@ def _run_networks(policy: nn.Module, obs: Any, actions: th.Tensor) -> None:
         policy.critic(obs, actions)
     elif hasattr(policy, "q_net"):  # DQN
         policy.q_net(obs)
-    elif hasattr(policy, "mlp_extractor"):  # PPO, A2C
+    elif hasattr(policy, "quantile_net"):  # QR-DQN (sb3-contrib)
+        policy.quantile_net(obs)
+    elif hasattr(policy, "lstm_actor"):  # RecurrentPPO (sb3-contrib): each state starts its own sequence, zero LSTM state
+        layers, _, hidden = policy.lstm_hidden_state_shape
+        zeros = th.zeros(layers, len(actions), hidden, device=policy.device)
+        starts = th.ones(len(actions), device=policy.device)
+        policy.get_distribution(obs, (zeros, zeros), starts)
+        policy.predict_values(obs, (zeros, zeros), starts)
+    elif hasattr(policy, "mlp_extractor"):  # PPO, A2C, MaskablePPO
         policy.get_distribution(obs)
         policy.predict_values(obs)
     else:

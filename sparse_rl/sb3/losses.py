@@ -11,13 +11,17 @@ and output gradients, computed only at update steps).
 - DQN: a replay-buffer batch and the Huber TD loss.
 - PPO / A2C: a minibatch of the full rollout buffer at rollout end (returns and advantages already computed), the
   combined policy, entropy and value loss.
+- sb3-contrib's TQC, QR-DQN, CrossQ, RecurrentPPO and MaskablePPO: their own losses, in
+  :mod:`sparse_rl.sb3.contrib.losses` (imported only for those algorithms).
 
-Afterwards every ``.grad`` of the policy is cleared, so SB3's next ``train()`` starts from the state it expects.
+Afterwards every ``.grad`` of the policy is cleared, and every running statistic (BatchNorm / BatchRenorm buffers) and
+training mode of the policy's modules is restored, so SB3's next ``train()`` starts from the state it expects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch as th
@@ -133,8 +137,22 @@ def _split(layers: Layers, prefix: str) -> dict[str, SparseLayer]:
     return {name: layer for name, layer in layers.items() if name.split(".", 1)[0] == prefix}
 
 
+def _is_contrib(model: BaseAlgorithm) -> bool:
+    return any(cls.__module__.startswith("sb3_contrib.") for cls in type(model).__mro__)
+
+
 def loss_passes(model: BaseAlgorithm, layers: Layers) -> list[tuple[dict[str, SparseLayer], Callable[[], th.Tensor]]]:
     """(layers, loss function) pairs: each loss is backpropagated with only its layers capturing."""
+    if _is_contrib(model):  # sb3-contrib is installed: the model is one of its algorithms
+        from sparse_rl.sb3.contrib.losses import contrib_loss_passes
+
+        passes = contrib_loss_passes(model, layers)
+        if passes is not None:
+            return passes
+        raise ValueError(
+            f"no loss recomputation for {type(model).__name__}: gradient-based methods (rigl, srigl) support sb3-contrib's "
+            "TQC, QRDQN, CrossQ, RecurrentPPO and MaskablePPO; use method='set' or 'static' for other algorithms"
+        )
     if isinstance(model, OnPolicyAlgorithm):
         return [(dict(layers), lambda: on_policy_loss(model))]
     batch = _replay_batch(model)
@@ -148,13 +166,33 @@ def loss_passes(model: BaseAlgorithm, layers: Layers) -> list[tuple[dict[str, Sp
         return [(dict(layers), lambda: dqn_loss(model, batch))]
     raise ValueError(
         f"no loss recomputation for {type(model).__name__}: gradient-based methods (rigl, srigl) support SAC, TD3, DDPG, "
-        "DQN, PPO and A2C; use method='set' or 'static' for other algorithms"
+        "DQN, PPO and A2C (and sb3-contrib's TQC, QRDQN, CrossQ, RecurrentPPO, MaskablePPO); use method='set' or 'static' "
+        "for other algorithms"
     )
 
 
+@contextmanager
+def kept_module_state(policy: th.nn.Module) -> Iterator[None]:
+    """Within the block the policy's modules may change their running statistics (BatchNorm / BatchRenorm buffers) and
+    training modes: both are restored when it ends. Sparse layers' index buffers are left alone (no forward pass
+    changes them)."""
+    modes = [(module, module.training) for module in policy.modules()]
+    buffers = [(module, name, buffer.detach().clone()) for module in policy.modules() if not isinstance(module, SparseLayer)
+               for name, buffer in module.named_buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with th.no_grad():
+            for module, name, saved in buffers:
+                getattr(module, name).copy_(saved)
+        for module, training in modes:
+            module.training = training
+
+
 def compute_dense_gradients(model: BaseAlgorithm, layers: Layers) -> None:
-    """Fill ``layer.dense_grad`` of every layer from the algorithm's own loss on a fresh batch, then clear ``.grad``."""
-    with th.enable_grad():
+    """Fill ``layer.dense_grad`` of every layer from the algorithm's own loss on a fresh batch, then clear ``.grad``;
+    the policy's running statistics and training modes are as before."""
+    with th.enable_grad(), kept_module_state(model.policy):
         for group, loss_fn in loss_passes(model, layers):
             if not group:
                 continue
