@@ -203,7 +203,8 @@ def check_action_space(algo: str, env_id: str, env_kwargs: Mapping[str, Any] | N
                          f"{str(error).splitlines()[0]}") from None
     space = probe.action_space
     probe.close()
-    if algo == "dqn" and not isinstance(space, spaces.Discrete):
-        raise ValueError(f"DQN needs a discrete action space, but this env's is {space}: use --algo sac, td3 or ppo")
-    if algo in ("sac", "td3") and not isinstance(space, spaces.Box):
+    if algo in ("dqn", "qrdqn", "ppo_mask") and not isinstance(space, spaces.Discrete):
+        raise ValueError(f"{algo.upper()} needs a discrete action space, but this env's is {space}: use --algo sac, td3 "
+                         "or ppo")
+    if algo in ("sac", "td3", "tqc", "crossq") and not isinstance(space, spaces.Box):
         raise ValueError(f"{algo.upper()} needs a continuous (Box) action space, but this env's is {space}: use dqn or ppo")

@@ -100,7 +100,10 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
     if spec.eval_freq > 0:  # the comparable scalars and dormant fractions are recorded just before each evaluation
         callbacks.append(ComparisonCallback(every=spec.eval_freq, topology=topology, clock=clock))
         callbacks.append(DormantNeuronCallback(every=spec.eval_freq, log_dir=folder.path, seed=spec.seed))
-        evaluation = GridEvalCallback(
+        evaluation_class = GridEvalCallback
+        if spec.algo == "ppo_mask":  # MaskablePPO evaluates with its action masks, as it trains
+            from sparse_rl.sb3.contrib.evaluation import MaskableGridEvalCallback as evaluation_class
+        evaluation = evaluation_class(
             evaluation_env(spec.env, hyper, spec.seed + EVAL_SEED_OFFSET, env_kwargs=spec.env_kwargs), grid=spec.eval_freq,
             clock=clock, n_eval_episodes=spec.eval_episodes, log_path=str(folder.path),
             best_model_save_path=str(folder.path), deterministic=True, verbose=spec.verbose)

@@ -114,3 +114,22 @@ def test_rl_zoo_trains_tqc_from_our_config(tmp_path: Path) -> None:
           "buffer_size:500", "batch_size:16"], cwd=tmp_path)
     model = TQC.load(tmp_path / "zoo" / "tqc" / "Pendulum-v1_1" / "Pendulum-v1.zip")
     assert type(model.policy).__name__ == "SparseTQCPolicy" and model.policy.sparse_config.sparsity == 0.9
+
+
+def test_maskable_ppo_is_evaluated_with_its_action_masks(tmp_path):
+    """SB3's EvalCallback ignores action masks: MaskablePPO runs were evaluated acting without them."""
+    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+
+    from sparse_rl.harness.resolve import RunSpec, resolve
+    from sparse_rl.harness.runs import RunFolder
+    from sparse_rl.harness.training import build_callbacks
+    from sparse_rl.sb3.eval_callback import GridEvalCallback, TrainingClock
+
+    spec = RunSpec(algo="ppo_mask", env="CartPole-v1", eval_freq=100)
+    folder = RunFolder(tmp_path, "CartPole-v1")
+    callbacks = build_callbacks(spec, resolve(spec), folder, 1, 0, TrainingClock())
+    evaluation = next(c for c in callbacks if isinstance(c, GridEvalCallback))
+    assert isinstance(evaluation, MaskableEvalCallback)
+    ppo = RunSpec(algo="ppo", env="CartPole-v1", eval_freq=100)
+    plain = build_callbacks(ppo, resolve(ppo), folder, 1, 0, TrainingClock())
+    assert not any(isinstance(c, MaskableEvalCallback) for c in plain)

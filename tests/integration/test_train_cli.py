@@ -60,6 +60,8 @@ def test_compare_report(runs, tmp_path, capsys):
     (["--distribution", "normal"], "unknown distribution"),
     (["--algo", "dqn", "--env", "Pendulum-v1"], "DQN needs a discrete action space"),
     (["--algo", "sac", "--env", "CartPole-v1"], "SAC needs a continuous"),
+    (["--algo", "tqc", "--env", "CartPole-v1"], "TQC needs a continuous"),
+    (["--algo", "qrdqn", "--env", "Pendulum-v1"], "QRDQN needs a discrete action space"),
     (["-conf", "/nonexistent.yml"], "not found"),
     (["-params", "oops"], "KEY:VALUE"),
     (["--threads", "0"], "--threads must be at least 1"),
