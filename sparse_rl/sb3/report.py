@@ -1,8 +1,8 @@
 """Sparsity report of an SB3 model or policy (sparse RL as in Graesser et al. 2022).
 
-Counts the weight matrices of every linear and convolutional layer of the policy, dense ones included; biases and
-other parameters (``log_std``) are left out, and so are the target networks (``*_target``), which mirror the online
-networks and are not trained. A features extractor shared by several networks is counted once.
+Counts the weight matrices of every linear, convolutional and recurrent (LSTM) layer of the policy, dense ones
+included; biases and other parameters (``log_std``) are left out, and so are the target networks (``*_target``),
+which mirror the online networks and are not trained. A features extractor shared by several networks is counted once.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def sparsity_report(model_or_policy: Any) -> dict[str, dict[str, Any]]:
             nnz, numel = module.nnz, module.numel_dense
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             nnz = numel = module.weight.numel()
+        elif isinstance(module, nn.RNNBase):  # RecurrentPPO's LSTMs stay dense: their weight matrices count as dense
+            nnz = numel = sum(p.numel() for n, p in module.named_parameters(recurse=False) if n.startswith("weight"))
         else:
             continue
         layers[name] = {"nnz": int(nnz), "numel": int(numel), "density": nnz / max(numel, 1)}
