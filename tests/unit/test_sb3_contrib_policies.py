@@ -270,3 +270,15 @@ def test_without_sb3_contrib_aliases_absent_and_errors_name_the_extra() -> None:
     assert result.returncode == 0, result.stderr
     assert "algo: --algo tqc needs sb3-contrib, the contrib extra: pip install 'sparse_rl[contrib]'" in result.stdout
     assert "import: sparse_rl.sb3.contrib needs sb3-contrib: pip install 'sparse_rl[contrib]'" in result.stdout
+
+
+def test_the_dense_lstms_count_in_the_sparsity_report():
+    """The report left RecurrentPPO's LSTMs out, overstating how sparse the policy is."""
+    from sb3_contrib import RecurrentPPO
+
+    from sparse_rl.sb3 import sparsity_report
+
+    model = RecurrentPPO("SparseMlpLstmPolicy", "CartPole-v1", n_steps=16, policy_kwargs=dict(lstm_hidden_size=16))
+    layers = sparsity_report(model)["layers"]
+    assert layers["lstm_actor"] == {"nnz": 4 * 16 * (4 + 16), "numel": 4 * 16 * (4 + 16), "density": 1.0}
+    assert "lstm_critic" in layers
