@@ -24,7 +24,8 @@ from torch import nn
 from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.sb3.builders import rebuild_sparse_layers, sparse_layout
 
-__all__ = ["SparseContinuousCritic", "SparseNetworkMixin", "SparseQNetwork", "SparseSACActor", "SparseTD3Actor"]
+__all__ = ["SparseContinuousCritic", "SparseCriticMixin", "SparseNetworkMixin", "SparseQNetwork", "SparseSACActor",
+           "SparseTD3Actor"]
 
 
 class SparseNetworkMixin:
@@ -64,7 +65,30 @@ class SparseQNetwork(SparseNetworkMixin, QNetwork):
     """SB3's DQN ``QNetwork`` with sparse layers that survive ``q_net.save`` / ``SparseQNetwork.load``."""
 
 
-class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
+class SparseCriticMixin(SparseNetworkMixin):
+    """:class:`SparseNetworkMixin` for critics, which SB3 and sb3-contrib build without saving ``net_arch``,
+    ``features_dim``, ``activation_fn`` and some of their other constructor arguments: the subclass's ``__init__``
+    calls :meth:`_keep_architecture`, and :attr:`saved_attributes` names the other arguments the base class keeps as
+    attributes of the same name, so that ``critic.save`` / ``type(critic).load`` round-trips.
+    """
+
+    #: constructor arguments the base class stores as attributes of the same name
+    saved_attributes: tuple[str, ...] = ("n_critics", "share_features_extractor")
+
+    def _keep_architecture(self, net_arch: list[int], features_dim: int, activation_fn: type[nn.Module]) -> None:
+        self.net_arch = list(net_arch)
+        self.features_dim = features_dim
+        self.activation_fn = activation_fn
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(net_arch=self.net_arch, features_extractor=self.features_extractor,  # type: ignore[attr-defined]
+                    features_dim=self.features_dim, activation_fn=self.activation_fn,
+                    **{name: getattr(self, name) for name in self.saved_attributes})
+        return data
+
+
+class SparseContinuousCritic(SparseCriticMixin, ContinuousCritic):
     """SB3's ``ContinuousCritic`` (SAC, TD3) with sparse layers, and the constructor parameters SB3's own critic lacks,
     so that ``critic.save`` / ``SparseContinuousCritic.load`` round-trips.
 
@@ -90,13 +114,4 @@ class SparseContinuousCritic(SparseNetworkMixin, ContinuousCritic):
             normalize_images=normalize_images, n_critics=n_critics, share_features_extractor=share_features_extractor,
             sparse_layout=sparse_layout, sparse_backend=sparse_backend,
         )
-        self.net_arch = list(net_arch)
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(net_arch=self.net_arch, features_extractor=self.features_extractor, features_dim=self.features_dim,
-                    activation_fn=self.activation_fn, n_critics=self.n_critics,
-                    share_features_extractor=self.share_features_extractor)
-        return data
+        self._keep_architecture(net_arch, features_dim, activation_fn)

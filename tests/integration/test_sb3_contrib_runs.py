@@ -27,7 +27,7 @@ from sparse_rl.sb3.contrib.losses import (  # noqa: E402
     tqc_critic_loss,
 )
 from sparse_rl.sb3.losses import compute_dense_gradients  # noqa: E402
-from tests.integration.test_sb3_gradients import dense_twin  # noqa: E402
+from tests.integration.test_sb3_gradients import dense_twin, reference_grads  # noqa: E402
 
 OFF_POLICY = dict(learning_starts=50, batch_size=32, buffer_size=1000)
 ON_POLICY = dict(n_steps=64, batch_size=32, n_epochs=2)
@@ -121,19 +121,7 @@ def forget_last_distributions(model: Any) -> None:
 def reference_off_policy(model: Any, passes: list[tuple[str, Any]]) -> dict[str, th.Tensor]:
     """Dense dL/dW from each loss alone on the same batch and noise, by plain autograd on a dense copy."""
     forget_last_distributions(model)
-    twin, dense = dense_twin(model)
-    np.random.seed(3)
-    th.manual_seed(3)
-    batch = model.replay_buffer.sample(model.batch_size, env=model._vec_normalize_env)
-    twin.policy.set_training_mode(True)
-    grads = {}
-    for prefix, loss_fn in passes:
-        twin.policy.zero_grad(set_to_none=True)
-        loss_fn(twin, batch).backward()
-        for name, layer in dense.items():
-            if name.split(".")[0] == prefix:
-                grads[name] = layer.weight.grad.reshape(layer.weight.shape[0], -1).clone()
-    return grads
+    return reference_grads(model, passes, training_mode=True)
 
 
 @pytest.mark.parametrize("name, passes", [

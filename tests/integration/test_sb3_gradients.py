@@ -65,12 +65,15 @@ def dense_twin(model: Any) -> tuple[Any, dict[str, nn.Module]]:
     return twin, dense
 
 
-def reference_grads(model: Any, passes: list[tuple[str, Any]]) -> dict[str, th.Tensor]:
-    """Dense grads from each loss alone (same batch and noise as compute_dense_gradients), by plain autograd."""
+def reference_grads(model: Any, passes: list[tuple[str, Any]], training_mode: bool = False) -> dict[str, th.Tensor]:
+    """Dense grads from each loss alone (same batch and noise as compute_dense_gradients), by plain autograd;
+    ``training_mode``: the twin's policy in training mode (BatchRenorm layers use the batch's statistics)."""
     twin, dense = dense_twin(model)
     np.random.seed(3)
     th.manual_seed(3)
     batch = model.replay_buffer.sample(model.batch_size, env=model._vec_normalize_env)
+    if training_mode:
+        twin.policy.set_training_mode(True)
     grads = {}
     for prefix, loss_fn in passes:
         twin.policy.zero_grad(set_to_none=True)

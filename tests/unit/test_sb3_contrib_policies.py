@@ -36,15 +36,7 @@ from sparse_rl.sb3.contrib import (  # noqa: E402
     SparseTQCMultiInputPolicy,
     SparseTQCPolicy,
 )
-
-BOX_OBS = gym.spaces.Box(-1.0, 1.0, (11,), np.float32)
-BOX_ACT = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-DISCRETE = gym.spaces.Discrete(4)
-IMAGE_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-
-
-def lr(_: float) -> float:
-    return 1e-3
+from tests.unit.test_sb3_policies import BOX_ACT, BOX_OBS, DISCRETE, IMAGE_OBS, lr  # noqa: E402
 
 
 def tqc(**kwargs: Any) -> SparseTQCPolicy:

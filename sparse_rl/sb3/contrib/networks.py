@@ -22,7 +22,7 @@ from sb3_contrib.tqc.policies import Critic as TQCCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from sparse_rl.sb3.networks import SparseNetworkMixin
+from sparse_rl.sb3.networks import SparseCriticMixin, SparseNetworkMixin
 
 __all__ = ["SparseCrossQActor", "SparseCrossQCritic", "SparseQuantileNetwork", "SparseTQCActor", "SparseTQCCritic"]
 
@@ -35,12 +35,14 @@ class SparseTQCActor(SparseNetworkMixin, TQCActor):
     """sb3-contrib's TQC ``Actor`` with sparse layers that survive ``actor.save`` / ``SparseTQCActor.load``."""
 
 
-class SparseTQCCritic(SparseNetworkMixin, TQCCritic):
+class SparseTQCCritic(SparseCriticMixin, TQCCritic):
     """sb3-contrib's TQC quantile ``Critic`` with sparse layers, saving every constructor argument (``net_arch``,
     ``n_quantiles``, ``n_critics``...), so that ``critic.save`` / ``SparseTQCCritic.load`` round-trips.
 
     Same parameters as TQC's ``Critic``, plus those of :class:`~sparse_rl.sb3.networks.SparseNetworkMixin`.
     """
+
+    saved_attributes = ("n_quantiles", "n_critics", "share_features_extractor")
 
     def __init__(
         self,
@@ -62,16 +64,7 @@ class SparseTQCCritic(SparseNetworkMixin, TQCCritic):
             normalize_images=normalize_images, n_quantiles=n_quantiles, n_critics=n_critics,
             share_features_extractor=share_features_extractor, sparse_layout=sparse_layout, sparse_backend=sparse_backend,
         )
-        self.net_arch = list(net_arch)
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(net_arch=self.net_arch, features_extractor=self.features_extractor, features_dim=self.features_dim,
-                    activation_fn=self.activation_fn, n_quantiles=self.n_quantiles, n_critics=self.n_critics,
-                    share_features_extractor=self.share_features_extractor)
-        return data
+        self._keep_architecture(net_arch, features_dim, activation_fn)
 
 
 class SparseQuantileNetwork(SparseNetworkMixin, QuantileNetwork):
@@ -98,7 +91,7 @@ class SparseCrossQActor(_BatchNormArgsMixin, CrossQActor):
     ``SparseCrossQActor.load``; its BatchRenorm arguments are saved too."""
 
 
-class SparseCrossQCritic(_BatchNormArgsMixin, CrossQCritic):
+class SparseCrossQCritic(_BatchNormArgsMixin, SparseCriticMixin, CrossQCritic):
     """sb3-contrib's ``CrossQCritic`` (BatchRenorm layers, no target network) with sparse layers, saving every
     constructor argument, so that ``critic.save`` / ``SparseCrossQCritic.load`` round-trips.
 
@@ -129,13 +122,4 @@ class SparseCrossQCritic(_BatchNormArgsMixin, CrossQCritic):
             batch_norm=batch_norm, batch_norm_momentum=batch_norm_momentum, batch_norm_eps=batch_norm_eps,
             renorm_warmup_steps=renorm_warmup_steps, sparse_layout=sparse_layout, sparse_backend=sparse_backend,
         )
-        self.net_arch = list(net_arch)
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(net_arch=self.net_arch, features_extractor=self.features_extractor, features_dim=self.features_dim,
-                    activation_fn=self.activation_fn, n_critics=self.n_critics,
-                    share_features_extractor=self.share_features_extractor)
-        return data
+        self._keep_architecture(net_arch, features_dim, activation_fn)
