@@ -20,7 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from sparse_rl.harness.hyperparams import class_specs
+from sparse_rl.harness.hyperparams import class_specs, normalizes
 
 ATARI_WRAPPER = "stable_baselines3.common.atari_wrappers.AtariWrapper"
 EVAL_SEED_OFFSET = 10_000
@@ -146,7 +146,7 @@ def training_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, monitor
     if monitor_t_start is not None:
         _set_monitor_start(env, monitor_t_start)
     normalize = hyperparams.get("normalize")
-    if normalize:
+    if normalizes(normalize):
         from stable_baselines3.common.vec_env import VecNormalize
 
         env = VecNormalize(env, **dict(normalize))
@@ -168,9 +168,9 @@ def evaluation_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, vecno
                    env_wrapper=hyperparams.get("env_wrapper"), vec_env_wrapper=hyperparams.get("vec_env_wrapper"))
     if vecnormalize_path is not None and Path(vecnormalize_path).is_file():
         env = VecNormalize.load(str(vecnormalize_path), env)
-    elif vecnormalize_path is not None and hyperparams.get("normalize"):
+    elif vecnormalize_path is not None and normalizes(hyperparams.get("normalize")):
         raise ValueError(f"the run normalises observations, but its statistics {str(vecnormalize_path)!r} are missing")
-    elif hyperparams.get("normalize"):
+    elif normalizes(hyperparams.get("normalize")):
         env = VecNormalize(env, **dict(hyperparams["normalize"]))
     if isinstance(env, VecNormalize):
         env.training, env.norm_reward = False, False

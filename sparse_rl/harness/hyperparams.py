@@ -146,6 +146,12 @@ def merge_overrides(entry: dict[str, Any], overrides: Mapping[str, Any], source:
     return merged, notes
 
 
+def normalizes(value: Any) -> bool:
+    """Whether a resolved ``normalize`` value (VecNormalize arguments, or ``False``) asks for VecNormalize: an empty
+    dict does (``normalize: true`` without ``gamma`` resolves to VecNormalize's defaults)."""
+    return isinstance(value, Mapping)
+
+
 def normalize_settings(hyperparams: Mapping[str, Any]) -> dict[str, Any] | None:
     """VecNormalize arguments exactly as RL Zoo derives them, or ``None`` without normalisation.
 

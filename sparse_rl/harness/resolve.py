@@ -88,7 +88,8 @@ class Resolved:
 
     @property
     def normalize(self) -> dict[str, Any] | None:
-        return self.hyperparams["normalize"] or None
+        normalize = self.hyperparams["normalize"]
+        return dict(normalize) if hp.normalizes(normalize) else None
 
     def label(self) -> str:
         """``dense`` or e.g. ``rigl90``."""
@@ -103,7 +104,7 @@ class Resolved:
         if self.topology is not None:
             lines.append(f"  topology: {self.topology}")
         lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
-        if self.normalize:
+        if self.normalize is not None:
             lines.append(f"  normalize: VecNormalize({self.normalize})")
         lines += [f"  {note}" for note in self.notes]
         return lines
@@ -241,7 +242,7 @@ def resolve(spec: RunSpec) -> Resolved:
             policy = DENSE_ALIASES[policy]
     distribution = str(policy_kwargs.get("distribution", "erk")) if topology is not None else "none"
     merged.update(policy=policy, policy_kwargs=policy_kwargs, callback=other_callbacks,
-                  normalize=hp.normalize_settings(merged) or False)
+                  normalize=_or_false(hp.normalize_settings(merged)))
     merged.pop("normalize_kwargs", None)
     for key in hp.EXPRESSION_KEYS:
         if key in merged and key != "policy_kwargs":
@@ -250,6 +251,11 @@ def resolve(spec: RunSpec) -> Resolved:
                         sparsity if topology is not None else 0.0, distribution, notes, sources)
     _check(resolved, algo)
     return resolved
+
+
+def _or_false(settings: dict[str, Any] | None) -> dict[str, Any] | bool:
+    """VecNormalize arguments, or ``False`` without normalisation (an empty dict stays: VecNormalize's defaults)."""
+    return False if settings is None else settings
 
 
 def _check(resolved: Resolved, algo: Any) -> None:

@@ -159,7 +159,7 @@ class RunFolder:
     def write_run_files(self, spec: Any, hyperparams: dict[str, Any], topology: dict[str, Any] | None,
                         resolved: dict[str, Any]) -> None:
         """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``."""
-        from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, TOPOLOGY_CALLBACK, to_expression
+        from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, TOPOLOGY_CALLBACK, normalizes, to_expression
 
         self.params_dir.mkdir(parents=True, exist_ok=True)
         saved = {k: v for k, v in hyperparams.items() if not callable(v)}
@@ -167,7 +167,7 @@ class RunFolder:
             if isinstance(saved.get(key), dict):
                 saved[key] = to_expression(saved[key])
         saved["policy_kwargs"] = to_expression(hyperparams.get("policy_kwargs") or {})
-        saved["normalize"] = to_expression(hyperparams["normalize"]) if hyperparams.get("normalize") else False
+        saved["normalize"] = to_expression(hyperparams["normalize"]) if normalizes(hyperparams.get("normalize")) else False
         if topology is not None:
             saved["callback"] = [*hyperparams.get("callback", []), {TOPOLOGY_CALLBACK: topology}]
         _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(saved.items()))))
@@ -269,5 +269,6 @@ def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:
                     raise
                 result[key] = {}
     normalize = evaluate_expression(result.get("normalize", False), "normalize")
-    result["normalize"] = normalize_settings({**result, "normalize": normalize}) or False if normalize else False
+    settings = normalize_settings({**result, "normalize": normalize}) if normalize else None
+    result["normalize"] = False if settings is None else settings
     return result

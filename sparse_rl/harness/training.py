@@ -187,7 +187,7 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
             raise RuntimeError(f"training failed at step {model.num_timesteps} (run folder {folder.path}; "
                                f"--resume continues from the last checkpoint): {error}") from error
     atomic_save(model, folder.model_path)
-    if resolved.normalize:
+    if resolved.normalize is not None:
         tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
         env.save(str(tmp))
         os.replace(tmp, folder.vecnormalize_path)

@@ -98,6 +98,18 @@ def test_a_run_that_fails_while_being_set_up_removes_its_folder(tmp_path, monkey
     assert not (tmp_path / "sac").exists(), "the folders the run created are gone"
 
 
+def test_normalize_true_without_gamma_trains_with_vecnormalize(tmp_path):
+    """RL Zoo normalises with ``normalize: true``; an entry without ``gamma`` used to train without VecNormalize."""
+    conf = tmp_path / "norm.yml"
+    conf.write_text("Pendulum-v1:\n  policy: SparseMlpPolicy\n  learning_starts: 50\n  normalize: true\n")
+    assert train_main(["-n", "100", "-f", str(tmp_path / "logs"), "-conf", str(conf), "--eval-freq", "-1"]) == 0
+    params = tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1"
+    assert (params / "vecnormalize.pkl").is_file()
+    assert yaml.safe_load((params / "resolved.yml").read_text())["hyperparams"]["normalize"] == {}
+    config = dict(yaml.unsafe_load((params / "config.yml").read_text()))
+    assert config["normalize"] == "dict()"
+
+
 def test_cli_exit_code_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparse_rl.train", "--algo", "nope"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)

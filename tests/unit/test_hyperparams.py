@@ -98,6 +98,17 @@ def test_vecnormalize_follows_rl_zoo_with_the_algorithms_gamma(normalize, expect
     assert resolved.normalize == expected
 
 
+@pytest.mark.parametrize("normalize", [True, "dict()", "True"])
+def test_normalize_true_without_gamma_keeps_vecnormalize_with_its_defaults(normalize):
+    """``normalize: true`` in an entry without ``gamma`` (configs/a2c.yml HalfCheetah) resolved to no VecNormalize."""
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1",
+                               hyperparams={"normalize": normalize, "learning_starts": 10}))
+    assert "gamma" not in resolved.hyperparams and resolved.normalize == {}
+    assert "  normalize: VecNormalize({})" in resolved.describe()
+    shipped = resolve(RunSpec(algo="a2c", env="HalfCheetah-v4"))
+    assert shipped.normalize is not None
+
+
 def test_normalize_kwargs_are_honoured():
     resolved = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4", hyperparams={"normalize_kwargs": {"clip_obs": 5.0}}))
     assert resolved.normalize == {"clip_obs": 5.0, "gamma": 0.98}
