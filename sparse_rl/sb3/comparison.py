@@ -107,7 +107,8 @@ def stored_weight_magnitudes(policy: Any) -> np.ndarray:
 
 
 class ComparisonCallback(BaseCallback):
-    """Log the comparable scalars every ``every`` environment steps (the evaluation grid) and write the layout.
+    """Log the comparable scalars at the start, every ``every`` environment steps (the evaluation grid) and at the end
+    (the final evaluation), and write the layout.
 
     :param every: environment steps between records (record them before the evaluation that dumps them)
     :param topology: the run's :class:`~sparse_rl.sb3.TopologyCallback` (``None`` for a dense run), whose record of the
@@ -131,6 +132,12 @@ class ComparisonCallback(BaseCallback):
         if writer is not None:
             write_layout(writer)
         self.record()
+        self.logger.dump(self.num_timesteps)  # the starting point at its own step, not at the first dump's
+
+    def _on_training_end(self) -> None:
+        """One last record when training ends off the grid, before the final evaluation dumps it."""
+        if self._last is None or self._last[0] != self.num_timesteps:
+            self.record()
 
     def record(self) -> None:
         log = getattr(self.topology, "sparsity_log", None)

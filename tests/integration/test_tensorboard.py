@@ -100,3 +100,17 @@ def test_dense_and_sparse_runs_compare_in_one_tensorboard_folder(tmp_path):
                                "sparsity/ever_active_fraction": 1.0}
     assert values["rigl90"]["sparsity/density"] < 0.2 and values["rigl90"]["sparsity/training_flops_vs_dense"] < 0.3
     assert 0.1 < values["rigl90"]["sparsity/ever_active_fraction"] < 1.0
+
+
+def test_comparison_scalars_at_the_start_and_at_a_final_evaluation_off_the_grid(tmp_path):
+    """The comparison scalars were recorded on the evaluation grid only: a run ending off the grid had none at its
+    final evaluation (and no steps/s), and the starting values were written at the first dump's step."""
+    conf = sac_pendulum_config(tmp_path / "sac.yml", 300, method="rigl", end=1.0, buffer_size=1000)
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(conf), "--sparsity", "0",
+                       "-f", str(tmp_path / "logs"), "-tb", str(tmp_path / "tb"), "--eval-freq", "200",
+                       "--eval-episodes", "1", "-v", "0"]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "sac_Pendulum-v1_dense_s0"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("sparsity/density")] == [0, 200, 300]
+    assert [e.step for e in events.Scalars("eval/mean_reward")] == [200, 300]
+    assert [e.step for e in events.Scalars("time/steps_per_second")] == [200, 300]
