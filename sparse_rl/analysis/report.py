@@ -34,7 +34,7 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
     """``(algo, env) -> label -> runs`` (the seeds of each configuration)."""
     groups: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        groups[(run.algo, run.env)][run.label].append(run)
+        groups[(run.algo, run.env)][run.config].append(run)
     return groups
 
 
@@ -148,8 +148,8 @@ def plot_curves(runs: list[Run], out_dir: Path) -> list[Path]:
 def runs_table(runs: list[Run]) -> str:
     """One row per run: its name (as in TensorBoard and run.json), configuration, seed and final return."""
     lines = ["| run | config | seed | final return | steps | wall time (s) |", "|---|---|---|---|---|---|"]
-    for run in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.label, r.seed)):
-        lines.append(f"| {run.name} | {run.label} | {run.seed} | {run.final_return:.1f} | "
+    for run in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.config, r.seed)):
+        lines.append(f"| {run.name} | {run.config} | {run.seed} | {run.final_return:.1f} | "
                      f"{run.summary.get('n_timesteps', '')} | {float(run.summary.get('wall_time_s') or np.nan):.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -170,8 +170,8 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(row)) + "</tr>" for row in rows)
     images = "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in pngs)
-    names = "".join(f"<li>{html.escape(r.name)}: {html.escape(r.label)}, final return {r.final_return:.1f}</li>"
-                    for r in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.label, r.seed)))
+    names = "".join(f"<li>{html.escape(r.name)}: {html.escape(r.config)}, final return {r.final_return:.1f}</li>"
+                    for r in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.config, r.seed)))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sparse_rl comparison</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #aaa;"
             f"padding:4px 8px;text-align:right}}</style></head><body><h1>Dense vs sparse comparison</h1><table><tr>{header}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ class Run:
     returns: np.ndarray  # mean evaluation return at each evaluation
     summary: dict[str, Any] = field(default_factory=dict)
     walltime: np.ndarray | None = None  # training seconds at each evaluation (runs written since walltime_s existed)
+    settings: dict[str, Any] | None = None  # resolved settings without the seed (resolved.yml); None: not recorded
+    configuration: str = ""  # the label, plus the settings that tell it apart from same-label runs (find_runs)
 
     @property
     def name(self) -> str:
@@ -52,6 +56,12 @@ class Run:
         return f"{self.method} {round(100 * self.sparsity)}%"
 
     @property
+    def config(self) -> str:
+        """The configuration this run is a seed of: :attr:`label`, with the differing settings when runs of the same
+        label differ (set by :func:`find_runs`)."""
+        return self.configuration or self.label
+
+    @property
     def final_return(self) -> float:
         return float(self.returns[-1]) if len(self.returns) else float("nan")
 
@@ -73,15 +83,77 @@ def load_run(path: Path) -> Run:
         timesteps, returns = np.zeros(0, dtype=int), np.zeros(0)
     return Run(path=path, algo=summary["algo"], env=summary["env"], method=summary["method"],
                sparsity=float(summary["sparsity"]), seed=int(summary["seed"]), timesteps=timesteps, returns=returns,
-               summary=summary, walltime=walltime)
+               summary=summary, walltime=walltime, settings=_settings(path))
 
 
-def find_runs(root: str | Path) -> list[Run]:
-    """Every run folder (one holding ``run.json``) under ``root``, sorted by path."""
+def _settings(path: Path) -> dict[str, Any] | None:
+    """What the run trained with, the seed left out: ``<Env>/resolved.yml``'s hyperparameters and topology, flattened
+    to dotted keys (the distribution is in ``policy_kwargs``); ``None`` for runs written before resolved.yml existed."""
+    import yaml
+
+    files = sorted(path.glob("*/resolved.yml"))
+    if not files:
+        return None
+    data = yaml.safe_load(files[0].read_text()) or {}
+    hyper = dict(data.get("hyperparams") or {})
+    callbacks = [c for c in hyper.pop("callback", None) or [] if "TopologyCallback" not in str(c)]
+    topology = {k: v for k, v in (data.get("topology") or {}).items() if k != "seed"}
+    return _flatten({"hyperparams": {**hyper, "callback": callbacks}, "topology": topology})
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip(".").removeprefix("hyperparams."): value}
+
+
+def assign_configurations(runs: list[Run], say: Callable[[str], Any] = print) -> list[Run]:
+    """Tell apart runs that share a label but not their settings, and drop repeats of one configuration and seed.
+
+    Runs of one ``(algo, env, label)`` whose settings differ (another distribution, ``net_arch``, ``n_timesteps``...)
+    are different configurations, not seeds of one: each gets ``configuration = "<label> (<key>=<value>, ...)"``
+    naming the settings that differ, and one line says so. A second run with the same configuration and seed is a
+    repeat, not another seed: only the first (by path) is kept, and one line says so. Returns the runs kept.
+    """
+    by_label: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_label[(run.algo, run.env, run.label)].append(run)
+    for (algo, env, label), group in by_label.items():
+        known = [r.settings for r in group if r.settings is not None]
+        keys = sorted({k for s in known for k in s if len({repr(t.get(k)) for t in known}) > 1})
+        if len(known) < len(group) and known:
+            keys.append("settings")
+        if not keys:
+            continue
+        for run in group:
+            if run.settings is None:
+                run.configuration = f"{label} (settings not recorded)"
+            else:
+                shown = ", ".join(f"{k}={run.settings.get(k, '-')}" for k in keys if k != "settings")
+                run.configuration = f"{label} ({shown})" if shown else label
+        say(f"{algo} {env}: the runs labelled {label!r} differ in {', '.join(keys)}: reported as separate "
+            f"configurations")
+    kept: dict[tuple[str, str, str, int], Run] = {}
+    for run in runs:
+        key = (run.algo, run.env, run.config, run.seed)
+        if key in kept:
+            say(f"{run.path} repeats seed {run.seed} of {run.algo} {run.env} {run.config!r} ({kept[key].path}): "
+                f"counted once")
+            continue
+        kept[key] = run
+    return list(kept.values())
+
+
+def find_runs(root: str | Path, say: Callable[[str], Any] = print) -> list[Run]:
+    """Every run folder (one holding ``run.json``) under ``root``, sorted by path, with configurations assigned
+    (:func:`assign_configurations`: runs whose settings differ are not pooled as seeds, repeats are counted once)."""
     root = Path(root)
     if not root.exists():
         raise ValueError(f"log folder {str(root)!r} does not exist")
-    return [load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))]
+    return assign_configurations([load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))], say)
 
 
 def tensorboard_scalars(event_dir: str | Path, tags: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -178,8 +178,8 @@ def play(model: Any, env: Any, episodes: int, deterministic: bool = True, epsilo
 
 
 def group_name(run: Run, several_algos: bool) -> str:
-    """Configuration label of a run (``Run.label``), prefixed by the algorithm when several are evaluated together."""
-    return f"{run.algo.upper()} {run.label}" if several_algos else run.label
+    """Configuration of a run (``Run.config``), prefixed by the algorithm when several are evaluated together."""
+    return f"{run.algo.upper()} {run.config}" if several_algos else run.config
 
 
 def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_id: str | None = None,
@@ -221,7 +221,7 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
     mean = float(np.mean(returns))
     row: dict[str, Any] = {
         "run": str(run.path), "algo": run.algo, "env": run.env, "eval_env": env_id, "task": task, "method": run.method,
-        "sparsity": run.sparsity, "label": run.label, "group": group or run.label, "seed": run.seed,
+        "sparsity": run.sparsity, "label": run.config, "group": group or run.config, "seed": run.seed,
         "model": "best" if best else "last", "episodes": len(returns), "returns": returns, "return_mean": mean,
         "return_std": float(np.std(returns)), "normalized": suite.normalize(task, mean, run.algo), "reference_low": low,
         "reference_high": high, "reference_name": high_name, "density": total["density"], "nnz": total["nnz"],

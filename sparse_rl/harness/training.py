@@ -80,9 +80,9 @@ def _set_logger(model: Any, tensorboard_dir: str | None, verbose: int) -> None:
 
 
 def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs: int, start_step: int,
-                    clock: Any) -> list[Any]:
+                    clock: Any, name: str | None = None) -> list[Any]:
     """HParams, the config's own callbacks, the TopologyCallback, dormant neurons, evaluation on the grid of
-    ``--eval-freq`` env steps (RL Zoo files) and checkpoints."""
+    ``--eval-freq`` env steps (RL Zoo files) and checkpoints; ``name``: the run's name (default :func:`run_name`)."""
     from sparse_rl.sb3 import TopologyCallback
     from sparse_rl.sb3.checkpoints import AtomicCheckpointCallback
     from sparse_rl.sb3.comparison import ComparisonCallback
@@ -91,7 +91,7 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
     from sparse_rl.sb3.tensorboard import HParamsCallback
 
     hyper = resolved.hyperparams
-    callbacks = [HParamsCallback(dict(run=run_name(resolved), algo=spec.algo, env=spec.env, method=resolved.method,
+    callbacks = [HParamsCallback(dict(run=name or run_name(resolved), algo=spec.algo, env=spec.env, method=resolved.method,
                                       sparsity=resolved.sparsity, distribution=resolved.distribution, seed=spec.seed)),
                  *hp.build_callbacks(hyper["callback"])]
     topology = TopologyCallback(**resolved.topology) if resolved.topology is not None else None
@@ -177,7 +177,8 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
 
     clock = TrainingClock(offset=train_seconds)
     start = model.num_timesteps
-    callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock)
+    name = Path(tb_dir).name if tb_dir else run_name(resolved)  # the TensorBoard run's name, "_2" when taken
+    callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock, name)
     total = int(resolved.hyperparams["n_timesteps"])
     if start < total:
         try:
@@ -191,7 +192,7 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
         tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
         env.save(str(tmp))
         os.replace(tmp, folder.vecnormalize_path)
-    folder.write_summary({"name": run_name(resolved), **run_summary(spec, model, resolved.method, resolved.sparsity,
+    folder.write_summary({"name": name, **run_summary(spec, model, resolved.method, resolved.sparsity,
                                                                    clock.seconds(), tb_dir)})
     print(f"saved to {folder.path}")
     return folder.path

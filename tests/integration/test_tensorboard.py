@@ -114,3 +114,14 @@ def test_comparison_scalars_at_the_start_and_at_a_final_evaluation_off_the_grid(
     assert [e.step for e in events.Scalars("sparsity/density")] == [0, 200, 300]
     assert [e.step for e in events.Scalars("eval/mean_reward")] == [200, 300]
     assert [e.step for e in events.Scalars("time/steps_per_second")] == [200, 300]
+
+
+def test_run_json_names_the_tensorboard_run_it_wrote(tmp_path):
+    """A second run with the same name got TensorBoard run ``..._s0_2`` while its run.json said ``..._s0``."""
+    for folder in ("a", "b"):
+        assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "100", "-params", "learning_starts:50",
+                           "-f", str(tmp_path / folder), "-tb", str(tmp_path / "tb"), "--eval-freq", "-1",
+                           "-v", "0"]) == 0
+    names = [json.loads(next((tmp_path / f).rglob("run.json")).read_text())["name"] for f in ("a", "b")]
+    assert names == ["sac_Pendulum-v1_rigl90_s0", "sac_Pendulum-v1_rigl90_s0_2"]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == names

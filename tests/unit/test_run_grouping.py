@@ -1,0 +1,50 @@
+"""Runs pooled as seeds of one configuration must be that: same label and same settings, each seed once."""
+
+import json
+
+import numpy as np
+import yaml
+
+from sparse_rl.analysis import find_runs
+from sparse_rl.analysis.report import summary_rows
+
+
+def write_run(folder, seed, final, settings=None, method="rigl", sparsity=0.9):
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(dict(algo="sac", env="Pendulum-v1", method=method, sparsity=sparsity,
+                                                     seed=seed, nnz=100)))
+    np.savez(folder / "evaluations.npz", timesteps=np.array([100, 200]), results=np.array([[final - 10], [final]]))
+    if settings is not None:
+        (folder / "Pendulum-v1").mkdir()
+        hyper = {"n_timesteps": 200, "policy_kwargs": {"sparsity": sparsity, **settings},
+                 "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": method, "seed": seed}}]}
+        (folder / "Pendulum-v1" / "resolved.yml").write_text(
+            yaml.safe_dump(dict(method=method, hyperparams=hyper, topology={"method": method, "seed": seed})))
+
+
+def test_runs_that_differ_in_settings_are_separate_configurations(tmp_path):
+    """An ERK and a uniform run, both seed 0, were one configuration with 'seeds 2'."""
+    write_run(tmp_path / "a", 0, -100.0, {"distribution": "erk"})
+    write_run(tmp_path / "b", 0, -300.0, {"distribution": "uniform"})
+    write_run(tmp_path / "c", 1, -120.0, {"distribution": "erk"})
+    said = []
+    runs = find_runs(tmp_path, say=said.append)
+    rows = {row["config"]: row["seeds"] for row in summary_rows(runs)}
+    assert rows == {"rigl 90% (policy_kwargs.distribution=erk)": 2, "rigl 90% (policy_kwargs.distribution=uniform)": 1}
+    assert said == ["sac Pendulum-v1: the runs labelled 'rigl 90%' differ in policy_kwargs.distribution: reported as "
+                    "separate configurations"]
+
+
+def test_a_repeated_seed_counts_once_and_seeds_alone_do_not_split(tmp_path):
+    for name, seed in (("a", 0), ("b", 1), ("c", 0)):
+        write_run(tmp_path / name, seed, -100.0 - seed, {"distribution": "erk"})
+    said = []
+    runs = find_runs(tmp_path, say=said.append)
+    assert [r.path.name for r in runs] == ["a", "b"] and [r.config for r in runs] == ["rigl 90%"] * 2
+    assert len(said) == 1 and "repeats seed 0" in said[0] and "counted once" in said[0]
+
+
+def test_runs_without_recorded_settings_are_set_apart_from_recorded_ones(tmp_path):
+    write_run(tmp_path / "old", 0, -100.0)
+    write_run(tmp_path / "new", 1, -100.0, {"distribution": "erk"})
+    assert {r.config for r in find_runs(tmp_path, say=lambda line: None)} == {"rigl 90%", "rigl 90% (settings not recorded)"}
