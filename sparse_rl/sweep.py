@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_sweep(args.conf_file)
         runs = expand_grid(spec)
         if args.dry_run:
-            print("\n".join(f"{'done ' if r.is_finished() else 'todo '} {' '.join(r.command()[1:])}" for r in runs))
+            for r in runs:
+                status = "stale" if r.stale() else "done " if r.is_finished() else "todo "
+                print(f"{status} {' '.join(r.command()[1:])}" + (f"  # {r.stale()}" if r.stale() else ""))
             return 0
         retries = args.max_retries if args.max_retries is not None else int(spec.get("max_retries", 1))
         result = execute(runs, retries, args.address, args.num_cpus)

@@ -7,6 +7,7 @@ trains.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from sparse_rl.harness.runs import LOCK_FILE, RunFolder
 
 INSTALL_HINT = "Ray is not installed: pip install 'sparse_rl[sweep]' (or pip install 'ray[default]')"
 GRID_KEYS = ("algo", "env", "method", "sparsity", "seed")
+POINT_FILE = "sweep_point.json"  # in a grid point's folder: the settings it was (or is being) trained with
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,32 @@ class GridRun:
 
     def is_finished(self) -> bool:
         return any(self.folder.rglob("run.json")) if self.folder.exists() else False
+
+    def settings(self) -> dict[str, Any]:
+        """What the sweep file asks of this point beyond its name: ``n_timesteps`` and ``train_args``."""
+        return {"n_timesteps": self.n_timesteps, "train_args": list(self.train_args)}
+
+    def stale(self) -> str | None:
+        """Why the run already in this point's folder is not what the sweep file now asks (``None``: it is, or the
+        folder is empty): its recorded settings (``sweep_point.json``), or for folders of older sweeps the
+        ``n_timesteps`` of its ``args.yml``."""
+        if not self.folder.exists():
+            return None
+        record = self.folder / POINT_FILE
+        if record.is_file():
+            recorded = json.loads(record.read_text())
+        else:
+            args = sorted(self.folder.glob("*/*/*/args.yml"))
+            if not args or self.n_timesteps is None:
+                return None
+            import yaml
+
+            saved = dict(yaml.unsafe_load(args[0].read_text()) or {})
+            recorded = {"n_timesteps": saved.get("n_timesteps"), "train_args": list(self.train_args)}
+        wanted = self.settings()
+        differ = [f"{key} {recorded.get(key)!r} (the sweep file now says {wanted[key]!r})" for key in wanted
+                  if recorded.get(key) != wanted[key]]
+        return f"{self.folder} was trained with {', '.join(differ)}" if differ else None
 
     def resumable_dir(self) -> Path | None:
         """The run folder of an interrupted attempt that has a complete checkpoint (``--resume`` continues it)."""
@@ -116,6 +144,7 @@ def run_one(run: GridRun) -> str:
     try:
         if run.is_finished():
             return run.name
+        (run.folder / POINT_FILE).write_text(json.dumps(run.settings()))
         command = run.command()
         resume = run.resumable_dir()
         if resume is not None:
@@ -124,7 +153,7 @@ def run_one(run: GridRun) -> str:
                 command += ["-n", str(run.n_timesteps)]
         else:  # a partial folder without a checkpoint: start clean, so numbering stays _1
             for child in run.folder.iterdir():
-                if child.name != LOCK_FILE:
+                if child.name not in (LOCK_FILE, POINT_FILE):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -137,7 +166,15 @@ def run_one(run: GridRun) -> str:
 
 
 def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
-    """Run the unfinished grid points as Ray tasks and wait for all of them."""
+    """Run the unfinished grid points as Ray tasks and wait for all of them.
+
+    :raises ValueError: before anything runs, when a point's folder holds a run trained with other settings than the
+        sweep file now asks (another ``n_timesteps`` or ``train_args``): such a run is neither done nor continued
+    """
+    stale = [reason for reason in (run.stale() for run in runs) if reason]
+    if stale:
+        more = f" (and {len(stale) - 1} more points)" if len(stale) > 1 else ""
+        raise ValueError(f"{stale[0]}{more}: set another log_folder for the new settings, or delete those folders")
     try:
         import ray
     except ImportError:

@@ -35,6 +35,17 @@ def test_local_ray_sweep_2x2_completes_and_rerun_skips_finished(tmp_path, capsys
     assert "| sac | Pendulum-v1 | dense | 2 |" in report and "| sac | Pendulum-v1 | rigl 90% | 2 |" in report
     assert sweep_main(["-conf", str(conf)]) == 0
     assert "0 finished, 4 already done, 0 failed" in capsys.readouterr().out
+    # the sweep file changed: its old runs were counted as done and reported beside the new ones
+    for changed in (dict(n_timesteps=300, train_args=TINY), dict(n_timesteps=200, train_args=[*TINY, "--save-freq", "100"])):
+        conf = _write(tmp_path / "sweep.yml", algo="sac", env="Pendulum-v1", method="rigl", sparsity=[0.0, 0.9],
+                      seed=[0, 1], log_folder=str(root), **changed)
+        assert sweep_main(["-conf", str(conf), "--dry-run"]) == 0
+        assert capsys.readouterr().out.count("stale ") == 4
+        assert sweep_main(["-conf", str(conf)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "(and 3 more points)" in err
+        assert ("n_timesteps 200 (the sweep file now says 300)" in err) == (changed["n_timesteps"] == 300)
+    assert len(list(root.rglob("run.json"))) == 4
 
 
 def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, capsys):
