@@ -18,12 +18,13 @@ import sys
 import torch as th
 
 from sparse_rl.analysis.aggregate import markdown_table
+from sparse_rl.harness.checks import DefaultsHelpFormatter
 from sparse_rl.harness.evaluation import evaluate_suite, run_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sparse_rl.evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--suite", required=True, help="mujoco, atari (Atari-5), atari26, atari57 or an env id")
     parser.add_argument("--runs", required=True, help="folder holding run folders (searched recursively)")
     parser.add_argument("-o", "--output", default=None, help="output folder (default: RUNS/evaluation)")

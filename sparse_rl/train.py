@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import Any
 
+from sparse_rl.harness.checks import DefaultsHelpFormatter
 from sparse_rl.harness.hyperparams import merge_overrides, parse_value
 from sparse_rl.harness.resolve import ALGOS, METHODS, RunSpec
 from sparse_rl.harness.training import train
@@ -23,35 +24,35 @@ from sparse_rl.harness.training import train
 
 def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser = argparse.ArgumentParser(prog="python -m sparse_rl.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--algo", default=None, help=f"one of {', '.join(ALGOS)} (default: sac; with --resume: the run's)")
     parser.add_argument("--env", default=None,
                         help="gymnasium env id (Atari ids get the Atari wrappers); default Pendulum-v1 (--resume: the run's)")
     parser.add_argument("--sparsity", default=None, help="fraction of zero weights in [0, 1); 0 trains the dense baseline")
     parser.add_argument("--method", default=None,
                         help=f"topology method: {', '.join(METHODS)} (default: the config's, else rigl)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (evaluations use seed + 10000)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: config)")
     parser.add_argument("-conf", "--conf-file", default=None, help="RL-Zoo-style YAML (default: configs/<algo>.yml)")
     parser.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE",
                         help="override hyperparameters, e.g. -params learning_rate:0.001 buffer_size:10000 "
                              "(a *_kwargs value is merged into the config's, other keys replace theirs)")
-    parser.add_argument("-f", "--log-folder", default="logs")
+    parser.add_argument("-f", "--log-folder", default="logs", help="runs go to <folder>/<algo>/<Env>_<n>")
     parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard log directory")
     parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (-1: never)")
-    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--eval-episodes", type=int, default=5, help="deterministic episodes per evaluation")
     parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N env steps (-1: never)")
     parser.add_argument("--save-replay-buffer", action="store_true", help="include the replay buffer in checkpoints")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue RUN_DIR from its last complete checkpoint up to -n (or its original) steps")
     parser.add_argument("--n-envs", type=int, default=None)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: one per process; run seeds as parallel processes)")
     parser.add_argument("--backend", default=None, help="sparse kernel backend (auto, reference, cpu, ...)")
     parser.add_argument("--distribution", default=None, help="per-layer sparsity: erk, er or uniform")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    parser.add_argument("-v", "--verbose", type=int, default=1)
+    parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: SB3's training table")
     args = parser.parse_args(argv)
     return RunSpec(
         algo=args.algo or ("" if args.resume else "sac"), env=args.env or ("" if args.resume else "Pendulum-v1"),

@@ -7,6 +7,7 @@ what is allowed; the commands print it as ``error: ...`` and exit with code 2.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import inspect
 from collections.abc import Callable, Mapping
@@ -178,3 +179,14 @@ def check_policy_kwargs(policy_kwargs: Mapping[str, Any], policy_class: type, so
     for key in policy_kwargs:
         if key not in allowed:
             raise _unknown(key, allowed, f"policy_kwargs key for {policy_class.__name__}", origin)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) \
+                or action.default == []:
+            return text
+        return super()._get_help_string(action)

@@ -204,7 +204,8 @@ def check_action_space(algo: str, env_id: str, env_kwargs: Mapping[str, Any] | N
     space = probe.action_space
     probe.close()
     if algo in ("dqn", "qrdqn", "ppo_mask") and not isinstance(space, spaces.Discrete):
-        raise ValueError(f"{algo.upper()} needs a discrete action space, but this env's is {space}: use --algo sac, td3 "
-                         "or ppo")
+        raise ValueError(f"--algo {algo} needs a discrete action space, but this env's is {space}: use --algo sac, td3, "
+                         "tqc, crossq or ppo")
     if algo in ("sac", "td3", "tqc", "crossq") and not isinstance(space, spaces.Box):
-        raise ValueError(f"{algo.upper()} needs a continuous (Box) action space, but this env's is {space}: use dqn or ppo")
+        raise ValueError(f"--algo {algo} needs a continuous (Box) action space, but this env's is {space}: use --algo "
+                         "dqn, qrdqn, ppo or ppo_mask")

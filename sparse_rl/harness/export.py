@@ -63,12 +63,12 @@ def _acting_path(model: Any) -> tuple[list[nn.Module], str]:
     if name == "DQN":
         q_net = policy.q_net
         return _flatten_modules(q_net.features_extractor) + _flatten_modules(q_net.q_net), "argmax"
-    if name == "PPO":
+    if name in ("PPO", "A2C"):
         extractor = policy.pi_features_extractor if not policy.share_features_extractor else policy.features_extractor
         ops = _flatten_modules(extractor) + _flatten_modules(policy.mlp_extractor.policy_net) + [policy.action_net]
         discrete = hasattr(model.action_space, "n")
         return ops, "argmax" if discrete else "clip"
-    raise ValueError(f"cannot export a {name} agent: supported algorithms are SAC, TD3, DQN and PPO")
+    raise ValueError(f"cannot export a {name} agent: supported algorithms are SAC, TD3, DQN, PPO and A2C")
 
 
 def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs: float = 10.0, epsilon: float = 1e-8) -> Path:

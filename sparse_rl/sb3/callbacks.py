@@ -159,11 +159,14 @@ class TopologyCallback(BaseCallback):
             self.updater.load_state_dict(updater_state)
         self.next_update_step = self._first_update_step(clock, saved, last)
         if saved:
+            if self._inverted:
+                warnings.warn(f"TopologyCallback: {self._inverted}: no topology update will happen", stacklevel=2)
             self._announce_continuation(saved, clock)
         elif self.next_update_step is None and UPDATERS[self.method].rewires:
-            schedule = self.resolved_schedule()
-            print(f"TopologyCallback: no {self.method} update fits this run ({_describe(schedule)}, training ends at step "
-                  f"{self.total_steps}): the topology stays as initialised; lower update_every or train longer")
+            why = self._inverted or f"{_describe(self.resolved_schedule())}, training ends at step {self.total_steps}"
+            advice = "move end after start" if self._inverted else "lower update_every or train longer"
+            print(f"TopologyCallback: no {self.method} update fits this run ({why}): the topology stays as initialised; "
+                  f"{advice}")
         self._save_state()
         self.sparsity_log = SparsityLog(self.layers)
 
@@ -172,9 +175,8 @@ class TopologyCallback(BaseCallback):
         start = resolve_step(self.start if self.start is not None else getattr(self.model, "learning_starts", 0),
                              self.total_steps, "start")
         end = resolve_step(self.end, self.total_steps, "end")
-        if end < start and UPDATERS[self.method].rewires:
-            warnings.warn(f"TopologyCallback: the schedule ends (end={self.end} -> step {end}) before it starts (step "
-                          f"{start}, learning_starts by default): no topology update will happen", stacklevel=3)
+        self._inverted = (f"the schedule ends (end={self.end} -> step {end}) before it starts (step {start}, "
+                          f"learning_starts by default)") if end < start and UPDATERS[self.method].rewires else ""
         kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=max(end, start),
                                       drop_fraction=self.drop_fraction, drop_schedule=self.drop_schedule,
                                       total_steps=self.total_steps, seed=self.seed)

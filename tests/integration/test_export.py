@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sparse_rl.export import main as export_main
@@ -44,9 +44,14 @@ def test_sac_run_export_is_small_and_acts_identically(tmp_path, monkeypatch):
                                atol=1e-6)
 
 
-def test_ppo_export_applies_vecnormalize_statistics(tmp_path):
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])  # A2C: ONNX exported it, the safetensors export refused it
+def test_actor_critic_export_applies_vecnormalize_statistics(tmp_path, algo):
     env = VecNormalize(make_env("Pendulum-v1", n_envs=1, seed=0))
-    model = PPO(SparseActorCriticPolicy, env, n_steps=64, batch_size=32, n_epochs=1, policy_kwargs=dict(sparsity=0.8), seed=0)
+    if algo == "ppo":
+        model = PPO(SparseActorCriticPolicy, env, n_steps=64, batch_size=32, n_epochs=1, policy_kwargs=dict(sparsity=0.8),
+                    seed=0)
+    else:
+        model = A2C(SparseActorCriticPolicy, env, n_steps=64, policy_kwargs=dict(sparsity=0.8), seed=0)
     model.learn(128)
     export_policy(model, tmp_path, obs_rms=env.obs_rms, clip_obs=env.clip_obs, epsilon=env.epsilon)
     policy = load_exported(tmp_path)

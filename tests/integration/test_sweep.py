@@ -56,7 +56,7 @@ def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, 
     assert sweep_main(["-conf", str(conf), "--num-cpus", "2"]) == 1
     out = capsys.readouterr().out
     assert "1 finished, 0 already done, 1 failed" in out
-    assert "failed: sac_CartPole-v1_rigl_0.9_seed0" in out and "SAC needs a continuous (Box) action space" in out
+    assert "failed: sac_CartPole-v1_rigl_0.9_seed0" in out and "--algo sac needs a continuous (Box) action space" in out
     assert len(list(root.rglob("run.json"))) == 1
 
 

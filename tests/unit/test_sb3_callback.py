@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch as th
-from stable_baselines3 import DQN
+from stable_baselines3 import DQN, SAC
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from sparse_rl.sb3 import SparseDQNPolicy, TopologyCallback
@@ -60,7 +60,7 @@ def test_logs_and_state() -> None:
     assert state["method"] == "rigl" and state["updater"]["num_updates"] == 4
 
 
-def test_clock_restart_starts_a_new_schedule() -> None:
+def test_clock_restart_starts_a_new_schedule(capsys) -> None:
     model = dqn(sparsity=0.9)
     model.learn(40, callback=TopologyCallback(method="set", update_every=10, end=10_000, seed=0))
     again = TopologyCallback(method="set", update_every=10, end=10_000, seed=0)
@@ -69,8 +69,9 @@ def test_clock_restart_starts_a_new_schedule() -> None:
     other = TopologyCallback(method="static")
     model.learn(10, callback=other)  # another method is fine on a restarted clock
     late = TopologyCallback(method="set", update_every=5)
-    with pytest.warns(UserWarning, match="no topology update"):
-        model.learn(10, callback=late)  # end = 0.8 * 10 = 8 comes before learning_starts = 10
+    capsys.readouterr()
+    model.learn(10, callback=late)  # end = 0.8 * 10 = 8 comes before learning_starts = 10
+    assert "no set update fits this run (the schedule ends (end=0.8 -> step 8) before it starts" in capsys.readouterr().out
     assert late.updater.num_updates == 0 and late.next_update_step is None  # the static run replaced the state
 
 
@@ -141,3 +142,17 @@ def test_continued_learn_with_same_arguments_is_silent_and_exact(capsys) -> None
     model.learn(100, callback=again, reset_num_timesteps=False)
     assert again.clock == [200, 250]  # 150 ran in the first call: no repeat, no skip
     assert capsys.readouterr().out == ""
+
+
+def test_a_schedule_that_ends_before_it_starts_is_said_once(capsys) -> None:
+    """It was said twice: a UserWarning pointing into SB3's callbacks.py, then the 'no update fits' line."""
+    import warnings
+
+    model = SAC("SparseMlpPolicy", "Pendulum-v1", learning_starts=500, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(300, callback=TopologyCallback(update_every=50, end=0.5))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "TopologyCallback" in line]
+    assert lines == ["TopologyCallback: no rigl update fits this run (the schedule ends (end=0.5 -> step 150) before it "
+                     "starts (step 500, learning_starts by default)): the topology stays as initialised; move end "
+                     "after start"]
