@@ -216,6 +216,11 @@ def resolve(spec: RunSpec) -> Resolved:
     policy = merged.get("policy", "MlpPolicy")
     sparsity = _sparsity(spec, policy_kwargs, policy, sources, notes)
     method = _method(spec, sparsity, topology)
+    if (sparsity > 0 and method != "dense" and sources.get("policy") == "-params" and policy in SPARSE_ALIASES
+            and spec.sparsity is None and sources.get("policy_kwargs") != "-params"):
+        raise ValueError(f"-params policy:{policy} asks for SB3's dense policy, but {origin} trains at sparsity "
+                         f"{sparsity:g}: for the dense baseline pass --sparsity 0; for a sparse run drop "
+                         f"policy:{policy} (or use {SPARSE_ALIASES[policy]})")
     if sparsity > 0 and method != "dense":
         policy_kwargs["sparsity"] = sparsity
         for key, value in (("backend", spec.backend), ("distribution", spec.distribution)):

@@ -70,6 +70,7 @@ def test_compare_report(runs, tmp_path, capsys):
     (["-params", "buffer_size:0"], "buffer_size must be an integer >= 1"),
     (["-params", "policy_kwargs:dict(net_arch=[8], distribution='gauss')"], "unknown distribution 'gauss'"),
     (["--method", "dense", "--sparsity", "0.9"], "--method dense trains the dense baseline"),
+    (["-params", "policy:MlpPolicy"], "-params policy:MlpPolicy asks for SB3's dense policy, but"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     assert train_main([*argv, "-f", str(tmp_path), "-n", "10"]) == 2
