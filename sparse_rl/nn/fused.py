@@ -54,7 +54,7 @@ def _plan(modules: list[nn.Module]) -> tuple[tuple[int, nn.Module, int], ...]:
 
 
 def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
 
 
 class SparseSequential(nn.Sequential):
@@ -89,12 +89,12 @@ class SparseSequential(nn.Sequential):
         if (not self.fused or type(input) is not _Tensor or compiler_state._is_compiling_flag or _is_jit_tracing()
                 or input.dim() != 2 or _module._global_forward_hooks or _module._global_forward_pre_hooks):
             return self._plain(input)
-        steps = self._steps()
-        for _, module, _ in steps:
+        modules = list(self._modules.values())
+        for module in modules:  # every child: a hook on a fused activation (dormant neurons) must see its output
             if _hooked(module) or (isinstance(module, SparseLayer) and module.capture_dense_grad):
                 return self._plain(input)
+        steps = self._steps()
         x = input
-        modules = list(self._modules.values())
         position = 0
         for i, (kind, module, act) in enumerate(steps):
             if kind == _SPARSE:  # feature-major output only for the next fused layer (torch's ops are slow on it)

@@ -255,6 +255,12 @@ def test_hooks_and_unsupported_inputs_take_the_plain_path() -> None:
     _check_mlp(net, 9, "with a hook")
     assert seen and seen[0] == (9, 300)
     handle.remove()
+    relus = [m for m in net if isinstance(m, nn.ReLU)]  # a hook on a fused activation (dormant-neuron measurement)
+    handle = relus[0].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    seen.clear()
+    _check_mlp(net, 9, "with a hook on an activation")
+    assert seen, "a forward hook on an activation the fused path would absorb must still run"
+    handle.remove()
     x = th.randn(2, 3, 17)  # 3-D: nn.Sequential's own path
     th.testing.assert_close(net(x), _densified(net)(x), atol=2e-5, rtol=1e-4)
     net.double()
