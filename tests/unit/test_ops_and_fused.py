@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch as th
@@ -29,6 +32,33 @@ def test_operators_build_wherever_the_ctypes_kernel_does() -> None:
         pytest.skip("no compiled kernel here at all")
     assert ops.available(), f"the sparse_rl operators did not build: {_build.ops_unavailable_reason()}"
 
+
+
+def test_operators_that_do_not_build_fall_back_to_ctypes_with_one_warning() -> None:
+    """No torch headers: the operators fail to build, the ctypes kernel serves the CPU backend, one warning line says so."""
+    if _build.load() is None:
+        pytest.skip("no compiled kernel here at all")
+    code = (
+        "import warnings, torch\n"
+        "from sparse_rl.nn.backends import _build, cpu, ops\n"
+        "_build._torch_flags = lambda: (['-I/nonexistent-torch-include'], [])\n"
+        "from sparse_rl.nn.layers import SparseLinear\n"
+        "from sparse_rl.nn import backends\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    layer = SparseLinear(64, 32, sparsity=0.5, backend='cpu')\n"
+        "    x = torch.randn(3, 64, requires_grad=True)\n"
+        "    layer(x).sum().backward(); layer(torch.randn(1, 64)); layer(torch.randn(1, 64))\n"
+        "    assert torch.allclose(layer(x), x @ layer.dense_weight().t() + layer.bias, atol=1e-5)\n"
+        "    print(backends.resolve('cpu', layer), ops.available(), type(cpu.CpuBackend().kernel(layer)).__name__)\n"
+        "print(sum('operators unavailable' in str(x.message) for x in w), len(w))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, SPARSE_RL_NO_OPS="0"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "cpu False _Kernel", lines
+    assert lines[-1] == "1 1", out.stdout
 
 needs_ops = pytest.mark.skipif(not ops.available(), reason="the sparse_rl operators did not build here")
 
