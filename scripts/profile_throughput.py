@@ -36,7 +36,10 @@ from bench_throughput import RESULTS, make_models  # noqa: E402
 UPDATE_EVERY = 1000
 # (category, how) -> predicate on a pstats key (file, line, function); "tot" sums own time, "cum" sums cumulative time
 CATEGORIES = [
-    ("sparse kernels", "tot", lambda f, fn: f.endswith("backends/cpu.py") and fn in ("_forward", "backward")),
+    # the ctypes path's forward and backward; the operators' forward (``torch.ops.sparse_rl.*``: their own time shows
+    # under torch/_ops.py) -- the operators' backward runs inside the autograd engine, so it counts as autograd backward
+    ("sparse kernels", "tot", lambda f, fn: f.endswith("backends/cpu.py") and fn in ("_forward", "backward")
+     or f.endswith("torch/_ops.py") and fn == "__call__"),
     ("dense matmuls (fwd)", "tot", lambda f, fn: fn in ("<built-in method torch._C._nn.linear>",)),
     ("autograd backward", "tot", lambda f, fn: fn == "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
     ("optimizer", "cum", lambda f, fn: f.endswith("torch/optim/adam.py") and fn == "step"
