@@ -1,9 +1,13 @@
-"""Benchmark the sparse kernel backends against dense ``nn.Linear`` (not a test).
+"""Benchmark the sparse kernel backends against dense ``nn.Linear``, with SparseProp beside them (not a test).
 
 Speedup = dense median time / sparse median time, for the forward (under ``torch.no_grad()``, i.e. acting) and for
 forward + backward (gradients to input, values and bias, as in training). Shapes are ``in x out``. All
 implementations of a cell are interleaved in rounds inside one run and medians are reported, so machine noise hits
-them alike. Writes ``scripts/results/bench_kernels.json`` and ``.md`` (the exact command is at the top of the .md).
+them alike. With one thread the clock is the thread's CPU time (``--clock cpu``, the default): time slices lost to
+other processes on a shared machine do not count; with more threads it is wall time. When SparseProp (Nikdan et al.,
+ICML 2023, ``pip install sparseprop`` or the ``bench`` extra) is installed, its ``SparseLinear`` on the same mask is
+timed in the same rounds. Writes ``scripts/results/bench_kernels.json`` and ``.md`` (the exact command is at the top
+of the .md).
 
     python scripts/bench_kernels.py                 # full grid, 1 and 2 threads
     python scripts/bench_kernels.py --quick         # target cells only, 1 thread, a couple of minutes
@@ -13,6 +17,7 @@ them alike. Writes ``scripts/results/bench_kernels.json`` and ``.md`` (the exact
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import shlex
@@ -33,7 +38,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ["17x256", "256x256", "1024x1024", "2048x2048", "3136x512"]
 # (kind, shape, batch, sparsity, minimum speedup) at 1 thread
 TARGETS = [("fwd+bwd", "256x256", 256, 0.9, 4.0), ("fwd+bwd", "1024x1024", 256, 0.9, 6.0),
-           ("fwd+bwd", "1024x1024", 256, 0.99, 25.0), ("fwd", "256x256", 1, 0.9, 1.0), ("fwd", "1024x1024", 1, 0.9, 2.0)]
+           ("fwd+bwd", "1024x1024", 256, 0.99, 25.0), ("fwd", "256x256", 1, 0.9, 1.5), ("fwd", "1024x1024", 1, 0.9, 3.0)]
+SPARSEPROP = "sparseprop"
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+_clock = [time.perf_counter]
 
 
 def _reps(fn: Callable[[], object], min_s: float) -> int:
@@ -46,10 +54,22 @@ def _reps(fn: Callable[[], object], min_s: float) -> int:
 
 
 def _measure(fn: Callable[[], object], reps: int) -> float:
-    start = time.perf_counter()
+    now = _clock[0]
+    start = now()
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - start) / reps
+    return (now() - start) / reps
+
+
+def _sparseprop_layer(layer: SparseLinear) -> nn.Module:
+    """SparseProp's ``SparseLinear`` holding the same weights (its float32 CSR built from the dense weight)."""
+    from sparseprop.modules import SparseLinear as SpLinear
+
+    with th.no_grad():
+        dense = nn.Linear(layer.in_features, layer.out_features)
+        dense.weight.copy_(layer.dense_weight())
+        dense.bias.copy_(layer.bias)
+    return SpLinear.from_dense(dense)
 
 
 def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[str], rounds: int,
@@ -57,7 +77,10 @@ def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[s
     """Median seconds of every implementation for one cell, interleaved in rounds."""
     th.manual_seed(0)
     dense = nn.Linear(n_in, n_out)
-    sparse = {name: SparseLinear(n_in, n_out, sparsity=sparsity, backend=name) for name in names}
+    sparse: dict[str, nn.Module] = {name: SparseLinear(n_in, n_out, sparsity=sparsity, backend=name)
+                                    for name in names if name != SPARSEPROP}
+    if SPARSEPROP in names:
+        sparse[SPARSEPROP] = _sparseprop_layer(sparse[names[0]])  # type: ignore[arg-type]
     x = th.randn(batch, n_in)
     xg = x.clone().requires_grad_(True)
     g = th.randn(batch, n_out)
@@ -90,9 +113,10 @@ def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[s
     out = {"shape": f"{n_in}x{n_out}", "in": n_in, "out": n_out, "batch": batch, "sparsity": sparsity,
            "dense_bytes": dense_bytes, "impl": {}}
     for name in names:
+        stored = sparse[names[0]].stored_bytes() if name == SPARSEPROP else sparse[name].stored_bytes()  # type: ignore[operator]
         out["impl"][name] = {
-            "stored_bytes": sparse[name].stored_bytes(),
-            "stored_frac": sparse[name].stored_bytes() / dense_bytes,
+            "stored_bytes": stored,
+            "stored_frac": stored / dense_bytes,
             "fwd_us": med[("fwd", name)] * 1e6, "fwd_dense_us": med[("fwd", "dense")] * 1e6,
             "fwd_speedup": med[("fwd", "dense")] / med[("fwd", name)],
             "fb_us": med[("fwd+bwd", name)] * 1e6, "fb_dense_us": med[("fwd+bwd", "dense")] * 1e6,
@@ -103,21 +127,37 @@ def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[s
 
 def _markdown(command: str, meta: dict, rows: list[dict], names: list[str]) -> str:
     lines = [f"Command: `{command}`", "", f"Machine: {meta['machine']}; torch {meta['torch']}; "
-             f"{meta['rounds']} interleaved rounds, medians; speedup = dense `nn.Linear` time / sparse time; "
-             "shape = in x out; fwd is under `torch.no_grad()`; fwd+bwd computes grads to input, weights and bias.", ""]
+             f"{meta['rounds']} interleaved rounds, medians; clock: {meta.get('clock', 'wall')} (1 thread; wall above); "
+             "speedup = dense `nn.Linear` time / sparse time; shape = in x out; fwd is under `torch.no_grad()`; "
+             "fwd+bwd computes grads to input, weights and bias.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}", ""]
     target_rows = []
+    peer = SPARSEPROP in names
     for kind, shape, batch, sparsity, need in TARGETS:
         for r in rows:
             if r["threads"] == 1 and r["shape"] == shape and r["batch"] == batch and r["sparsity"] == sparsity:
-                got = r["impl"][names[0]]["fwd_speedup" if kind == "fwd" else "fb_speedup"]
-                verdict = "met" if got >= need else "MISSED"
-                target_rows.append(f"| {kind} | {shape} | {batch} | {sparsity} | >= {need}x | {got:.2f}x | {verdict} |")
+                key = "fwd_speedup" if kind == "fwd" else "fb_speedup"
+                got = r["impl"][names[0]][key]
+                verdict = "met" if got >= need else f"MISSED by {100 * (1 - got / need):.0f} %"
+                theirs = f" {r['impl'][SPARSEPROP][key]:.2f}x |" if peer else ""
+                target_rows.append(f"| {kind} | {shape} | {batch} | {sparsity} | >= {need}x | {got:.2f}x |{theirs} "
+                                   f"{verdict} |")
     if target_rows:
         lines += [f"## Targets (1 thread, backend `{names[0]}`)", "",
-                  "| kind | shape | batch | sparsity | target | measured | |", "|---|---|---|---|---|---|---|",
-                  *target_rows, ""]
+                  "| kind | shape | batch | sparsity | target | measured |" + (" SparseProp |" if peer else "") + " |",
+                  "|---|---|---|---|---|---|" + ("---|" if peer else "") + "---|", *target_rows, ""]
+    if peer:
+        lines += [f"## `{names[0]}` vs SparseProp (speed-up over dense, same mask, same rounds)", "",
+                  "| threads | shape | sparsity | batch | fwd ours | fwd SparseProp | fwd+bwd ours | fwd+bwd SparseProp "
+                  "| ahead |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            a, b = r["impl"][names[0]], r["impl"][SPARSEPROP]
+            ahead = "yes" if a["fwd_speedup"] > b["fwd_speedup"] and a["fb_speedup"] > b["fb_speedup"] else "NO"
+            lines.append(f"| {r['threads']} | {r['shape']} | {r['sparsity']} | {r['batch']} | {a['fwd_speedup']:.2f} | "
+                         f"{b['fwd_speedup']:.2f} | {a['fb_speedup']:.2f} | {b['fb_speedup']:.2f} | {ahead} |")
+        lines.append("")
     for name in names:
         lines += [f"## Backend `{name}`", "", "| threads | shape | sparsity | batch | fwd dense us | fwd sparse us | fwd x "
                   "| fwd+bwd dense us | fwd+bwd sparse us | fwd+bwd x | stored bytes (% of dense) |",
@@ -139,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 32 256)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=None, help="default 0.8 0.9 0.95 0.99")
     parser.add_argument("--backends", nargs="+", default=["cpu"], help="sparse backends to time (first is the headline)")
+    parser.add_argument("--no-sparseprop", action="store_true", help="leave SparseProp out even when it is installed")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: the thread's CPU time at 1 thread (default, robust on a shared machine); wall")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per cell (median reported)")
     parser.add_argument("--min-time", type=float, default=0.01, help="seconds per single measurement")
     parser.add_argument("--out", default=str(RESULTS / "bench_kernels"), help="output path without extension")
@@ -161,18 +204,22 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.backends:
         if not backends.get(name).available("cpu"):
             parser.error(f"backend {name!r} is not available on this machine")
+    names = list(args.backends)
+    if not args.no_sparseprop and importlib.util.find_spec(SPARSEPROP) is not None:
+        names.append(SPARSEPROP)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     meta = {"machine": f"{platform.processor() or platform.machine()}, {th.get_num_threads()} torch threads available",
-            "torch": th.__version__, "rounds": args.rounds, "command": command, "note": args.note}
+            "torch": th.__version__, "rounds": args.rounds, "command": command, "note": args.note, "clock": args.clock}
     rows = []
     start = time.time()
     for n_threads in threads:
         th.set_num_threads(n_threads)
+        _clock[0] = CLOCKS[args.clock] if n_threads == 1 else time.perf_counter  # others' CPU time is not on this clock
         for shape in shapes:
             n_in, n_out = (int(v) for v in shape.lower().split("x"))
             for sparsity in sparsities:
                 for batch in batches:
-                    row = {"threads": n_threads, **bench_cell(n_in, n_out, batch, sparsity, args.backends, args.rounds,
+                    row = {"threads": n_threads, **bench_cell(n_in, n_out, batch, sparsity, names, args.rounds,
                                                                args.min_time)}
                     rows.append(row)
                     m = row["impl"][args.backends[0]]
@@ -183,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    md = _markdown(command, meta, rows, args.backends)
+    md = _markdown(command, meta, rows, names)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
 

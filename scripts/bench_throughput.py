@@ -40,10 +40,16 @@ def make_models(width: int, sparsity: float, warmup: int, seed: int,
     return {"dense": (dense, None), "sparse": (sparse, callback)}
 
 
-def time_chunk(model: SAC, callback: object, steps: int) -> float:
-    started = time.perf_counter()
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def time_chunk(model: SAC, callback: object, steps: int, clock: str = "cpu") -> float:
+    """Steps per second of ``steps`` more training steps, by the thread's CPU time (``"cpu"``: immune to time slices
+    lost to other processes on a shared machine; training runs on this one thread) or by wall time."""
+    now = CLOCKS[clock]
+    started = now()
     model.learn(steps, callback=callback, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - started)
+    return steps / (now() - started)
 
 
 def main() -> int:
@@ -55,34 +61,48 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=300, help="steps before timing (learning_starts + first updates)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distribution", default="erk", help="sparsity distribution of the sparse model (erk, uniform, er)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: the thread's CPU time (default; robust on a shared machine), wall: elapsed time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the wall clock is used above 1)")
     parser.add_argument("--out", default="bench_throughput", help="results file name in scripts/results (no suffix)")
     args = parser.parse_args()
-    th.set_num_threads(1)
+    th.set_num_threads(args.threads)
+    clock = "wall" if args.threads > 1 else args.clock  # other threads' CPU time is not on this thread's clock
+    models: dict[tuple[int, str], tuple[SAC, object]] = {}
+    for width in args.widths:  # every model is built and warmed up first, then all are timed in the same rounds
+        for name, pair in make_models(width, args.sparsity, args.warmup // 2, args.seed, args.distribution).items():
+            pair[0].learn(args.warmup, callback=pair[1])  # fill the buffer, build caches, compile kernels
+            models[(width, name)] = pair
+    speeds: dict[tuple[int, str], list[float]] = {key: [] for key in models}
+    for round_ in range(args.rounds):  # interleaved: every model sees the same machine state
+        for key, (model, callback) in models.items():
+            speeds[key].append(time_chunk(model, callback, args.chunk, clock))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {w}: {speeds[(w, n)][-1]:.1f}" for w, n in models), flush=True)
+    median = {key: statistics.median(values) for key, values in speeds.items()}
     rows = []
     for width in args.widths:
-        models = make_models(width, args.sparsity, args.warmup // 2, args.seed, args.distribution)
-        for model, callback in models.values():
-            model.learn(args.warmup, callback=callback)  # fill the buffer, build caches, compile kernels
-        speeds: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(args.rounds):  # interleaved: both models see the same machine state
-            for name, (model, callback) in models.items():
-                speeds[name].append(time_chunk(model, callback, args.chunk))
-        dense, sparse = statistics.median(speeds["dense"]), statistics.median(speeds["sparse"])
-        report = sparsity_report(models["sparse"][0])["total"]
+        dense, sparse = median[(width, "dense")], median[(width, "sparse")]
+        report = sparsity_report(models[(width, "sparse")][0])["total"]
         rows.append({"width": width, "dense_steps_per_s": dense, "sparse_steps_per_s": sparse, "speedup": sparse / dense,
                      "density": report["density"], "nnz": report["nnz"], "numel": report["numel"],
-                     "dense_runs": speeds["dense"], "sparse_runs": speeds["sparse"]})
+                     "dense_runs": speeds[(width, "dense")], "sparse_runs": speeds[(width, "sparse")]})
         print(f"width {width}: dense {dense:.1f} steps/s, sparse {sparse:.1f} steps/s, speedup {sparse / dense:.2f}x "
               f"(density {report['density']:.3f})", flush=True)
+    cross = [{"sparse_width": w, "dense_width": d, "ratio": median[(w, "sparse")] / median[(d, "dense")]}
+             for w in args.widths for d in args.widths if d < w]
     command = " ".join(["python", "scripts/bench_throughput.py", *sys.argv[1:]])
-    lines = [f"Command: `{command}` (SAC HalfCheetah-v4, one torch thread, median of {args.rounds} interleaved rounds of "
-             f"{args.chunk} steps; sparsity distribution {args.distribution})", "",
-             "| net_arch | dense steps/s | sparse steps/s | sparse / dense | policy density |", "|---|---|---|---|---|"]
+    lines = [f"Command: `{command}` (SAC HalfCheetah-v4, {args.threads} torch thread(s), {clock} clock, median of "
+             f"{args.rounds} interleaved rounds of {args.chunk} steps per model; sparsity distribution {args.distribution})",
+             "", "| net_arch | dense steps/s | sparse steps/s | sparse / dense | policy density |", "|---|---|---|---|---|"]
     lines += [f"| [{r['width']}, {r['width']}] | {r['dense_steps_per_s']:.1f} | {r['sparse_steps_per_s']:.1f} | "
               f"{r['speedup']:.2f}x | {r['density']:.3f} |" for r in rows]
+    if cross:
+        lines += ["", "| sparse net_arch vs dense net_arch | steps/s ratio |", "|---|---|"]
+        lines += [f"| [{c['sparse_width']}]² sparse vs [{c['dense_width']}]² dense | {c['ratio']:.2f}x |" for c in cross]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "clock": clock, "threads": args.threads,
+                                                           "rows": rows, "cross": cross}, indent=2))
     print("\n".join(lines))
     return 0
 

@@ -36,6 +36,9 @@ from bench_throughput import RESULTS, make_models  # noqa: E402
 UPDATE_EVERY = 1000
 # (category, how) -> predicate on a pstats key (file, line, function); "tot" sums own time, "cum" sums cumulative time
 CATEGORIES = [
+    # the ctypes path's forward and backward only: with the operators (``torch.ops.sparse_rl.*``) cProfile does not
+    # see the kernels' forward as a call of its own (it lands in ``other``), and their backward runs inside the autograd
+    # engine (``autograd backward``)
     ("sparse kernels", "tot", lambda f, fn: f.endswith("backends/cpu.py") and fn in ("_forward", "backward")),
     ("dense matmuls (fwd)", "tot", lambda f, fn: fn in ("<built-in method torch._C._nn.linear>",)),
     ("autograd backward", "tot", lambda f, fn: fn == "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
@@ -82,6 +85,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60, help="profiled environment steps per model")
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="profile_throughput", help="results file name in scripts/results (no suffix)")
     args = parser.parse_args()
     th.set_num_threads(1)
     rows = []
@@ -115,8 +119,8 @@ def main() -> int:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "One RigL update: " + ", ".join(f"{r['sparse_update_ms']:.0f} ms at width {r['width']}" for r in rows)]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profile_throughput.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "profile_throughput.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     print("\n".join(lines))
     return 0
 

@@ -96,6 +96,7 @@ class SparseLayer(nn.Module):
         self.register_buffer("indptr", indptr.to(device=device))
         self.topology_version = 0
         self._cache: dict[str, tuple[Any, Any]] = {}
+        self._fast: Any = None  # a kernel backend's handles for the lean call path (see SparseLinear.forward)
         self.capture_dense_grad = False
         self.dense_grad: th.Tensor | None = None
 
@@ -132,14 +133,10 @@ class SparseLayer(nn.Module):
         return 1.0 - self.density
 
     def row_indices(self) -> th.Tensor:
-        """Row of each stored value, ``[nnz]`` int64 (cached per topology)."""
-
-        def build() -> th.Tensor:
-            counts = (self.indptr[1:] - self.indptr[:-1]).long()
-            rows = th.arange(self.matrix_shape[0], device=self.indptr.device)
-            return th.repeat_interleave(rows, counts, output_size=self.nnz)  # a known size: works on meta / fake tensors
-
-        return self.cached("rows", build)
+        """Row of each stored value, ``[nnz]`` int64 (computed on each call: 8 bytes per nonzero are not worth keeping)."""
+        counts = (self.indptr[1:] - self.indptr[:-1]).long()
+        rows = th.arange(self.matrix_shape[0], device=self.indptr.device)
+        return th.repeat_interleave(rows, counts, output_size=self.nnz)  # a known size: works on meta / fake tensors
 
     def flat_indices(self) -> th.Tensor:
         """Position of each stored value in the flattened dense matrix, ``[nnz]`` int64 (cached per topology)."""
@@ -191,11 +188,22 @@ class SparseLayer(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         """Pickle / deepcopy without the derived caches (they may hold kernel handles); they are rebuilt on use."""
         state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
-        return {**state, "_cache": {}}
+        return {**state, "_cache": {}, "_fast": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({"_fast": None, **state})  # type: ignore[no-untyped-call]
 
     def _topology_changed(self) -> None:
         self.topology_version += 1
         self._cache.clear()
+        self._fast = None
+
+    def _apply(self, fn: Callable[[th.Tensor], th.Tensor], recurse: bool = True) -> SparseLayer:
+        """``.to()`` / ``.double()`` / ``.cuda()``...: the derived caches are dropped (rebuilt for the new tensors)."""
+        module: SparseLayer = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self._cache.clear()
+        self._fast = None
+        return module
 
     # ------------------------------------------------------------------------------------------------ rewiring
     def rewire(self, new_mask: th.Tensor, source: th.Tensor, grown_values: th.Tensor | None = None) -> None:

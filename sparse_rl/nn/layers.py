@@ -23,6 +23,22 @@ from sparse_rl.nn.backends.traceable import _is_jit_tracing, _Tensor, compiler_s
 from sparse_rl.nn.base import InitScale, SparseLayer, SparseWeightMixin, init_bound
 from sparse_rl.nn.masks import check_sparsity, random_mask
 
+
+def _spmm_op(*args: Any) -> th.Tensor:
+    """``torch.ops.sparse_rl.spmm`` (bound on first use: the operators load with the CPU backend)."""
+    global _spmm_op
+    _spmm_op = th.ops.sparse_rl.spmm.default
+    out: th.Tensor = _spmm_op(*args)
+    return out
+
+
+def _linear_op(*args: Any) -> th.Tensor:
+    """``torch.ops.sparse_rl.linear`` (bound on first use)."""
+    global _linear_op
+    _linear_op = th.ops.sparse_rl.linear.default
+    out: th.Tensor = _linear_op(*args)
+    return out
+
 __all__ = [
     "InitScale", "SparseConv2d", "SparseLayer", "SparseLinear", "SparseWeightMixin", "check_sparsity", "random_mask",
 ]
@@ -112,6 +128,19 @@ class SparseLinear(SparseLayer):
         """
         if type(inputs) is not _Tensor or compiler_state._is_compiling_flag or _is_jit_tracing():  # is_tracing, inlined
             return self._maybe_capture(inputs, traceable.linear(self, inputs))
+        fast = self._fast  # the CPU operators' arguments, set by the backend on a first call of this topology
+        if (fast is not None and fast.version == self.topology_version and fast.backend == self.backend
+                and inputs.dtype == fast.dtype and inputs.dim() == 2 and inputs.shape[0] and not self.capture_dense_grad):
+            params = self._parameters  # the dict, not nn.Module.__getattr__: this runs on every batch-1 call
+            values, bias = params["values"], params["bias"]
+            if th.is_grad_enabled() and (inputs.requires_grad or values.requires_grad  # type: ignore[union-attr]
+                                         or (bias is not None and bias.requires_grad)):
+                csc = fast.csc()
+                out: th.Tensor = _linear_op(inputs, values, bias, fast.indptr, fast.indices, fast.blocks, csc.colptr,
+                                            csc.rowidx, csc.perm, csc.cblocks, 0, False)
+                return out
+            out = _spmm_op(inputs, values, bias, fast.indptr, fast.indices, fast.blocks, 0, False)
+            return out
         return self._maybe_capture(inputs, backends.get(self._backend_name()).linear(self, inputs))
 
     def _dense_grad_from(self, inputs: th.Tensor, grad_output: th.Tensor) -> th.Tensor:

@@ -20,6 +20,7 @@ import torch as th
 from torch import nn
 
 from sparse_rl.nn import backends
+from sparse_rl.nn.fused import fuse_sequentials
 from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear, random_mask
 from sparse_rl.topology.distributions import DISTRIBUTIONS, check_sparsity, constant_fan_in_nnz, layer_nnz
 
@@ -238,6 +239,7 @@ def sparsify(
             layer = _make_sparse(module, mask.view(shapes[name]), config.init_scale, config.backend)
             _replace(net, name[len(prefix) + 1:] if prefix else name, layer)
             built[name] = layer
+    fuse_sequentials(net)  # sparse MLPs run fused (feature-major, bias and activation in the kernel); same modules
     return built
 
 
@@ -277,6 +279,7 @@ def rebuild_sparse_layers(net: nn.Module, layout: dict[str, int], init_scale: st
         shape = _weight_shape(module)
         mask = random_mask(shape[0], math.prod(shape[1:]), int(nnz), False, generator)
         _replace(net, name, _make_sparse(module, mask.view(shape), init_scale, backend))
+    fuse_sequentials(net)
 
 
 def sparse_orthogonal_(layer: SparseLayer, gain: float = 1.0) -> None:

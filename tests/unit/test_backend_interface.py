@@ -119,8 +119,10 @@ def test_load_falls_back_with_one_warning_on_an_abi_mismatch():
 @needs_kernel
 def test_entry_points_reject_bad_arguments_with_a_status():
     lib = _build.load()
+    from sparse_rl.nn.backends.cpu import _Kernel
+
     layer = SparseLinear(8, 4, sparsity=0.5)
-    kern = backends.get("cpu").kernel(layer)
+    kern = _Kernel(layer, lib)  # the ctypes handles (the backend itself runs the PyTorch operators when they build)
     x, y, scratch, dx = th.randn(2, 8), th.empty(2, 4), th.empty(16), th.empty(2, 8)  # alive while the kernel runs
     args = dict(weight=kern.csr_address, dtype=_abi.FLOAT32, values=layer.values.data_ptr(), bias=None, x=x.data_ptr(),
                 batch=2, x_stride_batch=8, x_stride_feature=1, x_chunked=scratch.data_ptr(), y=y.data_ptr(), threads=1)

@@ -165,7 +165,8 @@ def test_parity_column_blocked(dtype: th.dtype, batch: int) -> None:
     kern = backends.get("cpu").kernel(layer)
     if kern is None:
         pytest.skip("compiled kernel unavailable")
-    assert kern.nblk > 1 and kern.csc().blocks is not None and kern.csc().nblk > 1
+    csc = kern.csc()  # the operators' Topology (cblocks) or the ctypes structs (blocks, nblk)
+    assert kern.nblk > 1 and getattr(csc, "cblocks", getattr(csc, "blocks", None)) is not None
     check_parity(layer, "cpu", th.randn(batch, 1100, dtype=dtype))
     threads = th.get_num_threads()
     th.set_num_threads(2)

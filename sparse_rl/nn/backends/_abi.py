@@ -13,7 +13,7 @@ import ctypes
 
 import torch as th
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 """Version of the interface this module mirrors (``SRL_ABI_VERSION`` in the C source)."""
 
 # dtype codes (the C enum): never 0, so a field left unset is caught by the kernel
@@ -44,8 +44,8 @@ class ForwardArgs(ctypes.Structure):
 
     ``weight`` is the address of a :class:`Csr`; ``dtype`` (:data:`FLOAT32` or :data:`FLOAT64`) types ``values``,
     ``bias`` (``None`` for none), ``x`` (``[batch, cols]`` with strides ``x_stride_batch``, ``x_stride_feature`` in
-    elements), ``x_chunked`` (``[batch * cols]``, receives x chunked feature-major; ``None`` when x is one contiguous
-    row) and ``y`` (contiguous). ``threads``: at most this many OpenMP threads.
+    elements), ``x_chunked`` (``[batch * cols]``, receives x feature-major; ``None`` when x is feature-major already:
+    batch stride 1, or one row) and ``y`` (contiguous). ``threads``: at most this many OpenMP threads.
     """
 
     _fields_ = [("weight", _ptr), ("dtype", _i64), ("values", _ptr), ("bias", _ptr), ("x", _ptr), ("batch", _i64),
@@ -57,8 +57,9 @@ class BackwardArgs(ctypes.Structure):
     """``srl_backward_args``: the gradients of ``y = x W^T + bias`` given ``dy [batch, rows]``.
 
     ``weight_t`` is the address of the CSC layout (a :class:`Csr` of ``W^T`` with int32 indices and ``perm``), needed
-    for ``dx``. The input is ``x_chunked`` (as saved by the forward) or, for one contiguous row, ``x`` itself.
-    ``dy_chunked`` is scratch for ``dy`` chunked (``None`` when dy is one contiguous row). Outputs ``dx [batch, cols]``,
+    for ``dx``. The input is ``x_chunked`` (feature-major, as saved by the forward) or, when the forward read it in
+    place, ``x`` itself with its strides. ``dy_chunked`` is scratch for ``dy`` feature-major (``None`` when it is
+    feature-major already). Outputs ``dx [batch, cols]``,
     ``dvalues [nnz]`` and ``dbias [rows]`` are skipped when ``None``.
     """
 

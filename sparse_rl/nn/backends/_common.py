@@ -46,26 +46,33 @@ def dense_conv2d(layer: SparseConv2d, inputs: th.Tensor) -> th.Tensor:
     return F.conv2d(inputs, dense_weight(layer), layer.bias, **layer.conv_kwargs())
 
 
-def csc_layout(layer: SparseLayer) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-    """``(colptr, rowidx, perm)`` of the layer's matrix in CSC order, int64, cached per topology.
+def csc_arrays(layer: SparseLayer, dtype: th.dtype = th.long) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """``(colptr, rowidx, perm)`` of the layer's matrix in CSC order, computed now (not cached), of ``dtype``.
 
     ``perm[k]`` is the CSR slot of the k-th CSC entry, so ``values[perm]`` are the CSC values (i.e. the CSR values of
     the transposed matrix).
 
     :param layer: a sparse layer
+    :param dtype: integer dtype of the three arrays (the int64 intermediates are freed on return)
     :return: ``colptr [cols + 1]``, ``rowidx [nnz]``, ``perm [nnz]``
     """
+    rows, cols = layer.matrix_shape
+    counts = (layer.indptr[1:] - layer.indptr[:-1]).long()
+    row_of = th.repeat_interleave(th.arange(rows, device=counts.device), counts, output_size=layer.nnz)
+    col_of = layer.indices.long()
+    perm = th.sort(col_of * rows + row_of).indices
+    colptr = th.zeros(cols + 1, dtype=th.long, device=col_of.device)
+    colptr[1:] = th.bincount(col_of, minlength=cols).cumsum(0)
+    return colptr.to(dtype), row_of[perm].to(dtype), perm.to(dtype)
 
-    def build() -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        rows, cols = layer.matrix_shape
-        row_of = layer.row_indices()
-        col_of = layer.indices.long()
-        perm = th.sort(col_of * rows + row_of).indices
-        colptr = th.zeros(cols + 1, dtype=th.long, device=col_of.device)
-        colptr[1:] = th.bincount(col_of, minlength=cols).cumsum(0)
-        return colptr, row_of[perm], perm
 
-    return layer.cached("csc", build)
+def csc_layout(layer: SparseLayer) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """:func:`csc_arrays` in int64, cached per topology (the ``torch_csr`` backend's layout).
+
+    :param layer: a sparse layer
+    :return: ``colptr [cols + 1]``, ``rowidx [nnz]``, ``perm [nnz]``
+    """
+    return layer.cached("csc", lambda: csc_arrays(layer))
 
 
 def flatten_inputs(layer: SparseLayer, inputs: th.Tensor) -> tuple[th.Tensor, tuple[int, ...]]:

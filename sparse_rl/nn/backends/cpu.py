@@ -1,23 +1,27 @@
-"""Compiled CPU backend: C++ CSR kernels (``csrc/csr_kernels.cpp``) called through ctypes.
+"""Compiled CPU backend: the C++ CSR kernels (``csrc/csr_core.h``), as PyTorch operators or through ctypes.
 
 Forward, gradient to the inputs (through a cached CSC layout), gradient to the values and the bias all run in the
 kernel, single- or multi-threaded following ``torch.get_num_threads()``. Calls that need no gradient (acting under
 ``torch.no_grad()``) skip autograd and go straight to the kernel, so batch-1 calls cost little more than the kernel.
-Each call hands the kernel one struct of named fields (:mod:`sparse_rl.nn.backends._abi`); the matrix structs are built
-once per topology.
+
+The kernels are called as the operators ``torch.ops.sparse_rl.*`` (:mod:`sparse_rl.nn.backends.ops`: one dispatcher
+call, autograd in C++) when they build; otherwise through ctypes, each call handing the kernel one struct of named
+fields (:mod:`sparse_rl.nn.backends._abi`; the matrix structs are built once per topology).
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import TYPE_CHECKING, Any, Union
 
 import torch as th
 
-from sparse_rl.nn.backends import _abi, _build
-from sparse_rl.nn.backends._common import csc_layout
+from sparse_rl.nn.backends import _abi, _build, ops
+from sparse_rl.nn.backends._common import csc_arrays
 from sparse_rl.nn.backends.base import KernelBackend
+from sparse_rl.nn.backends.ops import column_blocks
 
 if TYPE_CHECKING:
     from sparse_rl.nn.base import SparseLayer
@@ -25,42 +29,12 @@ if TYPE_CHECKING:
 
 _local = threading.local()
 _csc_lock = threading.Lock()
-BLOCK_COLUMNS = 256  # columns per block: with a 64-wide batch chunk, a 64 KiB slice of the input (measured best of 64-512)
-MIN_BLOCK_ENTRIES = 8  # fewer entries per row per block on average and re-reading partial sums outweighs the gain
-
-
-def column_blocks(indptr: th.Tensor, indices: th.Tensor, rows: int, cols: int) -> tuple[th.Tensor | None, int]:
-    """Where each row's entries of each column block start: int32 ``[(nblk + 1) * rows]`` and ``nblk``.
-
-    Entry ``c * rows + r`` is the first slot of row ``r`` with column ``>= c * width`` (the last block ends at
-    ``indptr[r + 1]``). The kernel then sweeps one column block at a time over a group of rows, so the block's slice
-    of the input stays in cache while every row of the group uses it (a cache-blocked SpMM). ``(None, 0)`` when
-    blocks would hold too few entries to pay, or when the columns are not sorted within rows.
-
-    :param indptr: ``[rows + 1]`` row pointers (CPU)
-    :param indices: ``[nnz]`` column of each entry (CPU)
-    :param rows: rows of the matrix
-    :param cols: columns of the matrix
-    """
-    nnz = indices.numel()
-    nblk = min(-(-cols // BLOCK_COLUMNS), nnz // max(1, MIN_BLOCK_ENTRIES * rows))
-    if nblk < 2:
-        return None, 0
-    width = -(-cols // nblk)
-    counts = (indptr[1:] - indptr[:-1]).long()
-    row_of = th.repeat_interleave(th.arange(rows), counts)
-    cols_of = indices.long()
-    if nnz > 1 and not bool(((cols_of[1:] > cols_of[:-1]) | (row_of[1:] != row_of[:-1])).all()):
-        return None, 0
-    per_block = th.bincount(row_of * nblk + cols_of // width, minlength=rows * nblk).view(rows, nblk)
-    starts = th.zeros(rows, nblk + 1, dtype=th.long)
-    starts[:, 1:] = per_block.cumsum(1)
-    starts += indptr[:-1].long().unsqueeze(1)
-    return starts.t().contiguous().to(th.int32).reshape(-1), nblk
+__all__ = ["CpuBackend", "column_blocks"]
 
 
 class _Kernel:
-    """Per-topology handles (kept in ``layer.cached``): the matrix structs, the tensors they point into, the dtype code."""
+    """Per-topology ctypes handles (kept in ``layer.cached``): the matrix structs, the tensors they point into, the dtype
+    code (the fallback path, when the operators do not build)."""
 
     def __init__(self, layer: SparseLayer, lib: ctypes.CDLL) -> None:
         self.forward_entry, self.backward_entry = lib.srl_forward, lib.srl_backward
@@ -83,7 +57,7 @@ class _Kernel:
             with _csc_lock:  # built once, even when two threads train through the same layer
                 if self._csc is None:
                     assert self._layer is not None
-                    colptr, rowidx, perm = (t.to(th.int32) for t in csc_layout(self._layer))
+                    colptr, rowidx, perm = csc_arrays(self._layer, th.int32)
                     blocks, nblk = column_blocks(colptr, rowidx, self.cols, self.rows)
                     self._csc_tensors = (colptr, rowidx, perm, blocks)  # the struct points into them
                     self._csc = _abi.Csr(indptr=colptr.data_ptr(), indices=rowidx.data_ptr(), perm=perm.data_ptr(),
@@ -109,15 +83,15 @@ def _scratch(numel: int, dtype: th.dtype, slot: str) -> th.Tensor:
 
 
 def _chunk_buffer(t: th.Tensor, n: int, slot: str) -> th.Tensor | None:
-    """Scratch for the chunked feature-major copy of ``t [B, n]``, or None when ``t`` already is one (one row)."""
-    batch, (_, stride) = t.shape[0], t.stride()
-    return None if batch == 1 and (stride == 1 or n == 1) else _scratch(n * batch, t.dtype, slot)
+    """Scratch for the feature-major copy of ``t [B, n]``, or None when ``t`` is feature-major already (or one row)."""
+    batch, (stride, _) = t.shape[0], t.stride()
+    return None if batch == 1 or stride == 1 else _scratch(n * batch, t.dtype, slot)
 
 
 def _forward(
     kern: _Kernel, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None, keep: bool
 ) -> tuple[th.Tensor, th.Tensor | None]:
-    """Run the forward kernel: ``(y [B, rows], xt)``, xt the chunked input when it had to be built.
+    """Run the forward kernel: ``(y [B, rows], xt)``, xt the feature-major input when it had to be built.
 
     ``keep``: xt is saved for the backward (a fresh tensor, as large as x), else it lives in a scratch buffer.
     """
@@ -154,13 +128,14 @@ class _LinearFn(th.autograd.Function):
         batch = grad_out.shape[0]
         sb, sj = grad_out.stride()
         x, xt = (None, saved_x) if ctx.chunked else (saved_x, None)
+        xsb, xsj = (0, 0) if x is None else x.stride()
         dx = th.empty(batch, kern.cols, dtype=values.dtype) if need_x else None
         dv = th.empty_like(values) if need_v else None
         db = th.empty(kern.rows, dtype=values.dtype) if need_b and ctx.has_bias else None
         args = _abi.BackwardArgs(
             weight=kern.csr_address, weight_t=ctypes.addressof(kern.csc()) if need_x else None, dtype=kern.dtype_code,
             values=values.data_ptr(), dy=grad_out.data_ptr(), batch=batch, dy_stride_batch=sb, dy_stride_feature=sj,
-            dy_chunked=_ptr(_chunk_buffer(grad_out, kern.rows, "dy")), x=_ptr(x), x_stride_batch=0, x_stride_feature=0,
+            dy_chunked=_ptr(_chunk_buffer(grad_out, kern.rows, "dy")), x=_ptr(x), x_stride_batch=xsb, x_stride_feature=xsj,
             x_chunked=_ptr(xt), dx=_ptr(dx), dvalues=_ptr(dv), dbias=_ptr(db), threads=th.get_num_threads(),
         )
         status = kern.backward_entry(ctypes.addressof(args))
@@ -169,40 +144,70 @@ class _LinearFn(th.autograd.Function):
         return dx, dv, db, None
 
 
-class CpuBackend(KernelBackend[_Kernel]):
+_Handles = Union[ops.Topology, _Kernel]
+_warned: list[bool] = []
+
+
+def _use_ops() -> bool:
+    """Whether the operators are there; says once (one warning line) when only the ctypes kernel is."""
+    if ops.available():
+        return True
+    if not _warned and _build.ops_unavailable_reason() and _build.load() is not None:
+        _warned.append(True)
+        warnings.warn_explicit(f"sparse_rl PyTorch operators unavailable ({_build.ops_unavailable_reason()}); using the "
+                               "ctypes kernel", RuntimeWarning, "sparse_rl.nn.backends", 0)
+    return False
+
+
+class CpuBackend(KernelBackend[_Handles]):
     """C++ CSR kernels for ``SparseLinear`` on CPU (float32/float64); convolutions use the reference path."""
 
     name = "cpu"
 
     def available(self, device: th.device | str) -> bool:
-        return th.device(device).type == "cpu" and _build.load() is not None
+        return th.device(device).type == "cpu" and (_use_ops() or _build.load() is not None)
 
     def supports(self, layer: SparseLayer) -> bool:
         """Whether the layer's dtypes run on the kernel (else calls fall back to the reference path)."""
         return layer.values.dtype in _abi.VALUE_DTYPES and layer.indices.dtype in _abi.INDEX_DTYPES and layer.nnz < 2**31
 
-    def kernel(self, layer: SparseLayer) -> _Kernel | None:
-        """The layer's kernel handles (kept in ``layer.cached``), or None when its dtypes/device are unsupported."""
+    def kernel(self, layer: SparseLayer) -> _Handles | None:
+        """The layer's kernel handles (kept in ``layer.cached``), or None when its dtypes/device are unsupported:
+        operator arguments (:class:`~sparse_rl.nn.backends.ops.Topology`) or, without the operators, ctypes structs."""
         return layer.cached("cpu_kernel", lambda: self._make_kernel(layer))
 
-    def _make_kernel(self, layer: SparseLayer) -> _Kernel | None:
+    def _make_kernel(self, layer: SparseLayer) -> _Handles | None:
         """Handles for real CPU tensors of supported dtypes (fake tensors under torch.export have no pointer)."""
         real = type(layer.values.data) is th.Tensor and type(layer.indices) is th.Tensor
+        if not (real and layer.values.device.type == "cpu" and self.supports(layer)):
+            return None
+        if _use_ops():
+            return ops.topology(layer)
         lib = _build.load()
-        if not (real and layer.values.device.type == "cpu" and self.supports(layer) and lib is not None):
-            return None
-        return _Kernel(layer, lib)
+        return None if lib is None else _Kernel(layer, lib)
 
-    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> _Kernel | None:
+    def prepare(self, layer: SparseLinear, inputs: th.Tensor) -> _Handles | None:
         kern = self.kernel(layer)
-        if kern is None or inputs.dtype != kern.dtype or inputs.device.type != "cpu":
+        if kern is None or inputs.dtype != layer.values.dtype or inputs.device.type != "cpu":
             return None
+        if type(kern) is ops.Topology:
+            layer._fast = kern  # the layer's lean path calls the operators directly from now on (same topology)
         return kern
 
-    def forward(self, state: _Kernel, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+    def forward(self, state: _Handles, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        if type(state) is ops.Topology:
+            y: th.Tensor = th.ops.sparse_rl.spmm(x2, values, bias, state.indptr, state.indices, state.blocks)
+            return y
+        assert isinstance(state, _Kernel)
         return _forward(state, x2, values, bias, keep=False)[0]
 
-    def forward_with_grad(self, state: _Kernel, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+    def forward_with_grad(self, state: _Handles, x2: th.Tensor, values: th.Tensor, bias: th.Tensor | None) -> th.Tensor:
+        if type(state) is ops.Topology:
+            csc = state.csc()
+            y: th.Tensor = th.ops.sparse_rl.linear(x2, values, bias, state.indptr, state.indices, state.blocks, csc.colptr,
+                                                  csc.rowidx, csc.perm, csc.cblocks)
+            return y
+        assert isinstance(state, _Kernel)
         state.csc()  # built now, from the topology this forward uses
-        y: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
-        return y
+        out: th.Tensor = _LinearFn.apply(x2, values, bias, state)  # type: ignore[no-untyped-call]
+        return out

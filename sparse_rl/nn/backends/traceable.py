@@ -12,10 +12,14 @@ ONNX Runtime folds the scatter into a dense weight when it loads the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch as th
 import torch.nn.functional as F
+
+from sparse_rl.nn.backends import ops
 
 if TYPE_CHECKING:
     from sparse_rl.nn.base import SparseLayer
@@ -83,14 +87,52 @@ def dense_weight(layer: SparseLayer) -> th.Tensor:
     return flat.view(layer.weight_shape)
 
 
+_record: list[bool] = [False]
+
+
+@contextmanager
+def record_operators(enabled: bool = True) -> Iterator[None]:
+    """Within the block, traced, exported and compiled ``SparseLinear`` calls record the CPU operators instead of the
+    dense scatter: ``torch.ops.sparse_rl.spmm`` (forward only: ``torch.export`` of a policy for inference), or
+    ``torch.ops.sparse_rl.linear`` when a gradient is needed and the layer has run eagerly once (``torch.compile`` of a
+    training step; its CSC layout comes from that call). The graph then keeps the sparse kernel, and the program runs
+    on any machine where the operators load. ONNX has no such operator: export ONNX outside this block (the default
+    path, a dense weight scattered from the stored values).
+
+    :param enabled: ``False`` restores the default inside a block that enabled it
+    :raises RuntimeError: when the operators are not available here
+    """
+    if enabled and not ops.available():
+        raise RuntimeError("the sparse_rl PyTorch operators are not available here: nothing to record")
+    previous = _record[0]
+    _record[0] = enabled
+    try:
+        yield
+    finally:
+        _record[0] = previous
+
+
 def linear(layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
-    """``SparseLinear``'s output on the traceable path.
+    """``SparseLinear``'s output on the traceable path (the operators inside :func:`record_operators`).
 
     :param layer: a :class:`~sparse_rl.nn.layers.SparseLinear`
     :param inputs: ``[*, in_features]``
     :return: ``[*, out_features]``
     """
-    return F.linear(inputs, dense_weight(layer), layer.bias)
+    values, bias = layer.values, layer.bias
+    if _record[0] and inputs.device.type == "cpu" and values.dtype in (th.float32, th.float64) and inputs.dim() >= 1:
+        x2 = inputs.reshape(-1, layer.in_features)
+        fast = layer._fast
+        grad = th.is_grad_enabled() and (inputs.requires_grad or values.requires_grad)
+        if grad and fast is not None and fast.version == layer.topology_version:
+            csc = fast.csc()
+            y: th.Tensor = th.ops.sparse_rl.linear(x2, values, bias, fast.indptr, fast.indices, fast.blocks, csc.colptr,
+                                                   csc.rowidx, csc.perm, csc.cblocks, 0, False)
+            return y.reshape(*inputs.shape[:-1], layer.out_features)
+        if not grad:
+            y = th.ops.sparse_rl.spmm(x2, values, bias, layer.indptr, layer.indices, None, 0, False)
+            return y.reshape(*inputs.shape[:-1], layer.out_features)
+    return F.linear(inputs, dense_weight(layer), bias)
 
 
 def conv2d(layer: SparseConv2d, inputs: th.Tensor) -> th.Tensor:
