@@ -60,7 +60,11 @@ def main() -> int:
             "The seed-0 run of each learning benchmark (`scripts/bench_learning.py`), packaged by "
             "`python scripts/package_agents.py --bench BENCH`. Replay one with `python -m sparse_rl.enjoy "
             "agents/<algo>/<Env>/<config>`, evaluate them all with `python -m sparse_rl.evaluate --suite SUITE --runs "
-            "agents/`, or load one without pickle: `sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')`. "
+            "agents/`, load one without pickle: `sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')`, or "
+            "replay it with RL Zoo's own enjoy (the `<algo>` link in each agent folder is where it looks): "
+            "`python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 "
+            "--gym-packages sparse_rl.sb3 --deterministic --seed 20000` (the seed of the stored evaluation: its first "
+            "episode reproduces the first stored return). "
             "`results.json` holds the numbers below (acting time vs dense: one `predict` call, batch 1, one thread, "
             "on the packaging machine; below 1 is faster).", "", table(AGENTS) if AGENTS.exists() else "(none yet)\n",
             f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB."]

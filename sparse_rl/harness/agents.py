@@ -11,7 +11,10 @@ needs to run, inspect and check it. It keeps the run folder's own layout, so ``p
 - ``results.json``: the evaluation (per-episode returns of deterministic episodes on an env seeded with
   ``evaluation_seed``), the benchmark's aggregate over all seeds, density, nnz, stored bytes and inference FLOPs vs
   dense, acting latency vs dense on the packaging machine, training wall time and the library versions;
-- ``curve.png``: the run's learning curve.
+- ``curve.png``: the run's learning curve;
+- ``<algo>``, a link to the folder itself, so that RL Zoo's enjoy finds the model where it looks with ``--exp-id -1``
+  (``<folder>/<algo>/<Env>.zip``): ``python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f
+  agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 --gym-packages sparse_rl.sb3 --deterministic --seed 20000``.
 
 :func:`replay_first_episode` replays episode 1 with the stored seed, which must reproduce the stored return.
 """
@@ -145,6 +148,7 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
     zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
     if zipped:
         shutil.copy2(source.model_path, out_dir / source.model_path.name)
+        (out_dir / run.algo).symlink_to(".", target_is_directory=True)  # RL Zoo's enjoy reads <folder>/<algo>/
     export_run(run_dir, out_dir / "export")
     returns = evaluate_episodes(run_dir, episodes, seed)
     report = sparsity_report(model)["total"]

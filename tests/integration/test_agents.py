@@ -1,7 +1,10 @@
 """The trained agents shipped in agents/: each loads three ways and replays its stored evaluation episode exactly."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +40,28 @@ def test_agent_loads_three_ways(agent, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("agent", [a for a in SHIPPED if json.loads((a / RESULTS).read_text())["sb3_zip"]],
+                         ids=lambda p: str(p.relative_to(AGENTS)))
+def test_rl_zoo_enjoy_replays_the_agent(agent):
+    """The third way: RL Zoo's own enjoy, through the agent's ``<algo>`` link, reproduces the stored first episode."""
+    import gymnasium as gym
+
+    results = json.loads((agent / RESULTS).read_text())
+    steps = gym.spec(results["env"]).max_episode_steps or 10_000  # enough for the first episode
+    command = [sys.executable, "-m", "rl_zoo3.enjoy", "--algo", results["algo"], "--env", results["env"], "-f", str(agent),
+               "--exp-id", "-1", "--gym-packages", "sparse_rl.sb3", "--no-render", "--deterministic",
+               "--seed", str(results["evaluation"]["seed"]), "-n", str(steps)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = next(line for line in out.stdout.splitlines() if line.startswith("Episode Reward:"))
+    assert float(first.split(":")[1]) == pytest.approx(results["evaluation"]["episode_returns"][0], abs=0.01)
+
+
 def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     if not SHIPPED:
         pytest.skip("no agent shipped yet")
     agent = tmp_path / "agent"
-    shutil.copytree(SHIPPED[0], agent)
+    shutil.copytree(SHIPPED[0], agent, symlinks=True)
     model = next(agent.glob("*.zip"))
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
     assert enjoy_main([str(agent), "--episodes", "1"]) == 2
