@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Command: `{command}` (final evaluation: mean return over {EVAL_EPISODES} deterministic episodes; "
               f"configs/<algo>.yml settings, `--sparsity 0` vs `--sparsity 0.9` with the config's RigL schedule; "
               f"total {time.perf_counter() - started:.0f} s)")
-    (RESULTS / f"{args.out}.md").write_text(header + "\n\n" + table(records) + "\n")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "benches": BENCHES, "seeds": list(
-        SEEDS[: args.seeds]), "eval_episodes": EVAL_EPISODES, "runs": records}, indent=1) + "\n")
-    print(header + "\n\n" + table(records))
+    from sparse_rl.analysis.report import write_result_files
+
+    write_result_files(RESULTS, args.out, header + "\n\n" + table(records), {
+        "command": command, "benches": BENCHES, "seeds": list(SEEDS[: args.seeds]), "eval_episodes": EVAL_EPISODES,
+        "runs": records})
     return 0
 
 

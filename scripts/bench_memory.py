@@ -186,10 +186,9 @@ def main() -> int:
                      f"{_mib(s['grads'])} | {_mib(d['optimizer'])} / {_mib(s['optimizer'])} | {_mib(s['kernel caches'])} | "
                      f"{100 * r['core_ratio']:.1f} % | {100 * r['with_caches_ratio']:.1f} % | {_mib(d['peak_rss'])} / "
                      f"{_mib(s['peak_rss'])} | {_mib(d['peak_rss'] - b)} / {_mib(s['peak_rss'] - b)} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    print("\n".join(lines))
+    from sparse_rl.analysis.report import write_result_files
+
+    write_result_files(RESULTS, args.out, "\n".join(lines), {"command": command, "rows": rows})
     return 0
 
 

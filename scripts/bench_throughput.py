@@ -15,7 +15,6 @@ Writes ``scripts/results/bench_throughput.json`` and ``.md`` (``--out`` renames 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -99,11 +98,10 @@ def main() -> int:
     if cross:
         lines += ["", "| sparse net_arch vs dense net_arch | steps/s ratio |", "|---|---|"]
         lines += [f"| [{c['sparse_width']}]² sparse vs [{c['dense_width']}]² dense | {c['ratio']:.2f}x |" for c in cross]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "clock": clock, "threads": args.threads,
-                                                           "rows": rows, "cross": cross}, indent=2))
-    print("\n".join(lines))
+    from sparse_rl.analysis.report import write_result_files
+
+    write_result_files(RESULTS, args.out, "\n".join(lines), {"command": command, "clock": clock, "threads": args.threads,
+                                                             "rows": rows, "cross": cross})
     return 0
 
 

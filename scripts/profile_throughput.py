@@ -118,10 +118,9 @@ def main() -> int:
             cells += [f"{r['dense'][name]:.2f}", f"{r['sparse'][name]:.2f}"]  # type: ignore[index]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "One RigL update: " + ", ".join(f"{r['sparse_update_ms']:.0f} ms at width {r['width']}" for r in rows)]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    print("\n".join(lines))
+    from sparse_rl.analysis.report import write_result_files
+
+    write_result_files(RESULTS, args.out, "\n".join(lines), {"command": command, "rows": rows})
     return 0
 
 

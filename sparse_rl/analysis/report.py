@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,13 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
             f"</tr>{body}</table><p>{html.escape(note)}</p><h2>Runs</h2><ul>{names}</ul>{images}</body></html>")
     (out_dir / "report.html").write_text(page)
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", **{p.stem: p for p in pngs}}
+
+
+def write_result_files(folder: str | Path, name: str, text: str, payload: dict[str, Any]) -> None:
+    """A benchmark's results: ``<folder>/<name>.md`` (``text``, the tables a person reads) and ``<name>.json``
+    (``payload``, the numbers behind them), also printed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.md").write_text(text.rstrip("\n") + "\n")
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(text)
