@@ -209,3 +209,42 @@ def test_init_scale_is_checked_for_both_layer_types(make):
     sparse = make("sparse").values.abs().max()
     th.manual_seed(0)
     assert make("dense").values.abs().max() < sparse  # the sparse fan-in gives larger initial weights
+
+
+def test_no_grad_reference_calls_keep_the_dense_weight_until_values_or_topology_change():
+    """Acting on the reference path scattered the dense weight at every call; kept, it must never be stale."""
+    layer = SparseLinear(17, 32, sparsity=0.4, backend="reference")
+    x = th.randn(3, 17)
+    optimizer = th.optim.SGD(layer.parameters(), lr=0.1)
+
+    def expected() -> th.Tensor:
+        return F.linear(x, layer.dense_weight().detach(), layer.bias.detach())
+
+    scatters = []
+    scatter = layer.dense_weight
+    layer.dense_weight = lambda: scatters.append(1) or scatter()  # type: ignore[method-assign]
+    with th.no_grad():
+        first = layer(x)
+        assert th.equal(layer(x), first) and th.equal(layer(x), first)
+    assert len(scatters) == 1  # kept between calls
+    layer.dense_weight = scatter  # type: ignore[method-assign]
+    assert th.equal(first, expected())
+    layer(x).sum().backward()
+    optimizer.step()  # values change in place
+    with th.no_grad():
+        assert th.equal(layer(x), expected()) and not th.equal(layer(x), first)
+        layer.values.copy_(th.randn_like(layer.values))  # as load_state_dict does
+        assert th.equal(layer(x), expected())
+    mask = layer.mask.clone()
+    row = int(mask.any(dim=1).nonzero()[0])
+    dropped, grown = int(mask[row].nonzero()[0]), int((~mask[row]).nonzero()[0])
+    new_mask = mask.clone()
+    new_mask[row, dropped], new_mask[row, grown] = False, True
+    old = {int(p): slot for slot, p in enumerate(layer.flat_indices())}
+    source = th.tensor([old.get(int(p), -1) for p in new_mask.flatten().nonzero().squeeze(1)])
+    layer.rewire(new_mask, source, grown_values=th.full((1,), 0.5))
+    with th.no_grad():
+        out = layer(x)
+    assert th.equal(out, expected())
+    weight = layer.dense_weight()
+    assert weight[row, dropped] == 0 and weight[row, grown] == 0.5  # the pruned one contributes exactly zero
