@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_grid(spec)
         if args.dry_run:
             for r in runs:
-                status = "stale" if r.stale() else "done " if r.is_finished() else "todo "
-                print(f"{status} {' '.join(r.command()[1:])}" + (f"  # {r.stale()}" if r.stale() else ""))
+                stale = r.stale()
+                status = "stale" if stale else "done " if r.is_finished() else "todo "
+                print(f"{status} {' '.join(r.command()[1:])}" + (f"  # {stale}" if stale else ""))
             return 0
         retries = args.max_retries if args.max_retries is not None else int(spec.get("max_retries", 1))
         result = execute(runs, retries, args.address, args.num_cpus)

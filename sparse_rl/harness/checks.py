@@ -186,7 +186,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) \
-                or action.default == []:
+        default = action.default
+        nothing_to_show = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if "default" in text or nothing_to_show:
             return text
         return super()._get_help_string(action)

@@ -183,6 +183,13 @@ def normalize_settings(hyperparams: Mapping[str, Any]) -> dict[str, Any] | None:
     return kwargs
 
 
+def resolved_normalize(hyperparams: Mapping[str, Any]) -> dict[str, Any] | bool:
+    """:func:`normalize_settings` as a run stores it: the VecNormalize arguments (an empty dict: its defaults), or
+    ``False`` without normalisation."""
+    settings = normalize_settings(hyperparams)
+    return False if settings is None else settings
+
+
 def linear_schedule(initial: float) -> Callable[[float], float]:
     """RL Zoo's ``lin_<value>``: decays linearly from ``initial`` to 0 over training."""
 

@@ -247,7 +247,7 @@ def resolve(spec: RunSpec) -> Resolved:
             policy = DENSE_ALIASES[policy]
     distribution = str(policy_kwargs.get("distribution", "erk")) if topology is not None else "none"
     merged.update(policy=policy, policy_kwargs=policy_kwargs, callback=other_callbacks,
-                  normalize=_or_false(hp.normalize_settings(merged)))
+                  normalize=hp.resolved_normalize(merged))
     merged.pop("normalize_kwargs", None)
     for key in hp.EXPRESSION_KEYS:
         if key in merged and key != "policy_kwargs":
@@ -256,11 +256,6 @@ def resolve(spec: RunSpec) -> Resolved:
                         sparsity if topology is not None else 0.0, distribution, notes, sources)
     _check(resolved, algo)
     return resolved
-
-
-def _or_false(settings: dict[str, Any] | None) -> dict[str, Any] | bool:
-    """VecNormalize arguments, or ``False`` without normalisation (an empty dict stays: VecNormalize's defaults)."""
-    return False if settings is None else settings
 
 
 def _check(resolved: Resolved, algo: Any) -> None:

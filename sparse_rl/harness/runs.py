@@ -257,7 +257,7 @@ def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:
     ``policy_kwargs`` that cannot be read back (a class outside ``torch.nn`` / ``torch.optim``, saved by its repr) are
     left out: the saved model holds its own policy arguments.
     """
-    from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, evaluate_expression, kwargs_dict, normalize_settings
+    from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, kwargs_dict, resolved_normalize
 
     result = dict(config)
     for key in EXPRESSION_KEYS:
@@ -268,7 +268,5 @@ def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:
                 if key != "policy_kwargs":
                     raise
                 result[key] = {}
-    normalize = evaluate_expression(result.get("normalize", False), "normalize")
-    settings = normalize_settings({**result, "normalize": normalize}) if normalize else None
-    result["normalize"] = False if settings is None else settings
+    result["normalize"] = resolved_normalize(result)
     return result

@@ -62,13 +62,11 @@ class GridRun:
         if record.is_file():
             recorded = json.loads(record.read_text())
         else:
-            args = sorted(self.folder.glob("*/*/*/args.yml"))
-            if not args or self.n_timesteps is None:
+            folders = [RunFolder(path, self.env) for path in sorted(self.folder.glob(f"{self.algo}/*"))]
+            folders = [folder for folder in folders if (folder.params_dir / "args.yml").is_file()]
+            if not folders or self.n_timesteps is None:
                 return None
-            import yaml
-
-            saved = dict(yaml.unsafe_load(args[0].read_text()) or {})
-            recorded = {"n_timesteps": saved.get("n_timesteps"), "train_args": list(self.train_args)}
+            recorded = {"n_timesteps": folders[0].read_args().get("n_timesteps"), "train_args": list(self.train_args)}
         wanted = self.settings()
         differ = [f"{key} {recorded.get(key)!r} (the sweep file now says {wanted[key]!r})" for key in wanted
                   if recorded.get(key) != wanted[key]]

@@ -27,7 +27,7 @@ from sparse_rl.sb3.contrib.losses import (  # noqa: E402
     tqc_critic_loss,
 )
 from sparse_rl.sb3.losses import compute_dense_gradients  # noqa: E402
-from tests.integration.test_sb3_gradients import dense_twin, reference_grads  # noqa: E402
+from tests.integration.test_sb3_gradients import assert_dense_grads_equal, dense_twin, reference_grads  # noqa: E402
 
 OFF_POLICY = dict(learning_starts=50, batch_size=32, buffer_size=1000)
 ON_POLICY = dict(n_steps=64, batch_size=32, n_epochs=2)
@@ -132,16 +132,7 @@ def reference_off_policy(model: Any, passes: list[tuple[str, Any]]) -> dict[str,
 def test_off_policy_dense_grads_from_own_loss(name: str, passes: Any) -> None:
     model = make(name, sparsity=0.8, net_arch=[32, 32], learning_starts=30, batch_size=16, buffer_size=500)
     model.learn(60)
-    expected = reference_off_policy(model, passes)
-    np.random.seed(3)
-    th.manual_seed(3)
-    layers = sparse_layers(model.policy)
-    compute_dense_gradients(model, layers)
-    assert set(expected) == set(layers)
-    for layer_name, layer in layers.items():
-        assert th.allclose(layer.dense_grad, expected[layer_name], atol=1e-6), layer_name
-        assert layer.dense_grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.policy.parameters())
+    assert_dense_grads_equal(model, reference_off_policy(model, passes))
 
 
 @pytest.mark.parametrize("name, loss", [("ppo_lstm", recurrent_ppo_loss), ("ppo_lstm_no_critic_lstm", recurrent_ppo_loss),

@@ -84,3 +84,15 @@ def test_a_grid_point_is_never_trained_twice_at_once(tmp_path):
     assert outcome["first"] == run.name and run.is_finished()
     assert len(list(run.folder.rglob("run.json"))) == 1 and not (run.folder / "sac" / "Pendulum-v1_2").exists()
     assert run_one(run) == run.name  # finished: nothing is retrained
+
+
+def test_a_point_trained_by_an_older_sweep_is_checked_against_its_args(tmp_path):
+    """Folders written before sweep_point.json existed: their args.yml's n_timesteps is compared."""
+    from sparse_rl.train import main as train_main
+
+    old = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=100, root=str(tmp_path))
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "100", "-params", "learning_starts:50",
+                       "-f", str(old.folder), "--eval-freq", "-1", "-v", "0"]) == 0
+    assert old.stale() is None
+    now = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=200, root=str(tmp_path))
+    assert now.stale() == f"{now.folder} was trained with n_timesteps 100 (the sweep file now says 200)"
