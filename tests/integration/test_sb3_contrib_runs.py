@@ -27,7 +27,11 @@ from sparse_rl.sb3.contrib.losses import (  # noqa: E402
     tqc_critic_loss,
 )
 from sparse_rl.sb3.losses import compute_dense_gradients  # noqa: E402
-from tests.integration.test_sb3_gradients import assert_dense_grads_equal, dense_twin, reference_grads  # noqa: E402
+from tests.integration.test_sb3_gradients import (  # noqa: E402
+    assert_dense_grads_equal,
+    assert_rollout_dense_grads_equal,
+    reference_grads,
+)
 
 OFF_POLICY = dict(learning_starts=50, batch_size=32, buffer_size=1000)
 ON_POLICY = dict(n_steps=64, batch_size=32, n_epochs=2)
@@ -140,17 +144,7 @@ def test_off_policy_dense_grads_from_own_loss(name: str, passes: Any) -> None:
 def test_on_policy_dense_grads_from_own_loss(name: str, loss: Any) -> None:
     model = make(name, sparsity=0.8, net_arch=[32, 32], n_steps=32, batch_size=16, n_epochs=1)
     model.learn(32)  # the rollout buffer is full, with advantages computed
-    twin, dense = dense_twin(model)
-    np.random.seed(5)
-    loss(twin).backward()
-    np.random.seed(5)
-    layers = sparse_layers(model.policy)
-    compute_dense_gradients(model, layers)
-    assert set(dense) == set(layers)
-    for layer_name, layer in layers.items():
-        expected = dense[layer_name].weight.grad.reshape(layer.matrix_shape)
-        assert th.allclose(layer.dense_grad, expected, atol=1e-6), layer_name
-    assert all(p.grad is None for p in model.policy.parameters())
+    assert_rollout_dense_grads_equal(model, loss)
 
 
 def test_maskable_loss_uses_the_masks() -> None:

@@ -163,12 +163,19 @@ def test_on_policy_dense_grads_from_rollout_loss(algo: Any) -> None:
     model = algo(SparseActorCriticPolicy, "CartPole-v1", seed=0, policy_kwargs=dict(sparsity=0.8, net_arch=[32, 32]),
                  **kwargs)
     model.learn(32 if algo is PPO else 8)  # the rollout buffer is full, with advantages computed
+    assert_rollout_dense_grads_equal(model, on_policy_loss)
+
+
+def assert_rollout_dense_grads_equal(model: Any, loss: Any) -> None:
+    """compute_dense_gradients at rollout end gives the gradient of ``loss`` on a dense copy (same minibatch: seed 5),
+    and leaves no ``.grad`` behind."""
     twin, dense = dense_twin(model)
     np.random.seed(5)
-    on_policy_loss(twin).backward()
+    loss(twin).backward()
     np.random.seed(5)
     layers = sparse_layers(model.policy)
     compute_dense_gradients(model, layers)
+    assert set(dense) == set(layers)
     for name, layer in layers.items():
         expected = dense[name].weight.grad.reshape(layer.matrix_shape)
         assert th.allclose(layer.dense_grad, expected, atol=1e-6), name
