@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -105,7 +105,8 @@ BENCHES: dict[str, Bench] = {
                                   ("--eval-freq", "10000", *EVAL, "--save-freq", "25000", "--save-replay-buffer"),
                                   (DENSE, Config("rigl", 0.9, ("-params", "policy_kwargs:dict(net_arch=[816, 816])"),
                                                  "rigl90-wide816")),
-                                  "sparse-wide at equal parameters: dense [256, 256] vs RigL 90 % [816, 816]"),
+                                  "sparse-wide at equal parameters: dense [256, 256] vs RigL 90 % [816, 816]",
+                                  {"equal_wall_clock": True}),
     # PPO diagnosis: each change alone against rigl90 (>= 5 seeds, 100k steps rank them); lr3x is 3 x 2.0633e-5
     "ppo-halfcheetah-ablations": Bench("ppo", "HalfCheetah-v4", 100_000, ("--eval-freq", "20000", *EVAL, "--save-freq",
                                                                          "50000"), PPO_ABLATIONS, "PPO ablations"),
@@ -150,7 +151,7 @@ def main() -> int:
     args = parser.parse_args()
     bench = BENCHES[args.bench]
     steps = args.steps or bench.steps
-    bench = Bench(bench.algo, bench.env, steps, bench.flags, bench.configs, bench.note)
+    bench = replace(bench, steps=steps)
     configs = bench.configs if args.configs is None else tuple(_config(bench, name) for name in args.configs)
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
     runs = grid(bench, configs, SEEDS[: args.seeds], root)

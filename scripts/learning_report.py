@@ -101,6 +101,50 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"seeds_compared": seeds, "rows": rows}
 
 
+def equal_wall_clock(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Every configuration's return at the same training wall-clock time: the shortest finished run's (seeds compared
+    by every configuration); each run scores its last evaluation at or before that time (IQM, mean, P(improvement)).
+
+    Only meaningful when the runs shared the machine alike (the sparse-wide benchmark trains a dense and a wide run of
+    each seed at the same time); ``None`` when a run has no wall-clock curve (``walltime_s`` in evaluations.npz).
+    """
+    seeds = _common_seeds(records)
+    runs_compared = {name: [r for r in sorted(runs, key=lambda r: r["seed"]) if r["seed"] in seeds]
+                     for name, runs in records.items()}
+    if not seeds or not all(r["walltime_s"] for runs in runs_compared.values() for r in runs):
+        return None
+    budget = min(r["walltime_s"][-1] for runs in runs_compared.values() for r in runs)
+    matrices, steps = {}, {}
+    for name, runs in runs_compared.items():
+        picked = [max(int(np.searchsorted(r["walltime_s"], budget, side="right")) - 1, 0) for r in runs]
+        matrices[name] = np.array([[r["returns"][i]] for r, i in zip(runs, picked)])
+        steps[name] = [r["timesteps"][i] for r, i in zip(runs, picked)]
+    enough = len(seeds) >= 2
+    estimates = interval_estimates(matrices, REPS) if enough else {}
+    improvement = improvement_over_dense(matrices, REPS) if enough else {}
+    dense_iqm = estimates.get("dense", {}).get("iqm", [float("nan")])[0]
+    rows = {}
+    for name in matrices:
+        iqm = estimates.get(name, {}).get("iqm")
+        rows[name] = {"iqm": iqm, "mean": estimates.get(name, {}).get("mean"),
+                      "iqm_vs_dense": relative_to_dense(iqm[0], dense_iqm) if iqm and name != "dense" else None,
+                      "p_improvement_over_dense": improvement.get(name), "env_steps_mean": float(np.mean(steps[name])),
+                      "per_seed": {r["seed"]: round(float(m[0]), 1) for r, m in zip(runs_compared[name], matrices[name])}}
+    return {"wall_clock_s": float(budget), "seeds_compared": seeds, "rows": rows}
+
+
+def equal_wall_clock_markdown(result: dict[str, Any]) -> str:
+    lines = ["", f"## At equal training wall clock ({result['wall_clock_s']:.0f} s, the shortest finished run)", "",
+             "Each run scores its last evaluation at or before that time (runs trained side by side, one torch thread "
+             "each).", "", "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | "
+             "env steps reached (mean) |", "|---|---|---|---|---|---|"]
+    for name, row in result["rows"].items():
+        ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
+        lines.append(f"| {name} | {_fmt(row['iqm'])} | {_fmt(row['mean'])} | {ratio} | "
+                     f"{_fmt(row['p_improvement_over_dense'], '{:.2f}')} | {row['env_steps_mean']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict[str, Any], header: str) -> str:
     lines = [header, "", f"Compared on seeds {summary['seeds_compared']} (finished by every configuration).", "",
              "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | dormant (tau 0.1) | "
@@ -201,9 +245,11 @@ def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]]
               "time and steps/s come from runs that shared the machine with other jobs: not a speed comparison.")
     results.mkdir(exist_ok=True)
     md = results / f"{out}.md"
-    md.write_text(markdown(summary, header))
+    wall_clock = equal_wall_clock(records) if bench.extra.get("equal_wall_clock") else None
+    md.write_text(markdown(summary, header) + (equal_wall_clock_markdown(wall_clock) if wall_clock else ""))
     js = results / f"{out}.json"
     js.write_text(json.dumps({"bench": bench_name, "command": command, "steps": bench.steps, **summary,
-                              "records": records}, indent=1, default=float))
+                              **({"equal_wall_clock": wall_clock} if wall_clock else {}), "records": records},
+                             indent=1, default=float))
     png = plot(records, f"{bench.algo.upper()} {bench.env}", results / f"{out}.png")
     return [md, js, png]

@@ -1,0 +1,37 @@
+"""The learning benchmark's report (scripts/learning_report.py): return at equal training wall clock."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rliable")
+SPEC = importlib.util.spec_from_file_location(
+    "learning_report", Path(__file__).resolve().parents[2] / "scripts" / "learning_report.py")
+learning_report = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(learning_report)
+
+
+def _record(seed, returns, walltime, step=10):
+    return {"seed": seed, "returns": returns, "timesteps": [step * (i + 1) for i in range(len(returns))],
+            "walltime_s": walltime, "final": returns[-1]}
+
+
+def test_each_run_scores_its_last_evaluation_within_the_shortest_runs_wall_clock():
+    records = {
+        "dense": [_record(s, [1.0 + s, 2.0 + s, 3.0 + s], [10.0, 20.0, 30.0 + s]) for s in range(3)],
+        # twice as slow per step: at 30 s it has reached its first evaluation only (at 20 s; the next at 40 s)
+        "wide": [_record(s, [5.0 + s, 9.0 + s, 12.0 + s], [20.0, 40.0, 60.0]) for s in range(3)],
+    }
+    result = learning_report.equal_wall_clock(records)
+    assert result["wall_clock_s"] == 30.0  # dense seed 0's last evaluation
+    assert result["rows"]["dense"]["per_seed"] == {0: 3.0, 1: 3.0, 2: 4.0}  # seeds 1, 2 finish after 30 s: second evaluation
+    assert result["rows"]["wide"]["per_seed"] == {0: 5.0, 1: 6.0, 2: 7.0}
+    assert result["rows"]["wide"]["env_steps_mean"] == 10.0
+    assert result["rows"]["wide"]["iqm_vs_dense"] > 1.0
+    assert "env steps reached" in learning_report.equal_wall_clock_markdown(result)
+
+
+def test_no_wall_clock_curve_gives_no_section():
+    records = {"dense": [_record(0, [1.0], None), _record(1, [2.0], None)], "wide": [_record(0, [1.0], [5.0])]}
+    assert learning_report.equal_wall_clock(records) is None
