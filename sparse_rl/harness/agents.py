@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
             shutil.copy2(run_dir / name, out_dir / name)
     for path in source.params_dir.iterdir():
         shutil.copy2(path, out_dir / source.name / path.name)
+    _env_kwargs_as_mapping(RunFolder(out_dir, run.env))
     zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
     if zipped:
         shutil.copy2(source.model_path, out_dir / source.model_path.name)
@@ -171,6 +173,17 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
     (out_dir / RESULTS).write_text(json.dumps(results, indent=1))
     _curve(run_dir, f"{run.algo.upper()} {run.env} {config}, seed {run.seed}", out_dir / "curve.png")
     return results
+
+
+def _env_kwargs_as_mapping(agent: RunFolder) -> None:
+    """Runs saved by earlier versions hold ``env_kwargs`` as an expression string; RL Zoo's enjoy reads it as a mapping."""
+    import yaml
+
+    config = agent.read_config()
+    if isinstance(config.get("env_kwargs"), str):
+        config["env_kwargs"] = saved_hyperparams(config)["env_kwargs"]
+        path = agent.params_dir / "config.yml"
+        path.write_text(yaml.dump(OrderedDict(sorted(config.items()))))
 
 
 def table(root: str | Path) -> str:

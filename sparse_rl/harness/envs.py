@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 
 from sparse_rl.harness.hyperparams import class_specs, normalizes
+from sparse_rl.sb3.minatar import register_minatar_envs
 
 ATARI_WRAPPER = "stable_baselines3.common.atari_wrappers.AtariWrapper"
 EVAL_SEED_OFFSET = 10_000
@@ -32,10 +33,7 @@ def register_optional_envs() -> None:
         gym.register_envs(importlib.import_module("ale_py"))
     except ImportError:
         pass
-    try:
-        importlib.import_module("minatar.gym").register_envs()
-    except (ImportError, AttributeError):
-        pass
+    register_minatar_envs()
 
 
 def is_atari(env_id: str) -> bool:

@@ -8,7 +8,7 @@ rebuilds an acting policy from :class:`~sparse_rl.nn.SparseLinear` / ``SparseCon
 sparse kernels.
 
 Supported: SAC and TD3 actors (deterministic action), DQN q-networks (greedy action) and PPO policies (mean or
-most likely action), with MLP or NatureCNN features and VecNormalize observation statistics.
+most likely action), with MLP, NatureCNN or MinAtar features and VecNormalize observation statistics.
 
 ``fmt="onnx"`` writes ``OUT_DIR/policy.onnx`` instead: raw observations (batch-first, as the environment gives
 them) in, the actions of ``model.predict(obs, deterministic=True)`` out, with VecNormalize, the image transpose and
@@ -30,8 +30,18 @@ from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
 FORMAT_VERSION = 1
 FORMATS = ("safetensors", "onnx")
+
+
+class ChannelsFirst(nn.Module):
+    """``[B, H, W, C] -> [B, C, H, W]``: the MinAtar network's first op (its frames come channels last)."""
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
 ACTIVATIONS = {"ReLU": nn.ReLU, "Tanh": nn.Tanh, "ELU": nn.ELU, "LeakyReLU": nn.LeakyReLU, "Sigmoid": nn.Sigmoid,
-               "SiLU": nn.SiLU, "GELU": nn.GELU, "Flatten": nn.Flatten, "Identity": nn.Identity}
+               "SiLU": nn.SiLU, "GELU": nn.GELU, "Flatten": nn.Flatten, "Identity": nn.Identity,
+               "ChannelsFirst": ChannelsFirst}
 
 
 def _narrow_indices(indices: th.Tensor, n_cols: int) -> th.Tensor:
@@ -39,13 +49,16 @@ def _narrow_indices(indices: th.Tensor, n_cols: int) -> th.Tensor:
 
 
 def _flatten_modules(module: nn.Module) -> list[nn.Module]:
-    """The leaf ops of a feed-forward module, in call order (Sequential containers and NatureCNN are unrolled)."""
+    """The leaf ops of a feed-forward module, in call order (Sequential containers, NatureCNN and the MinAtar network
+    are unrolled)."""
     if isinstance(module, (nn.Linear, nn.Conv2d, SparseLayer)) or type(module).__name__ in ACTIVATIONS:
         return [module]
     if type(module).__name__ == "FlattenExtractor":
         return [nn.Flatten()]
     if type(module).__name__ == "NatureCNN":
         return _flatten_modules(module.cnn) + _flatten_modules(module.linear)
+    if type(module).__name__ == "MinAtarCNN":
+        return [ChannelsFirst(), *_flatten_modules(module.cnn), *_flatten_modules(module.linear)]
     if isinstance(module, nn.Sequential):
         return [leaf for child in module for leaf in _flatten_modules(child)]
     raise ValueError(f"cannot export a {type(module).__name__} layer: only feed-forward MLP/CNN policies are supported")

@@ -31,8 +31,9 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
     env_kwargs = {"render_mode": "rgb_array"} if video else None
     if video and video_size and "mujoco" in str(gym.registry[run.env].entry_point):
         env_kwargs.update(width=video_size, height=video_size)
-    env = evaluation_env(run.env, saved_hyperparams(config), seed, RunFolder(run_dir, run.env).vecnormalize_path,
-                         env_kwargs={**(config.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
+    hyperparams = saved_hyperparams(config)  # env_kwargs are saved as an expression string, as RL Zoo saves them
+    env = evaluation_env(run.env, hyperparams, seed, RunFolder(run_dir, run.env).vecnormalize_path,
+                         env_kwargs={**(hyperparams.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
     writer = _video_writer(video, env) if video else None
 
     def record(venv: Any) -> None:

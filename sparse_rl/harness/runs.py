@@ -163,8 +163,8 @@ class RunFolder:
 
         self.params_dir.mkdir(parents=True, exist_ok=True)
         saved = {k: v for k, v in hyperparams.items() if not callable(v)}
-        for key in EXPRESSION_KEYS:
-            if isinstance(saved.get(key), dict):
+        for key in EXPRESSION_KEYS:  # as strings, as RL Zoo saves them; env_kwargs stays a mapping (RL Zoo reads it so)
+            if isinstance(saved.get(key), dict) and key != "env_kwargs":
                 saved[key] = to_expression(saved[key])
         saved["policy_kwargs"] = to_expression(hyperparams.get("policy_kwargs") or {})
         saved["normalize"] = to_expression(hyperparams["normalize"]) if normalizes(hyperparams.get("normalize")) else False

@@ -8,10 +8,14 @@ hidden layer and the Q-value head. In the sparse policy every layer of it is spa
 nonzeros, as for the other networks).
 
 Policy names, registered for DQN like SB3's aliases: ``MinAtarPolicy`` (dense) and ``SparseMinAtarPolicy``.
+Importing this module also registers the ``MinAtar/<Game>-v0|v1`` environment ids (as ``minatar.gym.register_envs()``
+does, but without importing ``minatar`` until an environment is made), so ``--gym-packages sparse_rl.sb3`` is enough
+for RL Zoo's scripts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import gymnasium as gym
@@ -25,6 +29,21 @@ from sparse_rl.sb3.policies import SparseDQNPolicy
 
 MINATAR_CHANNELS = 16
 MINATAR_HIDDEN = 128
+MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")  # minatar.gym.register_envs()'s
+
+
+def register_minatar_envs() -> None:
+    """Register ``MinAtar/<Game>-v0`` (full action set) and ``-v1`` (minimal action set) when the ``minatar`` package
+    is installed, with the ids and settings of ``minatar.gym.register_envs()``; ids already registered are kept."""
+    if importlib.util.find_spec("minatar") is None:
+        return
+    for game in MINATAR_GAMES:
+        name = game.title().replace("_", "")
+        for version, minimal in (("v0", False), ("v1", True)):
+            env_id = f"MinAtar/{name}-{version}"
+            if env_id not in gym.registry:
+                gym.register(env_id, entry_point="minatar.gym:BaseEnv",
+                             kwargs=dict(game=game, use_minimal_action_set=minimal))
 
 
 class MinAtarCNN(BaseFeaturesExtractor):
@@ -76,3 +95,4 @@ def register_policy_aliases() -> None:
 
 
 register_policy_aliases()
+register_minatar_envs()

@@ -4,10 +4,17 @@ import pytest
 
 pytest.importorskip("minatar", reason="MinAtar is an optional extra (pip install 'sparse_rl[minatar]')")
 
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
 import torch as th  # noqa: E402
 from stable_baselines3 import DQN  # noqa: E402
 
+from sparse_rl.enjoy import main as enjoy_main  # noqa: E402
 from sparse_rl.harness.envs import register_optional_envs  # noqa: E402
+from sparse_rl.harness.export import export_run, load_exported  # noqa: E402
 from sparse_rl.harness.suites import load_suite  # noqa: E402
 from sparse_rl.nn import SparseConv2d, SparseLinear  # noqa: E402
 from sparse_rl.sb3.builders import sparse_layers  # noqa: E402
@@ -32,18 +39,42 @@ def test_the_minatar_network_is_the_papers_and_sparse_but_for_the_head():
     assert sparse.policy.q_net(obs).shape == dense.policy.q_net(obs).shape == (1, 3)
 
 
-def test_dqn_minatar_dense_and_sparse_runs_from_the_config(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A dense and a sparse DQN run from configs/dqn.yml (``dqn/MinAtar-Breakout-v1_1`` and ``_2``)."""
+    root = tmp_path_factory.mktemp("minatar")
     for sparsity in ("0", "0.9"):
         assert train_main(["--algo", "dqn", "--env", "MinAtar/Breakout-v1", "--sparsity", sparsity, "-n", "700",
-                           "-f", str(tmp_path), "--eval-freq", "350", "--eval-episodes", "1", "-v", "0",
+                           "-f", str(root), "--eval-freq", "350", "--eval-episodes", "1", "-v", "0",
                            "-params", "learning_starts:200", "callback:[{sparse_rl.sb3.TopologyCallback: "
                            "{method: rigl, update_every: 250, end: 0.8}}]"]) == 0
-    dense = DQN.load(tmp_path / "dqn" / "MinAtar-Breakout-v1_1" / "MinAtar-Breakout-v1.zip")
-    sparse = DQN.load(tmp_path / "dqn" / "MinAtar-Breakout-v1_2" / "MinAtar-Breakout-v1.zip")
+    return root
+
+
+def test_dqn_minatar_dense_and_sparse_runs_from_the_config(runs):
+    dense = DQN.load(runs / "dqn" / "MinAtar-Breakout-v1_1" / "MinAtar-Breakout-v1.zip")
+    sparse = DQN.load(runs / "dqn" / "MinAtar-Breakout-v1_2" / "MinAtar-Breakout-v1.zip")
     assert type(dense.policy).__name__ == "MinAtarPolicy" and type(sparse.policy).__name__ == "SparseMinAtarPolicy"
     assert isinstance(sparse.policy.q_net.features_extractor.linear[0], SparseLinear)
     assert sparse.policy.topology_state["updater"]["last_update_step"] == 450  # start 200 (learning_starts) + 250
     assert type(sparse.policy.optimizer).__name__ == "RMSprop"
+
+
+def test_a_minatar_run_exports_and_replays_with_ours_and_rl_zoos_enjoy(runs, tmp_path, capsys):
+    """The export refused the MinAtar network; replay read the saved env_kwargs string as a dict; RL Zoo's enjoy
+    knew no MinAtar ids under ``--gym-packages sparse_rl.sb3`` and could not read env_kwargs saved as a string."""
+    run_dir = runs / "dqn" / "MinAtar-Breakout-v1_2"
+    policy = load_exported(export_run(run_dir, tmp_path / "export"))
+    model = DQN.load(run_dir / "MinAtar-Breakout-v1.zip")
+    frames = np.stack([model.observation_space.sample() for _ in range(8)])  # (8, 10, 10, 4) bool, channels last
+    np.testing.assert_array_equal(policy.predict(frames)[0], model.predict(frames, deterministic=True)[0])
+    assert enjoy_main([str(run_dir), "--episodes", "1", "-n", "200"]) == 0
+    capsys.readouterr()
+    pytest.importorskip("rl_zoo3")
+    out = subprocess.run([sys.executable, "-m", "rl_zoo3.enjoy", "--algo", "dqn", "--env", "MinAtar/Breakout-v1", "-f",
+                          str(runs), "--exp-id", "2", "-n", "200", "--no-render", "--gym-packages", "sparse_rl.sb3"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_minatar_suite():
