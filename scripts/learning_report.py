@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.analysis.aggregate import improvement_over_dense, interval_estimates
+from sparse_rl.analysis.aggregate import improvement_over_dense, interval_estimates, probability_of_improvement
 from sparse_rl.analysis.report import relative_to_dense
 
 REPS = 2000
@@ -76,11 +76,13 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 for name, runs in records.items()}
     matrices = {name: m for name, m in matrices.items() if len(m)}
     rows = {}
+    baselines = ablation_baselines(list(matrices))
     if matrices and all(len(m) >= 2 for m in matrices.values()):
         estimates = interval_estimates(matrices, REPS)
         improvement = improvement_over_dense(matrices, REPS)
+        over_baseline = probability_of_improvement(matrices, list(baselines.items()), REPS)
     else:
-        estimates, improvement = {}, {}
+        estimates, improvement, over_baseline = {}, {}, {}
     dense_iqm = estimates.get("dense", {}).get("iqm", [float("nan")])[0]
     for name, runs in records.items():
         final_dormant = defaultdict(list)
@@ -98,7 +100,38 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs])),
             "per_seed": {r["seed"]: round(r["final"], 1) for r in sorted(runs, key=lambda r: r["seed"])},
         }
+        if name in baselines:
+            base = estimates.get(baselines[name], {}).get("iqm")
+            rows[name] |= {"baseline": baselines[name], "p_improvement_over_baseline": over_baseline.get(name),
+                           "iqm_vs_baseline": relative_to_dense(iqm[0], base[0]) if iqm and base else None}
     return {"seeds_compared": seeds, "rows": rows}
+
+
+def ablation_baselines(names: list[str]) -> dict[str, str]:
+    """``ablation -> its baseline``: the longest other configuration name that ``name`` extends by ``-<change>``
+    (``rigl90-wd1e-4 -> rigl90``, ``dense-lr3x -> dense``); configurations without one are left out."""
+    result = {}
+    for name in names:
+        bases = [other for other in names if other != name and name.startswith(f"{other}-")]
+        if bases:
+            result[name] = max(bases, key=len)
+    return result
+
+
+def ablation_markdown(summary: dict[str, Any]) -> str:
+    """Each change against its own baseline (RigL changes against rigl90, dense changes against dense)."""
+    rows = {name: row for name, row in summary["rows"].items() if row.get("baseline")}
+    if not rows:
+        return ""
+    lines = ["", "## Each change against its baseline", "",
+             "| change | baseline | IQM [95 % CI] | IQM vs baseline | P(better than baseline) [CI] | IQM vs dense |",
+             "|---|---|---|---|---|---|"]
+    for name, row in sorted(rows.items(), key=lambda item: (item[1]["baseline"], item[0])):
+        versus = f"{row['iqm_vs_baseline']:.3f}" if row["iqm_vs_baseline"] is not None else "n/a"
+        dense = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else "n/a"
+        lines.append(f"| {name} | {row['baseline']} | {_fmt(row['iqm'])} | {versus} | "
+                     f"{_fmt(row['p_improvement_over_baseline'], '{:.2f}')} | {dense} |")
+    return "\n".join(lines) + "\n"
 
 
 def equal_wall_clock(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
@@ -246,7 +279,8 @@ def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]]
     results.mkdir(exist_ok=True)
     md = results / f"{out}.md"
     wall_clock = equal_wall_clock(records) if bench.extra.get("equal_wall_clock") else None
-    md.write_text(markdown(summary, header) + (equal_wall_clock_markdown(wall_clock) if wall_clock else ""))
+    md.write_text(markdown(summary, header) + ablation_markdown(summary)
+                  + (equal_wall_clock_markdown(wall_clock) if wall_clock else ""))
     js = results / f"{out}.json"
     js.write_text(json.dumps({"bench": bench_name, "command": command, "steps": bench.steps, **summary,
                               **({"equal_wall_clock": wall_clock} if wall_clock else {}), "records": records},

@@ -106,7 +106,12 @@ def dense_pairs(groups: list[str]) -> list[tuple[str, str]]:
 
 def improvement_over_dense(matrices: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, list[float]]:
     """``sparse group -> [P(sparse > dense), ci_low, ci_high]`` (rliable's probability of improvement)."""
-    pairs = dense_pairs(list(matrices))
+    return probability_of_improvement(matrices, dense_pairs(list(matrices)), reps, seed)
+
+
+def probability_of_improvement(matrices: dict[str, np.ndarray], pairs: list[tuple[str, str]], reps: int, seed: int = 0
+                               ) -> dict[str, list[float]]:
+    """``x -> [P(x > y), ci_low, ci_high]`` for each ``(x, y)`` of ``pairs`` (rliable, 95 % stratified bootstrap)."""
     if not pairs:
         return {}
     _, metrics, _ = import_rliable()

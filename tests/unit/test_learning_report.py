@@ -35,3 +35,19 @@ def test_each_run_scores_its_last_evaluation_within_the_shortest_runs_wall_clock
 def test_no_wall_clock_curve_gives_no_section():
     records = {"dense": [_record(0, [1.0], None), _record(1, [2.0], None)], "wide": [_record(0, [1.0], [5.0])]}
     assert learning_report.equal_wall_clock(records) is None
+
+
+def test_ablations_are_compared_with_their_own_baseline():
+    names = ["dense", "rigl90", "rigl90-init-dense", "rigl90-wd1e-4", "dense-wd1e-4", "rigl90-wide816-x", "static90"]
+    assert learning_report.ablation_baselines(names) == {
+        "rigl90-init-dense": "rigl90", "rigl90-wd1e-4": "rigl90", "dense-wd1e-4": "dense", "rigl90-wide816-x": "rigl90"}
+    finals = {"dense": [10.0, 11.0, 12.0], "rigl90": [5.0, 6.0, 7.0], "rigl90-wd1e-4": [8.0, 9.0, 10.0]}
+    records = {name: [{**_record(seed, [final], [1.0]), "dormant": {}, "nnz": 1, "density": 1.0, "wall_time_s": 1.0,
+                       "steps_per_s": 1.0} for seed, final in enumerate(values)] for name, values in finals.items()}
+    summary = learning_report.summarize(records)
+    row = summary["rows"]["rigl90-wd1e-4"]
+    assert row["baseline"] == "rigl90" and row["p_improvement_over_baseline"][0] == 1.0  # every seed above every seed
+    assert row["iqm_vs_baseline"] == pytest.approx(1 + (9.0 - 6.0) / 6.0)
+    assert "baseline" not in summary["rows"]["rigl90"]
+    text = learning_report.ablation_markdown(summary)
+    assert "| rigl90-wd1e-4 | rigl90 |" in text and "dense-wd1e-4" not in text
