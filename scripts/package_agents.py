@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_learning import BENCHES, RESULTS, grid  # noqa: E402
 
+from sparse_rl.harness.agents import RESULTS as RESULT  # noqa: E402
 from sparse_rl.harness.agents import agent_dir, package, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,10 @@ def main() -> int:
                 print(f"skipped {config.name}: seed 0 has not finished ({run.folder})")
                 continue
             out = agent_dir(AGENTS, bench.algo, bench.env, config.name)
+            owner = json.loads((out / RESULT).read_text()).get("bench") if (out / RESULT).is_file() else None
+            if owner not in (None, args.bench):  # e.g. the sparse-wide bench's 100k dense run vs the 150k one
+                print(f"skipped {config.name}: {out} holds the {owner} agent (packaged from that benchmark)")
+                continue
             result = package(run_dir, out, config.name, rows.get(config.name), bench=args.bench)
             print(f"{out}: return {result['evaluation']['mean']:.1f} +- {result['evaluation']['std']:.1f}")
     command = "python scripts/package_agents.py --table-only"

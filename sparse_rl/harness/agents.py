@@ -189,11 +189,12 @@ def _env_kwargs_as_mapping(agent: RunFolder) -> None:
 def table(root: str | Path) -> str:
     """The markdown table of every agent under ``root`` (return, vs dense, density, bytes, latency)."""
     rows = [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RESULTS))]
-    dense = {(r["algo"], r["env"]): r["evaluation"]["mean"] for r in rows if r["config"] == "dense"}
+    # "vs dense" against the dense agent of the same budget (a benchmark's 100k-step agent is not compared with 150k)
+    dense = {(r["algo"], r["env"], r.get("n_timesteps")): r["evaluation"]["mean"] for r in rows if r["config"] == "dense"}
     lines = ["| agent | return (10 episodes) | vs dense | benchmark IQM over seeds | density | stored vs dense | "
              "export | acting time vs dense | SB3 zip |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = dense.get((r["algo"], r["env"]))
+        base = dense.get((r["algo"], r["env"], r.get("n_timesteps")))
         ratio = f"{1 + (r['evaluation']['mean'] - base) / abs(base):.3f}" if base else "n/a"
         iqm = r.get("benchmark", {}).get("iqm")
         lines.append(
