@@ -18,6 +18,9 @@ from sparse_rl.harness.envs import evaluation_env
 from sparse_rl.harness.evaluation import play
 from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
+#: frames whose shorter side is smaller are scaled up by a whole factor to at least this many pixels
+MIN_VIDEO_SIDE = 160
+
 
 def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | None = None, seed: int = 0,
            deterministic: bool = True, max_steps: int | None = None, video_size: int | None = None) -> list[float]:
@@ -31,15 +34,16 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
     env_kwargs = {"render_mode": "rgb_array"} if video else None
     if video and video_size and "mujoco" in str(gym.registry[run.env].entry_point):
         env_kwargs.update(width=video_size, height=video_size)
-    hyperparams = saved_hyperparams(config)  # env_kwargs are saved as an expression string, as RL Zoo saves them
+    hyperparams = saved_hyperparams(config)  # env_kwargs: a mapping, or a string (older runs)
     env = evaluation_env(run.env, hyperparams, seed, RunFolder(run_dir, run.env).vecnormalize_path,
                          env_kwargs={**(hyperparams.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
-    writer = _video_writer(video, env) if video else None
+    writer: _Video | None = None
 
     def record(venv: Any) -> None:
-        writer.write(np.ascontiguousarray(venv.render()[..., ::-1]))
+        writer.write(venv.render())
 
     try:
+        writer = _Video(video, env) if video else None
         return play(model, env, episodes, deterministic, seed=seed, max_total_steps=max_steps,
                     on_step=record if writer is not None else None)
     finally:
@@ -48,15 +52,43 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
         env.close()
 
 
-def _video_writer(path: str, env: Any) -> Any:
-    import cv2
+class _Video:
+    """An MP4 file written through OpenCV (``mp4v``): frames as 8-bit BGR, frames smaller than :data:`MIN_VIDEO_SIDE`
+    (MinAtar renders 10 x 10 floats in [0, 1]) scaled up by a whole factor, pixels kept square and sharp.
 
-    env.reset()
-    try:
-        frame = env.render()
-    except (ImportError, gym.error.DependencyNotInstalled) as error:  # e.g. pygame for classic control
-        raise ValueError(f"this environment cannot render here: {error}") from None
-    if frame is None:
-        raise ValueError("this environment cannot render rgb frames here, so no video can be written")
-    fps = env.metadata.get("render_fps") or 30
-    return cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
+    :raises ValueError: when the env cannot render rgb frames, or OpenCV cannot write ``path`` (e.g. a ``.gif``)
+    """
+
+    def __init__(self, path: str, env: Any) -> None:
+        import cv2
+
+        env.reset()
+        try:
+            frame = env.render()
+        except (ImportError, gym.error.DependencyNotInstalled) as error:  # e.g. pygame for classic control
+            raise ValueError(f"this environment cannot render here: {error}") from None
+        if frame is None:
+            raise ValueError("this environment cannot render rgb frames here, so no video can be written")
+        self.scale = max(1, -(-MIN_VIDEO_SIDE // min(frame.shape[:2])))
+        height, width = frame.shape[0] * self.scale, frame.shape[1] * self.scale
+        target = Path(path)
+        existed = target.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fps = env.metadata.get("render_fps") or 30
+        self.writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not self.writer.isOpened():
+            if target.exists() and not existed:
+                target.unlink()
+            raise ValueError(f"--video {path}: OpenCV cannot write this file with the mp4v codec; give a .mp4 path")
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:  # float frames: [0, 1] (MinAtar) or [0, 255]
+            top = 1.0 if frame.size and float(frame.max()) <= 1.0 else 255.0
+            frame = np.clip(np.rint(frame * (255.0 / top)), 0, 255).astype(np.uint8)
+        if self.scale > 1:
+            frame = frame.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
+        self.writer.write(np.ascontiguousarray(frame[..., ::-1]))
+
+    def release(self) -> None:
+        self.writer.release()

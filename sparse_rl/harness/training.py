@@ -260,6 +260,7 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
         return folder.path
     for line in resolved.describe():
         print(line)
+    _latest_checkpoint(folder)  # no checkpoint: an error before any file of the run changes
     if int(folder.read_args().get("n_timesteps") or 0) != total:  # the run's target is now this -n
         folder.update_args(n_timesteps=total)
     record = checkpoint_record(folder.checkpoints)
@@ -272,6 +273,16 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
     return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)))
 
 
+def _latest_checkpoint(folder: RunFolder) -> Path:
+    from sparse_rl.sb3.checkpoints import latest_checkpoint
+
+    checkpoint = latest_checkpoint(folder.checkpoints)
+    if checkpoint is None:
+        raise ValueError(f"{folder.path} has no complete checkpoint (train with --save-freq N to write them): "
+                         "start the run again without --resume")
+    return checkpoint
+
+
 def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, Any]:
     """The model (and env, with its VecNormalize statistics) of the last complete checkpoint of a run folder."""
     import shutil
@@ -279,14 +290,11 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     import torch as th
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from sparse_rl.sb3.checkpoints import latest_checkpoint, restore_rng_state
+    from sparse_rl.sb3.checkpoints import restore_rng_state
 
     for stale in folder.checkpoints.glob(".tmp_step_*"):  # a write interrupted by a crash: never committed
         shutil.rmtree(stale, ignore_errors=True)
-    checkpoint = latest_checkpoint(folder.checkpoints)
-    if checkpoint is None:
-        raise ValueError(f"{folder.path} has no complete checkpoint (train with --save-freq N to write them): "
-                         "start the run again without --resume")
+    checkpoint = _latest_checkpoint(folder)
     if (checkpoint / "vecnormalize.pkl").is_file():
         env = VecNormalize.load(str(checkpoint / "vecnormalize.pkl"), env.venv if isinstance(env, VecNormalize) else env)
     try:
@@ -296,6 +304,9 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
         raise ValueError(f"checkpoint {checkpoint} does not fit this policy architecture: {first_line}") from None
     if (checkpoint / "replay_buffer.pkl").is_file():
         model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    elif getattr(model, "replay_buffer", None) is not None:
+        print(f"note: {checkpoint.name} holds no replay buffer (train with --save-replay-buffer to keep it): training "
+              "continues from an empty buffer, so the resumed run differs from an uninterrupted one")
     restore_rng_state(model, th.load(checkpoint / "rng.pt", weights_only=False))
     print(f"resuming {folder.path} from step {model.num_timesteps}")
     return model, env

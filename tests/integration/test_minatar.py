@@ -81,3 +81,21 @@ def test_minatar_suite():
     suite = load_suite("minatar")
     assert len(suite.tasks) == 5 and suite.task_of("MinAtar/Breakout-v1") == "MinAtar/Breakout-v1"
     assert suite.protocol["episodes"] == 10
+
+
+def test_enjoy_writes_a_minatar_video_and_refuses_what_it_cannot_write(runs, tmp_path, capsys):
+    """MinAtar renders 10x10 float frames: the writer crashed on them; an unwritable path printed "video: ..." with no
+    file; a missing folder silently wrote nothing."""
+    import cv2
+
+    run_dir = str(runs / "dqn" / "MinAtar-Breakout-v1_2")
+    video = tmp_path / "new" / "breakout.mp4"
+    assert enjoy_main([run_dir, "--episodes", "1", "-n", "60", "--video", str(video)]) == 0
+    capture = cv2.VideoCapture(str(video))
+    ok, frame = capture.read()
+    assert ok and frame.shape == (160, 160, 3) and frame.max() > 0  # 10 x 10 scaled by 16
+    capsys.readouterr()
+    assert enjoy_main([run_dir, "--episodes", "1", "-n", "20", "--video", str(tmp_path / "breakout.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --video") and err.count("\n") == 1
+    assert not (tmp_path / "breakout.gif").exists()

@@ -97,3 +97,17 @@ def test_same_seed_same_masks_and_weights(tmp_path):
         if isinstance(a[key], th.Tensor):
             assert th.equal(a[key], b[key]), key
     assert any(key.endswith("indices") for key in a)
+
+
+def test_a_refused_resume_changes_nothing_and_a_resume_without_replay_buffer_says_so(tmp_path, capsys):
+    """A --resume -n on a run without checkpoints rewrote args.yml before it failed; an off-policy run resumed
+    without its replay buffer restarted from an empty buffer without a word."""
+    assert train_main(_argv(tmp_path, "-n", "150")) == 0  # no --save-freq: no checkpoint
+    args_file = tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1" / "args.yml"
+    before = args_file.read_text()
+    assert train_main(["--resume", str(args_file.parent.parent), "-n", "300"]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err and args_file.read_text() == before
+    assert train_main(_argv(tmp_path, "-n", "150", "--save-freq", "100")) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", str(tmp_path / "logs" / "sac" / "Pendulum-v1_2"), "-n", "200"]) == 0
+    assert "holds no replay buffer" in capsys.readouterr().out
