@@ -5,9 +5,11 @@ Example::
     python -m sparse_rl.evaluate --suite mujoco --runs logs/ --episodes 10
 
 Writes ``results.csv``/``results.json`` (raw and normalised scores, density, parameters, FLOPs, acting latency vs
-dense per run) and rliable aggregates (IQM, median, mean, optimality gap with 95 % stratified-bootstrap CIs,
-performance profiles, probability of improvement over dense; Agarwal et al. 2021) as PNGs into ``LOG_DIR/evaluation``.
-Suites: ``mujoco``, ``atari`` (the Atari-5 of Aitchison et al. 2023), ``atari26``, ``atari57``, or one env id.
+dense per run) and rliable aggregates (IQM, median, mean and, for normalised scores, the optimality gap, with 95 %
+stratified-bootstrap CIs; performance profiles, probability of improvement over dense; Agarwal et al. 2021) as PNGs
+into ``LOG_DIR/evaluation``.
+Suites: ``mujoco``, ``atari`` (the Atari-5 of Aitchison et al. 2023), ``atari26``, ``atari57``, ``minatar`` (raw
+returns: no reference scores), or one env id.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sparse_rl.harness.evaluation import evaluate_suite, run_table
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sparse_rl.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--suite", required=True, help="mujoco, atari (Atari-5), atari26, atari57 or an env id")
+    parser.add_argument("--suite", required=True, help="mujoco, atari (Atari-5), atari26, atari57, minatar or an env id")
     parser.add_argument("--runs", required=True, help="folder holding run folders (searched recursively)")
     parser.add_argument("-o", "--output", default=None, help="output folder (default: RUNS/evaluation)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per run (default: the suite's protocol)")

@@ -150,10 +150,12 @@ def plot(matrices: dict[str, np.ndarray], estimates: dict[str, dict[str, list[fl
     _, _, plot_utils = import_rliable()
     groups = list(matrices)
     xlabel = "Normalized score" if kind == "normalized" else "Return"
-    points = {g: np.array([estimates[g][m][0] for m in METRICS]) for g in groups}
-    intervals = {g: np.array([[estimates[g][m][1] for m in METRICS], [estimates[g][m][2] for m in METRICS]]) for g in groups}
+    shown = reported_metrics(kind)
+    points = {g: np.array([estimates[g][m][0] for m in shown]) for g in groups}
+    intervals = {g: np.array([[estimates[g][m][1] for m in shown], [estimates[g][m][2] for m in shown]]) for g in groups}
     paths = {}
-    fig, _ = plot_utils.plot_interval_estimates(points, intervals, metric_names=["IQM", "Median", "Mean", "Optimality Gap"],
+    names = {"iqm": "IQM", "median": "Median", "mean": "Mean", "optimality_gap": "Optimality Gap"}
+    fig, _ = plot_utils.plot_interval_estimates(points, intervals, metric_names=[names[m] for m in shown],
                                                 algorithms=groups, xlabel=xlabel, max_ticks=3,
                                                 xlabel_y_coordinate=-0.5 if len(groups) < 4 else -0.15)
     paths["aggregates"] = out_dir / "aggregates.png"
@@ -176,6 +178,12 @@ def plot(matrices: dict[str, np.ndarray], estimates: dict[str, dict[str, list[fl
         fig.savefig(paths["probability_of_improvement"], bbox_inches="tight", dpi=100)
         plt.close(fig)
     return {name: str(path) for name, path in paths.items()}
+
+
+def reported_metrics(kind: str) -> tuple[str, ...]:
+    """The metrics that mean something for this score: the optimality gap (shortfall below a normalised score of 1)
+    needs normalised scores; on raw returns it is left out (``n/a``)."""
+    return METRICS if kind == "normalized" else tuple(m for m in METRICS if m != "optimality_gap")
 
 
 def _mean_of(rows: list[dict[str, Any]], key: str) -> float:
@@ -203,7 +211,8 @@ def aggregate(rows: list[dict[str, Any]], out_dir: str | Path, reps: int = 2000,
     for group, matrix in matrices.items():
         members = [r for r in rows if r["group"] == group]
         groups[group] = {
-            **estimates[group], "runs": int(matrix.shape[0]), "tasks": int(matrix.shape[1]),
+            **{m: estimates[group][m] if m in reported_metrics(key) else None for m in METRICS},
+            "runs": int(matrix.shape[0]), "tasks": int(matrix.shape[1]),
             "probability_of_improvement": improvement.get(group), "density": _mean_of(members, "density"),
             "nnz": _mean_of(members, "nnz"), "inference_flops_vs_dense": _mean_of(members, "inference_flops_vs_dense"),
             "latency_ms": _mean_of(members, "latency_ms"), "latency_vs_dense": _mean_of(members, "latency_vs_dense"),

@@ -12,6 +12,12 @@ from typing import Any
 import numpy as np
 
 RUN_SUMMARY = "run.json"
+#: settings that make a run sparse (SparseConfig's fields in sparse_rl.sb3.builders, the policy class, the topology
+#: schedule): a sparse configuration and its dense baseline may differ in these and only these
+SPARSE_SETTINGS = ("policy", "topology", *(f"policy_kwargs.{k}" for k in (
+    "sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend", "constant_fan_in",
+    "start_dense", "init_scale")))
+TRAINED_STEPS = "trained env steps"
 
 
 @dataclass
@@ -144,7 +150,49 @@ def assign_configurations(runs: list[Run], say: Callable[[str], Any] = print) ->
                 f"counted once")
             continue
         kept[key] = run
+    note_baseline_differences(list(kept.values()), say)
     return list(kept.values())
+
+
+def note_baseline_differences(runs: list[Run], say: Callable[[str], Any] = print) -> None:
+    """One line for each sparse configuration whose runs differ from its dense baseline's (the ``dense``
+    configuration of the same algo and env) in more than the sparse settings (:data:`SPARSE_SETTINGS`): other
+    hyperparameters (``n_envs``, ``learning_rate``...) or other trained env steps (a resumed run), so that a
+    "vs dense" figure never silently compares more than sparsity."""
+    by_config: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        by_config[(run.algo, run.env)][run.config].append(run)
+    for (algo, env), configs in by_config.items():
+        dense = configs.get("dense")
+        if not dense:
+            continue
+        for config, group in configs.items():
+            if config == "dense":
+                continue
+            recorded = all(r.settings is not None for r in [*dense, *group])  # else: only the trained steps
+            base, other = _shared_settings(dense, recorded), _shared_settings(group, recorded)
+            keys = sorted(k for k in set(base) | set(other) if base.get(k, {"'-'"}) != other.get(k, {"'-'"}))
+            if keys:
+                shown = ", ".join(f"{k} ({_values(other.get(k))} vs {_values(base.get(k))})" for k in keys)
+                say(f"{algo} {env}: {config!r} and its dense baseline differ in more than sparsity: {shown}; its "
+                    "'vs dense' compares these too")
+
+
+def _shared_settings(runs: list[Run], with_settings: bool) -> dict[str, set[str]]:
+    """``setting -> the values the runs have`` (missing: ``-``), sparse settings left out, trained steps added."""
+    values: dict[str, set[str]] = defaultdict(set)
+    keys = {k for r in runs for k in (r.settings or {})} if with_settings else set()
+    keys = {k for k in keys if not any(k == s or k.startswith(f"{s}.") for s in SPARSE_SETTINGS)}
+    for run in runs:
+        for key in keys:
+            value = (run.settings or {}).get(key, "-")
+            values[key].add(repr("-" if value == {} else value))  # an empty policy_kwargs is no policy_kwargs
+        values[TRAINED_STEPS].add(repr(run.summary.get("n_timesteps", "-")))
+    return dict(values)
+
+
+def _values(values: set[str] | None) -> str:
+    return "/".join(sorted(values or {"-"})).replace("'", "")
 
 
 def find_runs(root: str | Path, say: Callable[[str], Any] = print) -> list[Run]:

@@ -9,6 +9,7 @@ import torch as th
 from torch import nn
 
 from sparse_rl.analysis.aggregate import (
+    aggregate,
     dense_pairs,
     improvement_over_dense,
     interval_estimates,
@@ -138,3 +139,14 @@ def test_dense_pairs_per_algorithm():
     groups = ["SAC dense", "SAC rigl 90%", "PPO dense", "PPO set 80%", "TD3 rigl 90%"]
     assert dense_pairs(groups) == [("SAC rigl 90%", "SAC dense"), ("PPO set 80%", "PPO dense")]
     assert dense_pairs(["dense", "rigl 90%"]) == [("rigl 90%", "dense")]
+
+
+def test_raw_returns_have_no_optimality_gap(tmp_path):
+    """MinAtar (no reference scores) reported an 'optimality gap' of raw returns below 1, which means nothing."""
+    rows = [_row("dense", "A", s, 10.0 + s) for s in range(3)] + [_row("rigl 90%", "A", s, 9.0 + s) for s in range(3)]
+    summary = aggregate(rows, tmp_path, reps=20)
+    assert summary["score"] == "return_mean" and summary["groups"]["dense"]["optimality_gap"] is None
+    assert summary["groups"]["dense"]["iqm"][0] == pytest.approx(11.0)
+    assert "| n/a |" in markdown_table(summary) and (tmp_path / "aggregates.png").is_file()
+    normalized = [{**row, "normalized": row["return_mean"] / 20} for row in rows]
+    assert aggregate(normalized, tmp_path, reps=20, plots=False)["groups"]["dense"]["optimality_gap"] is not None

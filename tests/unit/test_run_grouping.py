@@ -9,14 +9,14 @@ from sparse_rl.analysis import find_runs
 from sparse_rl.analysis.report import summary_rows
 
 
-def write_run(folder, seed, final, settings=None, method="rigl", sparsity=0.9):
+def write_run(folder, seed, final, settings=None, method="rigl", sparsity=0.9, extra=None, trained=200):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps(dict(algo="sac", env="Pendulum-v1", method=method, sparsity=sparsity,
-                                                     seed=seed, nnz=100)))
+                                                     seed=seed, nnz=100, n_timesteps=trained)))
     np.savez(folder / "evaluations.npz", timesteps=np.array([100, 200]), results=np.array([[final - 10], [final]]))
     if settings is not None:
         (folder / "Pendulum-v1").mkdir()
-        hyper = {"n_timesteps": 200, "policy_kwargs": {"sparsity": sparsity, **settings},
+        hyper = {"n_timesteps": 200, **(extra or {}), "policy_kwargs": {"sparsity": sparsity, **settings},
                  "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": method, "seed": seed}}]}
         (folder / "Pendulum-v1" / "resolved.yml").write_text(
             yaml.safe_dump(dict(method=method, hyperparams=hyper, topology={"method": method, "seed": seed})))
@@ -48,3 +48,28 @@ def test_runs_without_recorded_settings_are_set_apart_from_recorded_ones(tmp_pat
     write_run(tmp_path / "old", 0, -100.0)
     write_run(tmp_path / "new", 1, -100.0, {"distribution": "erk"})
     assert {r.config for r in find_runs(tmp_path, say=lambda line: None)} == {"rigl 90%", "rigl 90% (settings not recorded)"}
+
+
+def test_a_sparse_configuration_that_differs_from_its_dense_baseline_in_more_than_sparsity_is_said(tmp_path):
+    """compare / evaluate gave 'vs dense' against a dense run with other n_envs or more trained steps, silently."""
+    for seed in (0, 1):
+        write_run(tmp_path / f"dense{seed}", seed, -150.0, {}, method="dense", sparsity=0.0)
+        write_run(tmp_path / f"rigl{seed}", seed, -140.0, {"distribution": "erk", "dense_layers": ["output"]})
+    said = []
+    find_runs(tmp_path, say=said.append)
+    assert said == []  # only the sparse settings differ: nothing to say
+    write_run(tmp_path / "set0", 0, -140.0, {"distribution": "erk"}, method="set", extra={"n_envs": 2}, trained=300)
+    find_runs(tmp_path, say=said.append)
+    assert said == ["sac Pendulum-v1: 'set 90%' and its dense baseline differ in more than sparsity: n_envs (2 vs -), "
+                    "trained env steps (300 vs 200); its 'vs dense' compares these too"]
+
+
+def test_the_sparse_settings_are_the_sparse_policies_options():
+    """analysis may not import sb3 (layering), so its list of sparse policy_kwargs must follow SparseConfig by hand."""
+    from dataclasses import fields
+
+    from sparse_rl.analysis.runs import SPARSE_SETTINGS
+    from sparse_rl.sb3.builders import SparseConfig
+
+    listed = {s.removeprefix("policy_kwargs.") for s in SPARSE_SETTINGS if s.startswith("policy_kwargs.")}
+    assert listed == {f.name for f in fields(SparseConfig) if f.init}
