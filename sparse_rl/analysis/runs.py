@@ -195,13 +195,16 @@ def _values(values: set[str] | None) -> str:
     return "/".join(sorted(values or {"-"})).replace("'", "")
 
 
-def find_runs(root: str | Path, say: Callable[[str], Any] = print) -> list[Run]:
-    """Every run folder (one holding ``run.json``) under ``root``, sorted by path, with configurations assigned
-    (:func:`assign_configurations`: runs whose settings differ are not pooled as seeds, repeats are counted once)."""
+def find_runs(root: str | Path, say: Callable[[str], Any] = print, keep: Callable[[Run], bool] | None = None
+              ) -> list[Run]:
+    """Every run folder (one holding ``run.json``) under ``root`` (those ``keep`` accepts), sorted by path, with
+    configurations assigned (:func:`assign_configurations`: runs whose settings differ are not pooled as seeds,
+    repeats are counted once)."""
     root = Path(root)
     if not root.exists():
         raise ValueError(f"log folder {str(root)!r} does not exist")
-    return assign_configurations([load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))], say)
+    runs = [load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))]
+    return assign_configurations([r for r in runs if keep is None or keep(r)], say)
 
 
 def tensorboard_scalars(event_dir: str | Path, tags: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -238,10 +238,15 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
 # ------------------------------------------------------------------------------------------------ a whole suite
 def select_runs(suite: Suite, runs_dir: str | Path, env_id: str | None = None) -> list[Run]:
     """The runs under ``runs_dir`` that belong to the suite (every run when ``env_id`` overrides their env)."""
-    runs = find_runs(runs_dir)
+    runs: list[Run] = []
+
+    def belongs(run: Run) -> bool:  # runs of other envs are left out before grouping (no notes about them)
+        runs.append(run)
+        return env_id is not None or suite.task_of(run.env) is not None
+
+    selected = find_runs(runs_dir, keep=belongs)
     if not runs:
         raise ValueError(f"no runs under {str(runs_dir)!r}: point --runs at a folder written by python -m sparse_rl.train")
-    selected = runs if env_id is not None else [r for r in runs if suite.task_of(r.env) is not None]
     if not selected:
         envs = sorted({r.env for r in runs})
         raise ValueError(f"none of the runs under {str(runs_dir)!r} (envs {envs}) belongs to suite {suite.name!r} "

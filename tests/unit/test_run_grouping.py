@@ -73,3 +73,13 @@ def test_the_sparse_settings_are_the_sparse_policies_options():
 
     listed = {s.removeprefix("policy_kwargs.") for s in SPARSE_SETTINGS if s.startswith("policy_kwargs.")}
     assert listed == {f.name for f in fields(SparseConfig) if f.init}
+
+
+def test_runs_left_out_are_not_grouped_or_talked_about(tmp_path):
+    """evaluate --suite minatar spoke of the PPO runs beside the MinAtar ones: runs outside the suite are left out
+    before grouping."""
+    write_run(tmp_path / "a", 0, -100.0, {"distribution": "erk"})
+    write_run(tmp_path / "b", 1, -300.0, {"distribution": "uniform"})
+    said = []
+    runs = find_runs(tmp_path, say=said.append, keep=lambda run: run.seed == 0)
+    assert [r.seed for r in runs] == [0] and runs[0].config == "rigl 90%" and said == []
