@@ -124,8 +124,20 @@ def check_value(key: str, value: Any, sources: Mapping[str, str] | None = None) 
     """Raise a one-line ``ValueError`` if ``value`` is not allowed for ``key`` (unknown keys pass)."""
     check = CHECKS.get(key)
     if check is not None and not check[0](value):
+        hint = ""
+        if isinstance(value, str) and _numeric_text(value):
+            hint = (f" (YAML reads {value} as a string: write it with a decimal point, e.g. {float(value)!r}, "
+                    f"or as !!float {value})")
         raise ValueError(f"hyperparameter {key}={value!r}{_origin(sources or {}, key)} is not allowed: "
-                         f"{key} must be {check[1]}")
+                         f"{key} must be {check[1]}{hint}")
+
+
+def _numeric_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def algo_parameters(algo_class: type) -> set[str]:
@@ -191,3 +203,23 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or nothing_to_show:
             return text
         return super()._get_help_string(action)
+
+
+def run_device(device: str) -> str:
+    """The torch device a ``--device`` value trains on (``auto``: CUDA when present, else CPU).
+
+    :raises ValueError: for a name torch does not know, or a CUDA device on a machine without one (SB3 would fall
+        back to the CPU without a word)
+    """
+    import torch as th
+
+    if device == "auto":
+        return "cuda" if th.cuda.is_available() else "cpu"
+    try:
+        parsed = th.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device: use auto, cpu or cuda (cuda:N)") from None
+    if parsed.type == "cuda" and not th.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA device (SB3 would train on the CPU instead); "
+                         "use --device cpu or auto")
+    return str(parsed)

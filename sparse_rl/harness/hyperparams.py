@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,15 @@ def load_entry(config_file: str | Path, env_id: str, atari: bool) -> tuple[dict[
 
 
 def parse_value(text: str) -> Any:
-    """A ``-params key:value`` value: YAML scalars and lists, or a Python expression such as ``dict(...)``."""
+    """A ``-params key:value`` value: YAML scalars and lists, or a Python expression such as ``dict(...)``; a number
+    that YAML 1.1 leaves a string (``1e-3``) is a float, as RL Zoo's ``-params`` (which evaluates) reads it."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 def _namespace() -> dict[str, Any]:

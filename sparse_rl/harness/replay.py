@@ -18,8 +18,9 @@ from sparse_rl.harness.envs import evaluation_env
 from sparse_rl.harness.evaluation import play
 from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
-#: frames whose shorter side is smaller are scaled up by a whole factor to at least this many pixels
-MIN_VIDEO_SIDE = 160
+#: frames whose shorter side is below TINY_FRAME pixels (MinAtar: 10) are scaled up by a whole factor to at least
+#: MIN_VIDEO_SIDE; larger frames (and --video-size) are written as rendered
+TINY_FRAME, MIN_VIDEO_SIDE = 64, 160
 
 
 def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | None = None, seed: int = 0,
@@ -53,8 +54,8 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
 
 
 class _Video:
-    """An MP4 file written through OpenCV (``mp4v``): frames as 8-bit BGR, frames smaller than :data:`MIN_VIDEO_SIDE`
-    (MinAtar renders 10 x 10 floats in [0, 1]) scaled up by a whole factor, pixels kept square and sharp.
+    """An MP4 file written through OpenCV (``mp4v``): frames as 8-bit BGR, tiny frames (MinAtar renders 10 x 10 floats
+    in [0, 1]) scaled up by a whole factor to at least :data:`MIN_VIDEO_SIDE` pixels, pixels kept square and sharp.
 
     :raises ValueError: when the env cannot render rgb frames, or OpenCV cannot write ``path`` (e.g. a ``.gif``)
     """
@@ -69,7 +70,8 @@ class _Video:
             raise ValueError(f"this environment cannot render here: {error}") from None
         if frame is None:
             raise ValueError("this environment cannot render rgb frames here, so no video can be written")
-        self.scale = max(1, -(-MIN_VIDEO_SIDE // min(frame.shape[:2])))
+        side = min(frame.shape[:2])
+        self.scale = -(-MIN_VIDEO_SIDE // side) if side < TINY_FRAME else 1
         height, width = frame.shape[0] * self.scale, frame.shape[1] * self.scale
         target = Path(path)
         existed = target.exists()

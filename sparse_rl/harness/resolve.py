@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparse_rl.harness import hyperparams as hp
-from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs
+from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device
 from sparse_rl.harness.envs import check_env_id, is_atari
 from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
@@ -193,6 +193,24 @@ def _method(spec: RunSpec, sparsity: float, topology: dict[str, Any] | None) -> 
     return str((topology or {}).get("method", "rigl")) if sparsity > 0 else "dense"
 
 
+def _flags_against_settings(spec: RunSpec, policy_kwargs: dict[str, Any], topology: dict[str, Any] | None,
+                            origin: str, notes: list[str]) -> None:
+    """A flag that replaces a value of the config is said in a note; one that contradicts a value given in ``-params``
+    in the same command is an error (two requests, one run)."""
+    from_params = hp.policy_kwargs_dict(spec.hyperparams.get("policy_kwargs"))
+    params_topology, _ = hp.topology_callback_kwargs(spec.hyperparams.get("callback"))
+    checks = [(f"--{key}", getattr(spec, key), policy_kwargs.get(key), key in from_params, f"policy_kwargs {key}")
+              for key in ("sparsity", "distribution", "backend")]
+    checks.append(("--method", spec.method, (topology or {}).get("method"), params_topology is not None
+                   and "method" in params_topology, "TopologyCallback method"))
+    for flag, value, current, in_params, what in checks:
+        if value is None or current is None or value == current or (flag == "--method" and value == "dense"):
+            continue
+        if in_params:
+            raise ValueError(f"{flag} {value} contradicts -params {what} {current!r}: give one of the two")
+        notes.append(f"{what}: {flag} replaces {current!r} of {origin}")
+
+
 def resolve(spec: RunSpec) -> Resolved:
     """Resolve and check a run's settings (no file is read but the config, none is written)."""
     algo = algo_class(spec.algo)
@@ -216,6 +234,7 @@ def resolve(spec: RunSpec) -> Resolved:
     policy = merged.get("policy", "MlpPolicy")
     sparsity = _sparsity(spec, policy_kwargs, policy, sources, notes)
     method = _method(spec, sparsity, topology)
+    _flags_against_settings(spec, policy_kwargs, topology, origin, notes)
     if (sparsity > 0 and method != "dense" and sources.get("policy") == "-params" and policy in SPARSE_ALIASES
             and spec.sparsity is None and sources.get("policy_kwargs") != "-params"):
         raise ValueError(f"-params policy:{policy} asks for SB3's dense policy, but {origin} trains at sparsity "
@@ -238,9 +257,20 @@ def resolve(spec: RunSpec) -> Resolved:
             notes.append(f"policy: {policy} -> {SPARSE_ALIASES[policy]} (a sparse run)")
             policy = SPARSE_ALIASES[policy]
     else:
+        asked_dense = spec.sparsity == 0 or spec.method == "dense" or "sparsity" in policy_kwargs
+        if topology is not None and not asked_dense:
+            raise ValueError(f"{origin} has a TopologyCallback (method {topology.get('method', 'rigl')}) but trains the "
+                             f"dense policy {policy} (no sparsity given): for a sparse run use policy: "
+                             f"{SPARSE_ALIASES.get(str(policy), 'SparseMlpPolicy')} or --sparsity S; for the dense "
+                             "baseline pass --sparsity 0 (the callback is then dropped)")
+        for flag, value in (("--distribution", spec.distribution), ("--backend", spec.backend)):
+            if value is not None:
+                raise ValueError(f"{flag} {value} sets up sparse layers, but this run is the dense baseline (sparsity "
+                                 "0): drop the flag, or pass --sparsity S for a sparse run")
         dropped = sorted(k for k in policy_kwargs if k in SPARSE_POLICY_KWARGS)
-        if dropped:
-            notes.append(f"dense baseline: sparse policy_kwargs {dropped} and the TopologyCallback dropped")
+        if dropped or topology is not None:
+            what = [f"sparse policy_kwargs {dropped}"] * bool(dropped) + ["the TopologyCallback"] * (topology is not None)
+            notes.append(f"dense baseline: {' and '.join(what)} dropped")
         policy_kwargs = {k: v for k, v in policy_kwargs.items() if k not in SPARSE_POLICY_KWARGS}
         topology = None
         if isinstance(policy, str) and policy in DENSE_ALIASES:
@@ -277,7 +307,21 @@ def _check(resolved: Resolved, algo: Any) -> None:
 
         fields = set(SparseConfig.__dataclass_fields__)
         SparseConfig(**{k: v for k, v in hyper["policy_kwargs"].items() if k in fields})
+        _check_backend(str(hyper["policy_kwargs"].get("backend", "auto")), resolved.spec.device)
         try:
             TopologyCallback(**resolved.topology)
         except (TypeError, ValueError) as error:
             raise ValueError(f"callback {hp.TOPOLOGY_CALLBACK}: {error}") from None
+
+
+def _check_backend(backend: str, device: str) -> None:
+    """A backend that cannot run on the run's device would leave the layers on the reference path without a word."""
+    from sparse_rl.nn import backends
+
+    if backend == backends.AUTO:
+        return
+    backends.check_name(backend)
+    where = run_device(device)
+    if backend not in backends.available(where):
+        raise ValueError(f"backend {backend!r} cannot run on {where} here (available: {backends.available(where)}, or "
+                         "'auto'): the layers would silently use the reference path")

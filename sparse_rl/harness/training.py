@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.harness import hyperparams as hp
+from sparse_rl.harness.checks import run_device
 from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
 from sparse_rl.harness.runs import RunFolder, atomic_save, run_summary, saved_hyperparams
@@ -157,6 +158,9 @@ def _check_flags(spec: RunSpec) -> None:
     for flag, value, low in (("--eval-episodes", spec.eval_episodes, 1), ("--threads", spec.threads, 1)):
         if value < low:
             raise ValueError(f"{flag} must be at least {low}, got {value}")
+    if spec.seed < 0:
+        raise ValueError(f"--seed must be 0 or more (Gymnasium seeds), got {spec.seed}")
+    run_device(spec.device)
     if spec.backend is not None:
         from sparse_rl.nn import backends
 

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch as th
 import yaml
 from stable_baselines3 import SAC
 
@@ -71,6 +72,9 @@ def test_compare_report(runs, tmp_path, capsys):
     (["-params", "policy_kwargs:dict(net_arch=[8], distribution='gauss')"], "unknown distribution 'gauss'"),
     (["--method", "dense", "--sparsity", "0.9"], "--method dense trains the dense baseline"),
     (["-params", "policy:MlpPolicy"], "-params policy:MlpPolicy asks for SB3's dense policy, but"),
+    (["--device", "foo"], "--device 'foo' is not a torch device"),  # was a traceback
+    (["--seed", "-1"], "--seed must be 0 or more"),  # was a traceback
+    *([(["--device", "cuda"], "this machine has no CUDA device")] if not th.cuda.is_available() else []),  # was CPU
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     assert train_main([*argv, "-f", str(tmp_path), "-n", "10"]) == 2

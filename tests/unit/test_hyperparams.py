@@ -172,3 +172,51 @@ def test_to_expression_round_trips_torch_classes():
     text = hp.to_expression(value)
     assert text == "dict(activation_fn=nn.Tanh, optimizer_class=th.optim.RMSprop, net_arch=[64, (1, 2)], x=None)"
     assert hp.evaluate_expression(text, "policy_kwargs") == {**value, "net_arch": [64, (1, 2)]}
+
+
+def test_a_topology_callback_with_a_dense_policy_is_an_error_unless_dense_was_asked(tmp_path):
+    """A -conf entry with a TopologyCallback but no sparse policy trained dense without a word."""
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({"default": {"n_timesteps": 100, "policy_kwargs": "dict(net_arch=[32, 32])",
+                                                "callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set"}}]}}))
+    with pytest.raises(ValueError, match="has a TopologyCallback .method set. but trains the dense policy MlpPolicy"):
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf)))
+    dense = resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf), sparsity=0.0))
+    assert not dense.sparse and "dense baseline: the TopologyCallback dropped" in dense.notes
+    assert resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf), sparsity=0.8)).topology["method"] == "set"
+
+
+@pytest.mark.parametrize("spec,match", [
+    (dict(sparsity=0.0, distribution="uniform"), "--distribution uniform sets up sparse layers, but this run is the dense"),
+    (dict(method="dense", backend="cpu"), "--backend cpu sets up sparse layers"),
+    (dict(method="rigl", hyperparams={"callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set"}}]}),
+     "--method rigl contradicts -params TopologyCallback method 'set'"),
+    (dict(sparsity=0.8, hyperparams={"policy_kwargs": "dict(sparsity=0.5)"}),
+     "--sparsity 0.8 contradicts -params policy_kwargs sparsity 0.5"),
+    (dict(backend="triton"), "backend 'triton' cannot run on cpu"),
+])
+def test_flags_that_would_be_silently_dropped_or_overruled_are_errors(spec, match):
+    if spec.get("backend") == "triton":
+        from sparse_rl.nn import backends
+
+        if "triton" in backends.available("cuda" if __import__("torch").cuda.is_available() else "cpu"):
+            pytest.skip("triton runs here")
+    with pytest.raises(ValueError, match=match) as error:
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", **spec))
+    assert "\n" not in str(error.value)
+
+
+def test_a_flag_replacing_a_config_value_is_said():
+    """--sparsity / --method over the config's values replaced them without a note."""
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", sparsity=0.8, method="set"))
+    assert resolved.sparsity == 0.8 and resolved.topology["method"] == "set"
+    assert any(n.startswith("policy_kwargs sparsity: --sparsity replaces 0.9") for n in resolved.notes)
+    assert any(n.startswith("TopologyCallback method: --method replaces 'rigl'") for n in resolved.notes)
+
+
+def test_a_number_yaml_leaves_a_string_is_a_float_in_params_and_explained_in_files(tmp_path):
+    assert hp.parse_value("1e-3") == 0.001 and hp.parse_value("lin_1e-3") == "lin_1e-3"  # RL Zoo's -params evaluates
+    conf = tmp_path / "c.yml"
+    conf.write_text("Pendulum-v1:\n  n_timesteps: 100\n  learning_rate: 1e-3\n")
+    with pytest.raises(ValueError, match=r"YAML reads 1e-3 as a string: write it with a decimal point, e.g. 0.001"):
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf)))
