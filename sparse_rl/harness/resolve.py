@@ -81,6 +81,8 @@ class Resolved:
     distribution: str
     notes: list[str]
     sources: dict[str, str]
+    #: the topology schedule in env steps, defaults filled in (``None`` for the dense baseline)
+    schedule: dict[str, Any] | None = None
 
     @property
     def sparse(self) -> bool:
@@ -103,6 +105,13 @@ class Resolved:
                  f"{int(hyper['n_timesteps'])} env steps"]
         if self.topology is not None:
             lines.append(f"  topology: {self.topology}")
+        if self.schedule is not None:
+            sched = self.schedule
+            when = (f"{sched['updates']} updates, every {sched['update_every']} env steps from step {sched['first_update']}"
+                    f" to {sched['last_update']}" if sched["updates"] else "no update fits")
+            defaults = [d + (" = learning_starts" if d == "start" else "") for d in sched["defaults"]]
+            lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; drop fraction "
+                         f"{sched['drop_fraction']} {sched['drop_schedule']}); defaults used: {', '.join(defaults) or 'none'}")
         lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
         if self.normalize is not None:
             lines.append(f"  normalize: VecNormalize({self.normalize})")
@@ -115,7 +124,8 @@ class Resolved:
         if self.topology is not None:
             hyper["callback"] = [*hyper.get("callback", []), {hp.TOPOLOGY_CALLBACK: self.topology}]
         return {"method": self.method, "sparsity": self.sparsity, "distribution": self.distribution,
-                "topology": self.topology, "hyperparams": _plain(hyper), "notes": self.notes, "sources": self.sources}
+                "topology": self.topology, "topology_schedule": self.schedule, "hyperparams": _plain(hyper),
+                "notes": self.notes, "sources": self.sources}
 
 
 def _plain(value: Any) -> Any:
@@ -285,7 +295,42 @@ def resolve(spec: RunSpec) -> Resolved:
     resolved = Resolved(spec, merged, topology, method if topology is not None else "dense",
                         sparsity if topology is not None else 0.0, distribution, notes, sources)
     _check(resolved, algo)
+    if topology is not None:
+        resolved.schedule = topology_schedule(topology, merged, algo)
+        if resolved.schedule["updates"] == 0 and method == "gmp":
+            raise ValueError(f"no gmp pruning step fits this run ({resolved.schedule['start']} to "
+                             f"{resolved.schedule['end']} every {resolved.schedule['update_every']} env steps): the "
+                             f"network would stay dense while labelled {sparsity:g} sparse; lower update_every, move "
+                             "start/end or train longer")
     return resolved
+
+
+def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], algo: Any) -> dict[str, Any]:
+    """The TopologyCallback's schedule of a fresh run in env steps: its defaults filled in (``start``: the
+    algorithm's ``learning_starts``; fractions of ``n_timesteps``), the first and last update and their count."""
+    import inspect
+
+    from sparse_rl.sb3.callbacks import TopologyCallback
+    from sparse_rl.topology.schedules import TopologySchedule, resolve_step
+
+    signature = inspect.signature(TopologyCallback.__init__).parameters
+    defaults = [k for k in ("update_every", "drop_fraction", "drop_schedule", "start", "end") if k not in topology]
+    full = {k: topology.get(k, signature[k].default) for k in ("update_every", "drop_fraction", "drop_schedule", "start",
+                                                                 "end")}
+    total = int(hyperparams["n_timesteps"])
+    if full["start"] is None:
+        algo_default = inspect.signature(algo.__init__).parameters.get("learning_starts")
+        full["start"] = hyperparams.get("learning_starts", algo_default.default if algo_default else 0)
+    start, end = resolve_step(full["start"], total, "start"), resolve_step(full["end"], total, "end")
+    schedule = TopologySchedule(update_every=full["update_every"], start=start, end=max(end, start),
+                                drop_fraction=full["drop_fraction"], drop_schedule=full["drop_schedule"])
+    first = schedule.next_update_step(start - 1) if end >= start else None
+    first = first if first is not None and first <= total else None
+    last = None if first is None else first + (min(end, total) - first) // full["update_every"] * full["update_every"]
+    updates = 0 if first is None else (last - first) // full["update_every"] + 1
+    return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
+            "drop_schedule": full["drop_schedule"], "first_update": first, "last_update": last, "updates": updates,
+            "defaults": defaults}
 
 
 def _check(resolved: Resolved, algo: Any) -> None:

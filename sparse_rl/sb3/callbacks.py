@@ -165,8 +165,8 @@ class TopologyCallback(BaseCallback):
         elif self.next_update_step is None and UPDATERS[self.method].rewires:
             why = self._inverted or f"{_describe(self.resolved_schedule())}, training ends at step {self.total_steps}"
             advice = "move end after start" if self._inverted else "lower update_every or train longer"
-            print(f"TopologyCallback: no {self.method} update fits this run ({why}): the topology stays as initialised; "
-                  f"{advice}")
+            stays = "the network stays dense" if self.method == "gmp" else "the topology stays as initialised"
+            print(f"TopologyCallback: no {self.method} update fits this run ({why}): {stays}; {advice}")
         self._save_state()
         self.sparsity_log = SparsityLog(self.layers)
 

@@ -220,3 +220,21 @@ def test_a_number_yaml_leaves_a_string_is_a_float_in_params_and_explained_in_fil
     conf.write_text("Pendulum-v1:\n  n_timesteps: 100\n  learning_rate: 1e-3\n")
     with pytest.raises(ValueError, match=r"YAML reads 1e-3 as a string: write it with a decimal point, e.g. 0.001"):
         resolve(RunSpec(algo="sac", env="Pendulum-v1", conf_file=str(conf)))
+
+
+def test_the_topology_schedule_is_resolved_in_env_steps_printed_and_saved():
+    """Defaulted start/end/drop schedule were neither printed nor saved; only the given keys were."""
+    resolved = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", n_timesteps=150_000))
+    assert resolved.schedule == {"update_every": 1000, "start": 10_000, "end": 120_000, "drop_fraction": 0.5,
+                                 "drop_schedule": "cosine", "first_update": 11_000, "last_update": 120_000,
+                                 "updates": 110, "defaults": ["start"]}  # start = the config's learning_starts
+    assert any("110 updates, every 1000 env steps from step 11000 to 120000" in line and "start = learning_starts" in line
+               for line in resolved.describe())
+    assert resolved.saved()["topology_schedule"]["updates"] == 110
+    assert resolve(RunSpec(algo="sac", env="HalfCheetah-v4", sparsity=0.0)).schedule is None
+
+
+def test_gmp_without_a_pruning_step_is_an_error():
+    """It trained a fully dense network labelled 90 % sparse."""
+    with pytest.raises(ValueError, match="no gmp pruning step fits this run .* the network would stay dense"):
+        resolve(RunSpec(algo="sac", env="Pendulum-v1", method="gmp", n_timesteps=600))
