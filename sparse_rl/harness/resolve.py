@@ -255,6 +255,10 @@ def resolve(spec: RunSpec) -> Resolved:
         for key, value in (("backend", spec.backend), ("distribution", spec.distribution)):
             if value is not None:
                 policy_kwargs[key], sources[f"policy_kwargs.{key}"] = value, f"--{key}"
+        for key, network in (("actor_sparsity", "actor / policy network"), ("critic_sparsity", "critics / value side")):
+            if policy_kwargs.get(key) is not None and policy_kwargs[key] != sparsity:
+                notes.append(f"{key}: the {network} trains at {policy_kwargs[key]:g}, not {sparsity:g} (the run's name "
+                             f"and labels give sparsity {sparsity:g})")
         if method == "srigl":
             policy_kwargs["constant_fan_in"] = True
         if method == "gmp":

@@ -59,6 +59,8 @@ class GridRun:
         if not self.folder.exists():
             return None
         record = self.folder / POINT_FILE
+        if not any(self.folder.glob(f"{self.algo}/*/*/args.yml")):
+            return None  # nothing trained here yet (an attempt that failed before training): the point runs as asked
         if record.is_file():
             recorded = json.loads(record.read_text())
         else:
@@ -108,7 +110,51 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
     unknown = set(spec) - {*GRID_KEYS, "n_timesteps", "train_args", "log_folder", "max_retries"}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in sweep file {str(path)!r}")
+    _check_grid(spec, str(path))
     return spec
+
+
+#: train flags that each grid point sets itself (long names; argparse also takes unique prefixes and ``--flag=value``)
+POINT_FLAGS = {"--algo": "algo", "--env": "env", "--method": "method", "--sparsity": "sparsity", "--seed": "seed",
+               "--n-timesteps": "n_timesteps", "--log-folder": "log_folder", "--resume": "(none: sweeps resume "
+               "unfinished points themselves)"}
+SHORT_POINT_FLAGS = {"-n": "n_timesteps", "-f": "log_folder"}
+
+
+def _check_grid(spec: dict[str, Any], where: str) -> None:
+    """Every grid value checked before anything runs; ``train_args`` may not set what the grid sets (argparse keeps
+    the last flag, so the point would silently train something other than its name says)."""
+    from sparse_rl.harness.resolve import ALGOS, METHODS
+
+    def fail(key: str, value: Any, allowed: str) -> None:
+        hint = f" (YAML reads {value} as a string: write it as an integer)" if isinstance(value, str) else ""
+        raise ValueError(f"sweep file {where}: {key} {value!r} is not allowed: {allowed}{hint}")
+
+    for algo in _as_list(spec["algo"]):
+        if algo not in ALGOS:
+            fail("algo", algo, f"one of {list(ALGOS)}")
+    for method in _as_list(spec.get("method", "rigl")):
+        if method not in METHODS:
+            fail("method", method, f"one of {list(METHODS)}")
+    for sparsity in _as_list(spec.get("sparsity", 0.9)):
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            fail("sparsity", sparsity, "a number in [0, 1)")
+    for seed in _as_list(spec.get("seed", 0)):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            fail("seed", seed, "an integer >= 0")
+    steps = spec.get("n_timesteps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
+        fail("n_timesteps", steps, "a positive integer")
+    for arg in (str(a) for a in spec.get("train_args", ())):
+        name = arg.split("=")[0]
+        if name.startswith("--") and len(name) > 2:
+            hits = [flag for flag in POINT_FLAGS if flag.startswith(name)]
+        else:
+            hits = [flag for flag in SHORT_POINT_FLAGS if name == flag or (name.startswith(flag) and name[2:3].isdigit())]
+        if hits:
+            key = {**POINT_FLAGS, **SHORT_POINT_FLAGS}[hits[0]]
+            raise ValueError(f"sweep file {where}: train_args set {arg}, which each grid point sets itself: use the "
+                             f"sweep file's {key} key instead")
 
 
 def expand_grid(spec: dict[str, Any]) -> list[GridRun]:

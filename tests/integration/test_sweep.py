@@ -96,3 +96,31 @@ def test_a_point_trained_by_an_older_sweep_is_checked_against_its_args(tmp_path)
     assert old.stale() is None
     now = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=200, root=str(tmp_path))
     assert now.stale() == f"{now.folder} was trained with n_timesteps 100 (the sweep file now says 200)"
+
+
+@pytest.mark.parametrize("spec,match", [
+    (dict(method=["static", "set"], train_args=["--method", "rigl"]), "train_args set --method, which each grid point"),
+    (dict(train_args=["--meth=rigl"]), "train_args set --meth=rigl"),  # argparse's prefixes
+    (dict(train_args=["-n", "500"]), "use the sweep file's n_timesteps key"),
+    (dict(train_args=["--sparsity", "0.5"]), "train_args set --sparsity"),
+    (dict(method=["rigl", "foo"]), "method 'foo' is not allowed"),
+    (dict(sparsity=[0.9, 1.5]), "sparsity 1.5 is not allowed"),
+    (dict(sparsity=["abc"]), "sparsity 'abc' is not allowed"),
+    (dict(n_timesteps="1e4"), "n_timesteps '1e4' is not allowed: a positive integer .YAML reads"),
+    (dict(seed=[-1]), "seed -1 is not allowed"),
+])
+def test_a_sweep_file_is_checked_before_anything_runs(tmp_path, spec, match):
+    """train_args repeating a grid flag trained every point as that flag said (static and set both ran RigL); bad grid
+    values were listed as 'todo'."""
+    with pytest.raises(ValueError, match=match):
+        load_sweep(_write(tmp_path / "s.yml", **{"algo": "sac", "env": "Pendulum-v1", **spec}))
+
+
+def test_a_point_that_failed_before_training_is_not_stale(tmp_path):
+    """A point whose attempt failed (nothing trained) was later reported as 'was trained with' its old settings."""
+    failed = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=100, train_args=("--eval-freq", "7"),
+                     root=str(tmp_path))
+    failed.folder.mkdir(parents=True)
+    (failed.folder / "sweep_point.json").write_text('{"n_timesteps": 100, "train_args": ["--eval-freq", "7"]}')
+    now = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=100, root=str(tmp_path))
+    assert now.stale() is None

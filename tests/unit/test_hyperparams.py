@@ -238,3 +238,9 @@ def test_gmp_without_a_pruning_step_is_an_error():
     """It trained a fully dense network labelled 90 % sparse."""
     with pytest.raises(ValueError, match="no gmp pruning step fits this run .* the network would stay dense"):
         resolve(RunSpec(algo="sac", env="Pendulum-v1", method="gmp", n_timesteps=600))
+
+
+def test_a_per_network_sparsity_is_said():
+    """A run named rigl90 trained its actor at 50 % without a word."""
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", hyperparams={"policy_kwargs": "dict(actor_sparsity=0.5)"}))
+    assert any(n.startswith("actor_sparsity: the actor / policy network trains at 0.5, not 0.9") for n in resolved.notes)
