@@ -273,7 +273,8 @@ def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]]
         return []
     summary = summarize(records)
     header = (f"# {bench_name}: {bench.algo.upper()} on {bench.env}, {bench.steps:,} env steps per run\n\n"
-              f"Command: `{command}`. {bench.note[:1].upper()}{bench.note[1:]}. Final score: mean return of the final "
+              f"Command: `{command}`. {bench.note[:1].upper() + bench.note[1:] + '. ' if bench.note else ''}Final score: "
+              "mean return of the final "
               f"evaluation ({records[next(iter(records))][0]['episodes']} deterministic episodes) at the last step. Wall "
               "time and steps/s come from runs that shared the machine with other jobs: not a speed comparison.")
     results.mkdir(exist_ok=True)

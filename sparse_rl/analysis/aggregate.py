@@ -170,8 +170,12 @@ def plot(matrices: dict[str, np.ndarray], estimates: dict[str, dict[str, list[fl
     plt.close(fig)
     if improvement:
         pairs = dict(dense_pairs(groups))
-        probs = {f"{x},{pairs[x]}": value[0] for x, value in improvement.items()}
-        cis_ = {f"{x},{pairs[x]}": np.array(value[1:]) for x, value in improvement.items()}
+
+        def key(x: str) -> str:  # rliable splits "x,y" on the comma: names holding commas (settings) must not
+            return f"{x.replace(',', ';')},{pairs[x].replace(',', ';')}"
+
+        probs = {key(x): value[0] for x, value in improvement.items()}
+        cis_ = {key(x): np.array(value[1:]) for x, value in improvement.items()}
         fig, ax = plt.subplots(figsize=(5, 1 + 0.6 * len(probs)))
         plot_utils.plot_probability_of_improvement(probs, cis_, ax=ax)
         paths["probability_of_improvement"] = out_dir / "probability_of_improvement.png"

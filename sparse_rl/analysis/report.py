@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _band(ax: Any, x: np.ndarray, stats: np.ndarray, label: str, dense: bool) -> None:
-    line = ax.plot(x, stats[:, 0], label=label, lw=2 if dense else 1.5)
+    # configuration names that list their settings are long: wrapped, so that the legend leaves room for the plot
+    line = ax.plot(x, stats[:, 0], label=textwrap.fill(label, 40), lw=2 if dense else 1.5)
     ax.fill_between(x, stats[:, 1], stats[:, 2], color=line[0].get_color(), alpha=0.2)
 
 

@@ -18,6 +18,7 @@ SPARSE_SETTINGS = ("policy", "topology", *(f"policy_kwargs.{k}" for k in (
     "sparsity", "actor_sparsity", "critic_sparsity", "distribution", "dense_layers", "backend", "constant_fan_in",
     "start_dense", "init_scale")))
 TRAINED_STEPS = "trained env steps"
+SCHEDULE_KEYS = ("update_every", "start", "end", "drop_fraction", "drop_schedule")
 
 
 @dataclass
@@ -104,6 +105,10 @@ def _settings(path: Path) -> dict[str, Any] | None:
     hyper = dict(data.get("hyperparams") or {})
     callbacks = [c for c in hyper.pop("callback", None) or [] if "TopologyCallback" not in str(c)]
     topology = {k: v for k, v in (data.get("topology") or {}).items() if k != "seed"}
+    schedule = data.get("topology_schedule")  # the schedule as trained, defaults filled in (runs since it existed)
+    if topology and schedule:
+        topology = {"method": topology.get("method"), **{k: schedule[k] for k in SCHEDULE_KEYS},
+                    **{k: v for k, v in topology.items() if k not in (*SCHEDULE_KEYS, "method", "verbose")}}
     return _flatten({"hyperparams": {**hyper, "callback": callbacks}, "topology": topology})
 
 

@@ -89,9 +89,9 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
     from safetensors.torch import save_file
     from stable_baselines3.common.preprocessing import is_image_space
 
+    modules, output = _acting_path(model)  # an unsupported agent is refused before the folder exists
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    modules, output = _acting_path(model)
     tensors: dict[str, th.Tensor] = {}
     ops: list[dict[str, Any]] = []
     for i, module in enumerate(modules):

@@ -75,3 +75,11 @@ def test_bad_export_folders(tmp_path):
     with pytest.raises(ValueError, match="not an export folder"):
         load_exported(tmp_path)
     assert export_main([str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_an_unsupported_agent_leaves_no_folder(tmp_path):
+    """export of a TQC agent gave its one error line but left an empty output folder behind."""
+    tqc = type("TQC", (), {"policy": None})()
+    with pytest.raises(ValueError, match="cannot export a TQC agent"):
+        export_policy(tqc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

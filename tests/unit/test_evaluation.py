@@ -150,3 +150,13 @@ def test_raw_returns_have_no_optimality_gap(tmp_path):
     assert "| n/a |" in markdown_table(summary) and (tmp_path / "aggregates.png").is_file()
     normalized = [{**row, "normalized": row["return_mean"] / 20} for row in rows]
     assert aggregate(normalized, tmp_path, reps=20, plots=False)["groups"]["dense"]["optimality_gap"] is not None
+
+
+def test_configuration_names_with_commas_plot(tmp_path):
+    """evaluate crashed at the probability-of-improvement plot ('too many values to unpack') when a configuration's
+    name listed its settings, which holds commas; the whole evaluation was lost."""
+    sparse = "rigl 90% (topology.end=0.8, topology.update_every=400)"
+    rows = [_row("dense", "A", s, 10.0 + s) for s in range(3)] + [_row(sparse, "A", s, 9.0 + s) for s in range(3)]
+    summary = aggregate(rows, tmp_path, reps=20)
+    assert summary["groups"][sparse]["probability_of_improvement"] is not None
+    assert (tmp_path / "probability_of_improvement.png").is_file()

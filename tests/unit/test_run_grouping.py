@@ -83,3 +83,22 @@ def test_runs_left_out_are_not_grouped_or_talked_about(tmp_path):
     said = []
     runs = find_runs(tmp_path, say=said.append, keep=lambda run: run.seed == 0)
     assert [r.seed for r in runs] == [0] and runs[0].config == "rigl 90%" and said == []
+
+
+def test_runs_are_grouped_by_the_schedule_they_trained_with_not_the_keys_typed(tmp_path):
+    """A run given update_every alone was labelled 'drop_fraction=-, end=-' and set apart from a run that typed the
+    defaults out, though both trained the same schedule."""
+    schedule = {"update_every": 400, "start": 100, "end": 1600, "drop_fraction": 0.3, "drop_schedule": "cosine",
+                "first_update": 500, "last_update": 1300, "updates": 3, "defaults": []}
+    typed = [{"method": "rigl", "update_every": 400, "seed": 0},
+             {"method": "rigl", "update_every": 400, "drop_fraction": 0.3, "drop_schedule": "cosine", "end": 0.8,
+              "seed": 1}]
+    for seed, topology in enumerate(typed):
+        write_run(tmp_path / f"r{seed}", seed, -100.0, {"distribution": "erk"})
+        resolved = tmp_path / f"r{seed}" / "Pendulum-v1" / "resolved.yml"
+        data = yaml.safe_load(resolved.read_text())
+        resolved.write_text(yaml.safe_dump({**data, "topology": topology, "topology_schedule": schedule}))
+    said = []
+    runs = find_runs(tmp_path, say=said.append)
+    assert [r.config for r in runs] == ["rigl 90%", "rigl 90%"] and said == []
+    assert runs[0].settings["topology.drop_fraction"] == 0.3 and runs[0].settings["topology.end"] == 1600
