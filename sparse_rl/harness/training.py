@@ -127,7 +127,8 @@ def train(spec: RunSpec) -> Path:
     folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)
     tb_dir = None
     try:
-        tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved)) if spec.tensorboard_log else None
+        # absolute: a --resume from another working directory logs into the same TensorBoard run
+        tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved).resolve()) if spec.tensorboard_log else None
         folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
         env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, env_kwargs=spec.env_kwargs)
         hyper = resolved.hyperparams

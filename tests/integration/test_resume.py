@@ -111,3 +111,14 @@ def test_a_refused_resume_changes_nothing_and_a_resume_without_replay_buffer_say
     capsys.readouterr()
     assert train_main(["--resume", str(tmp_path / "logs" / "sac" / "Pendulum-v1_2"), "-n", "200"]) == 0
     assert "holds no replay buffer" in capsys.readouterr().out
+
+
+def test_a_relative_tensorboard_folder_is_saved_absolute(tmp_path, monkeypatch):
+    """-tb tb was saved as 'tb/...': a --resume from another directory would have logged somewhere else."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "100", "-f", "logs", "-tb", "tb", "--eval-freq", "-1",
+                       "-v", "0", "-params", "learning_starts:50"]) == 0
+    saved = yaml.safe_load((tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1" / "resolved.yml").read_text())
+    assert saved["tensorboard_dir"] == str(tmp_path.resolve() / "tb" / "sac_Pendulum-v1_rigl90_s0")
