@@ -108,7 +108,8 @@ class Resolved:
         if self.schedule is not None:
             sched = self.schedule
             when = (f"{sched['updates']} updates, every {sched['update_every']} env steps from step {sched['first_update']}"
-                    f" to {sched['last_update']}" if sched["updates"] else "no update fits")
+                    f" to {sched['last_update']}" if sched["updates"] else
+                    "none (static masks)" if self.method == "static" else "no update fits")
             defaults = [d + (" = learning_starts" if d == "start" else "") for d in sched["defaults"]]
             lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; drop fraction "
                          f"{sched['drop_fraction']} {sched['drop_schedule']}); defaults used: {', '.join(defaults) or 'none'}")
@@ -328,7 +329,10 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     start, end = resolve_step(full["start"], total, "start"), resolve_step(full["end"], total, "end")
     schedule = TopologySchedule(update_every=full["update_every"], start=start, end=max(end, start),
                                 drop_fraction=full["drop_fraction"], drop_schedule=full["drop_schedule"])
-    first = schedule.next_update_step(start - 1) if end >= start else None
+    from sparse_rl.topology import UPDATERS
+
+    rewires = UPDATERS[topology.get("method", signature["method"].default)].rewires  # static: masks never change
+    first = schedule.next_update_step(start - 1) if end >= start and rewires else None
     first = first if first is not None and first <= total else None
     last = None if first is None else first + (min(end, total) - first) // full["update_every"] * full["update_every"]
     updates = 0 if first is None else (last - first) // full["update_every"] + 1

@@ -244,3 +244,9 @@ def test_a_per_network_sparsity_is_said():
     """A run named rigl90 trained its actor at 50 % without a word."""
     resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", hyperparams={"policy_kwargs": "dict(actor_sparsity=0.5)"}))
     assert any(n.startswith("actor_sparsity: the actor / policy network trains at 0.5, not 0.9") for n in resolved.notes)
+
+
+def test_static_masks_have_no_scheduled_update():
+    resolved = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", method="static", n_timesteps=150_000))
+    assert resolved.schedule["updates"] == 0 and resolved.schedule["first_update"] is None
+    assert any("topology schedule: none (static masks)" in line for line in resolved.describe())
