@@ -259,6 +259,8 @@ class SparseConv2d(SparseLayer):
         return self._maybe_capture(inputs, backends.get(self._backend_name()).conv2d(self, inputs))
 
     def _dense_grad_from(self, inputs: th.Tensor, grad_output: th.Tensor) -> th.Tensor:
+        if inputs.dim() == 3:  # an unbatched (C, H, W) image, as nn.Conv2d accepts
+            inputs, grad_output = inputs.unsqueeze(0), grad_output.unsqueeze(0)
         grad: th.Tensor = nn_grad.conv2d_weight(inputs, self.weight_shape, grad_output.to(inputs.dtype), **self.conv_kwargs())
         return grad
 

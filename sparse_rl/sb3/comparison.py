@@ -2,10 +2,11 @@
 mask images a person can see.
 
 - :class:`ComparisonCallback` logs, for dense and sparse runs alike, at every point of the evaluation grid: density,
-  stored weights (``sparsity/nnz``) and trainable parameters (``sparsity/params``), training and inference
-  multiply-adds relative to dense, the fraction of connections ever active (in-time over-parameterisation, Liu et al.
-  2021, arXiv 2102.02887: 1.0 for a dense run), a histogram of the stored weights' magnitudes and the training speed
-  since the last record (``time/steps_per_second``, evaluations excluded). Dormant neurons come from
+  stored weights (``sparsity/nnz``) and trained parameters (``sparsity/params``, target copies left out), training
+  and inference multiply-adds relative to dense, the fraction of connections ever active (in-time
+  over-parameterisation, Liu et al. 2021, arXiv 2102.02887: 1.0 for a dense run), a histogram of the stored
+  weights' magnitudes and the training speed since the last record (``time/steps_per_second``, evaluations
+  excluded). Dormant neurons come from
   :class:`~sparse_rl.sb3.dormant.DormantNeuronCallback` on the same grid.
 - :data:`LAYOUT`, written into each run's event file: a "dense vs sparse" section (evaluation return, training FLOPs vs
   dense, density, dormant fraction, steps per second), one chart each, every run a line.
@@ -85,10 +86,17 @@ def comparable_scalars(model: Any, ever_active: float = 1.0) -> dict[str, float]
     flops = policy_flops_for_space(policy, model.observation_space)
     return {
         "sparsity/density": report["total"]["density"], "sparsity/nnz": report["total"]["nnz"],
-        "sparsity/params": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        "sparsity/params": trained_parameters(policy),
         "sparsity/inference_flops_vs_dense": flops["inference_vs_dense"],
         "sparsity/training_flops_vs_dense": flops["training_vs_dense"], "sparsity/ever_active_fraction": ever_active,
     }
+
+
+def trained_parameters(policy: Any) -> int:
+    """Stored parameters of the trained networks: target networks (``*_target``, copies SB3 keeps with
+    ``requires_grad`` set) are left out, as they are from ``sparsity/nnz``."""
+    return sum(p.numel() for name, p in policy.named_parameters()
+               if p.requires_grad and not name.split(".", 1)[0].endswith("_target"))
 
 
 def stored_weight_magnitudes(policy: Any) -> np.ndarray:

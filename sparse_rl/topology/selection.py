@@ -52,18 +52,22 @@ def top_per_row(scores: th.Tensor, counts: th.Tensor) -> th.Tensor:
     return ranks < counts.unsqueeze(1)
 
 
-def cover(scores: th.Tensor, active: th.Tensor) -> th.Tensor:
+def cover(scores: th.Tensor, active: th.Tensor, rows: bool = True, cols: bool = True) -> th.Tensor:
     """The highest-scoring active connection of every row and of every column that has one (at most rows + cols).
 
     :param scores: ``[rows, cols]``
     :param active: ``[rows, cols]`` boolean
+    :param rows: cover the rows (output units)
+    :param cols: cover the columns (inputs)
     """
     masked = scores.masked_fill(~active, NEG_INF)
     cover = th.zeros_like(active)
-    rows = active.any(dim=1).nonzero().squeeze(1)
-    cover[rows, masked[rows].argmax(dim=1)] = True
-    cols = active.any(dim=0).nonzero().squeeze(1)
-    cover[masked[:, cols].argmax(dim=0), cols] = True
+    if rows:
+        kept = active.any(dim=1).nonzero().squeeze(1)
+        cover[kept, masked[kept].argmax(dim=1)] = True
+    if cols:
+        kept = active.any(dim=0).nonzero().squeeze(1)
+        cover[masked[:, kept].argmax(dim=0), kept] = True
     return cover
 
 

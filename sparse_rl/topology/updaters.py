@@ -52,7 +52,9 @@ class BaseUpdater:
         which fraction to drop
     :param seed: seed of the generator used by random criteria (``None``: drawn from torch's global RNG)
     :param keep_connected: never drop the last connection of an output unit or of an input (the strongest one of each
-        row and column is kept; in a tiny layer whose drop budget would cut into them, fewer connections are swapped)
+        row and column is kept; in a tiny layer whose drop budget would cut into them, fewer connections are swapped).
+        Rows (columns) are protected only when the layer has at least as many connections as rows (columns): a
+        256-input layer with 205 connections keeps its units connected and rewires its inputs freely
 
     Class attributes: ``name`` (the registry key), ``is_sparse`` (the policy has sparse layers), ``rewires`` (updates
     change the topology), ``needs_dense_grad`` (the grow score reads ``layer.dense_grad``: run a backward pass under
@@ -136,7 +138,10 @@ class BaseUpdater:
         dense = th.full(layer.matrix_shape, NEG_INF, device=active.device)
         dense.view(-1)[layer.flat_indices()] = self.drop_scores(layer).float()
         if self.keep_connected and protect:
-            dense = dense.masked_fill(cover(dense, active), float("inf"))
+            # a side is protected only when the layer holds enough connections to cover it (nnz >= its size): below
+            # that it cannot be fully connected anyway, and protecting every connection would freeze the layer
+            nnz, (n_rows, n_cols) = int(active.sum()), active.shape
+            dense = dense.masked_fill(cover(dense, active, rows=nnz >= n_rows, cols=nnz >= n_cols), float("inf"))
         return dense
 
     # --------------------------------------------------------------------------------------------- checkpoints

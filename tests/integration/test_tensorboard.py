@@ -125,3 +125,13 @@ def test_run_json_names_the_tensorboard_run_it_wrote(tmp_path):
     names = [json.loads(next((tmp_path / f).rglob("run.json")).read_text())["name"] for f in ("a", "b")]
     assert names == ["sac_Pendulum-v1_rigl90_s0", "sac_Pendulum-v1_rigl90_s0_2"]
     assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == names
+
+
+def test_trained_parameters_leave_the_target_networks_out():
+    """sparsity/params counted DQN's and SAC's target copies (twice the trained weights) beside an nnz that did not."""
+    from stable_baselines3 import DQN
+
+    from sparse_rl.sb3.comparison import trained_parameters
+
+    model = DQN("MlpPolicy", "CartPole-v1", buffer_size=100, policy_kwargs=dict(net_arch=[8]))
+    assert trained_parameters(model.policy) == sum(p.numel() for p in model.policy.q_net.parameters()) == 4 * 8 + 8 + 8 * 2 + 2

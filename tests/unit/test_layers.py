@@ -248,3 +248,18 @@ def test_no_grad_reference_calls_keep_the_dense_weight_until_values_or_topology_
     assert th.equal(out, expected())
     weight = layer.dense_weight()
     assert weight[row, dropped] == 0 and weight[row, grown] == 0.5  # the pruned one contributes exactly zero
+
+
+def test_conv_dense_gradient_capture_takes_unbatched_images():
+    """capture_dense_grad failed on a (C, H, W) input, which the layer itself accepts (so RigL could not update)."""
+    from sparse_rl.topology import capture_dense_grad
+
+    conv = SparseConv2d(3, 4, 3, sparsity=0.5)
+    image = th.randn(3, 6, 6)
+    with capture_dense_grad([conv]):
+        conv(image).sum().backward()
+    batched = SparseConv2d(3, 4, 3, sparsity=0.5)
+    batched.load_state_dict(conv.state_dict())
+    with capture_dense_grad([batched]):
+        batched(image[None]).sum().backward()
+    th.testing.assert_close(conv.dense_grad, batched.dense_grad)

@@ -70,11 +70,13 @@ def test_invariants_after_any_sequence_of_updates(method, sparsity, fractions, s
             assert th.equal(new_v[kept], old_v[kept])
             if method == "srigl":
                 assert th.equal(new_mask.sum(dim=1), old_mask.sum(dim=1))
-            covered_before = old_mask.any(dim=1).sum() + old_mask.any(dim=0).sum()
-            if method != "srigl":  # every unit and input keeps a connection: at most nnz - (rows + cols) may go
+            # a side (units = rows, inputs = columns) is protected when the layer has at least one connection per member
+            rows_kept, cols_kept = nnz0[name] >= old_mask.shape[0], nnz0[name] >= old_mask.shape[1]
+            covered_before = old_mask.any(dim=1).sum() * rows_kept + old_mask.any(dim=0).sum() * cols_kept
+            if method != "srigl":  # every protected unit and input keeps a connection: at most nnz - covered may go
                 assert int(dropped.sum()) <= round(fraction * nnz0[name])
-                assert (new_mask.any(dim=1) | ~old_mask.any(dim=1)).all()
-                assert (new_mask.any(dim=0) | ~old_mask.any(dim=0)).all()
+                assert (new_mask.any(dim=1) | ~old_mask.any(dim=1)).all() or not rows_kept
+                assert (new_mask.any(dim=0) | ~old_mask.any(dim=0)).all() or not cols_kept
                 if min(int((~old_mask).sum()), nnz0[name] - int(covered_before)) >= round(fraction * nnz0[name]):
                     assert int(dropped.sum()) == round(fraction * nnz0[name])
         _train_step(net, opt, x, y)  # the optimizer still works on the rewired parameters
@@ -213,3 +215,13 @@ def test_gmp_reaches_final_sparsity_when_no_update_lands_on_end():
     for step in (30, 60, 90):
         gmp.update({"l": layer}, step)
     assert layer.nnz == 20
+
+
+def test_a_layer_with_fewer_connections_than_inputs_still_rewires():
+    """keep_connected protected every connection of a 256-input layer holding 205: SET and RigL silently became static."""
+    layer = SparseLinear(256, 8, sparsity=0.9, backend="reference")
+    assert layer.nnz < 256
+    stats = create_updater("set", update_every=1, end=10, drop_fraction=0.3, drop_schedule="constant", seed=0).update(
+        {"layer": layer}, 1, [])
+    assert stats.layers["layer"].dropped == round(0.3 * layer.nnz)
+    assert layer.mask.any(dim=1).all()  # the 8 units (nnz >= 8) keep a connection each
