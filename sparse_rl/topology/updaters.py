@@ -228,6 +228,10 @@ class SRigL(RigL):
     ) -> tuple[th.Tensor, th.Tensor]:
         rows, cols = layer.matrix_shape
         counts = active.sum(dim=1)
+        alive = counts[counts > 0]
+        if len(alive) and int(alive.max() - alive.min()) > 1:
+            raise ValueError(f"srigl needs constant fan-in layers, but this layer's fan-ins range from {int(alive.min())} "
+                             f"to {int(alive.max())}: build it with constant_fan_in=True")
         drop_raw = self._dense_drop_scores(layer, active, protect=False)
         drop_dense = self._dense_drop_scores(layer, active)
         grow_dense = self.grow_scores(layer).float().masked_fill(active, NEG_INF)
@@ -293,9 +297,19 @@ class GradualMagnitudePruning(BaseUpdater):
         return polynomial_sparsity(progress, final, self.initial_sparsity, self.power)
 
     def update(self, layers: Layers, step: int, optimizers: Iterable[th.optim.Optimizer] = ()) -> UpdateStats:
+        """Prune every layer to its target sparsity at ``step`` (see :class:`BaseUpdater.update`).
+
+        :raises ValueError: at the first update, for a layer already sparser than ``initial_sparsity`` (the ramp
+            would prune nothing until it passed the layer's sparsity): build it dense (``start_dense=True`` in the
+            SB3 policies) or pass its sparsity as ``initial_sparsity``
+        """
         optimizers = list(optimizers)
         changes = {}
         for name, layer in layers.items():
+            sparsity = 1.0 - layer.nnz / layer.numel_dense
+            if self.num_updates == 0 and sparsity > self.initial_sparsity + 0.01:
+                raise ValueError(f"gmp prunes from initial_sparsity {self.initial_sparsity:g}, but layer {name!r} "
+                                 f"starts at sparsity {sparsity:.2f}: build it dense or pass initial_sparsity")
             active = layer.mask.reshape(layer.matrix_shape)
             n_keep = max(1, round((1.0 - self.target_sparsity(name, step)) * layer.numel_dense))
             keep = active if n_keep >= layer.nnz else top_overall(self._dense_drop_scores(layer, active), n_keep)

@@ -225,3 +225,15 @@ def test_a_layer_with_fewer_connections_than_inputs_still_rewires():
         {"layer": layer}, 1, [])
     assert stats.layers["layer"].dropped == round(0.3 * layer.nnz)
     assert layer.mask.any(dim=1).all()  # the 8 units (nnz >= 8) keep a connection each
+
+
+def test_plain_api_misuse_of_srigl_and_gmp_is_an_error():
+    """SRigL on a layer without constant fan-in kept its unequal fan-ins silently; GMP on an already sparse layer
+    pruned nothing until its ramp passed the layer's sparsity. The SB3 callback checked both; the updaters did not."""
+    uneven = SparseLinear(32, 8, sparsity=0.9, backend="reference", mask=th.rand(8, 32) < th.linspace(0.05, 0.5, 8)[:, None])
+    srigl = create_updater("srigl", update_every=1, end=10, drop_fraction=0.3, seed=0)
+    with pytest.raises(ValueError, match="srigl needs constant fan-in layers"):
+        srigl.update({"layer": uneven}, 1, [])
+    gmp = create_updater("gmp", update_every=1, end=10, final_sparsity=0.95)
+    with pytest.raises(ValueError, match="gmp prunes from initial_sparsity 0, but layer 'layer' starts at sparsity 0.9"):
+        gmp.update({"layer": SparseLinear(32, 8, sparsity=0.9, backend="reference")}, 1, [])
