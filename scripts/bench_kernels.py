@@ -72,6 +72,14 @@ def _sparseprop_layer(layer: SparseLinear) -> nn.Module:
     return SpLinear.from_dense(dense)
 
 
+def _tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor a module holds (parameters, buffers, tensor attributes and tensors in tuple / list
+    attributes, such as SparseProp's ``W_idx``), each storage counted once: SparseProp's own CSR, not ours."""
+    held = [v for value in vars(module).values() for v in (value if isinstance(value, (tuple, list)) else (value,))]
+    tensors = [*module.parameters(), *module.buffers(), *(v for v in held if isinstance(v, th.Tensor))]
+    return sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in tensors}.values())
+
+
 def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[str], rounds: int,
                min_s: float) -> dict:
     """Median seconds of every implementation for one cell, interleaved in rounds."""
@@ -113,7 +121,7 @@ def bench_cell(n_in: int, n_out: int, batch: int, sparsity: float, names: list[s
     out = {"shape": f"{n_in}x{n_out}", "in": n_in, "out": n_out, "batch": batch, "sparsity": sparsity,
            "dense_bytes": dense_bytes, "impl": {}}
     for name in names:
-        stored = sparse[names[0]].stored_bytes() if name == SPARSEPROP else sparse[name].stored_bytes()  # type: ignore[operator]
+        stored = _tensor_bytes(sparse[name]) if name == SPARSEPROP else sparse[name].stored_bytes()  # type: ignore[operator]
         out["impl"][name] = {
             "stored_bytes": stored,
             "stored_frac": stored / dense_bytes,
@@ -145,7 +153,7 @@ def _markdown(command: str, meta: dict, rows: list[dict], names: list[str]) -> s
                                    f"{verdict} |")
     if target_rows:
         lines += [f"## Targets (1 thread, backend `{names[0]}`)", "",
-                  "| kind | shape | batch | sparsity | target | measured |" + (" SparseProp |" if peer else "") + " |",
+                  "| kind | shape | batch | sparsity | target | measured |" + (" SparseProp |" if peer else "") + " verdict |",
                   "|---|---|---|---|---|---|" + ("---|" if peer else "") + "---|", *target_rows, ""]
     if peer:
         lines += [f"## `{names[0]}` vs SparseProp (speed-up over dense, same mask, same rounds)", "",
@@ -227,11 +235,11 @@ def main(argv: list[str] | None = None) -> None:
                           f"({m['fwd_us']:.1f}us vs {m['fwd_dense_us']:.1f}us), fwd+bwd x{m['fb_speedup']:.2f} "
                           f"({m['fb_us']:.1f}us vs {m['fb_dense_us']:.1f}us), stored {100 * m['stored_frac']:.1f}% "
                           f"[{time.time() - start:.0f}s]", flush=True)
-    out = Path(args.out)
+    out = Path(args.out)  # without extension: "bench_0.9" gives bench_0.9.json (with_suffix would cut it to bench_0)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
+    out.parent.joinpath(f"{out.name}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
     md = _markdown(command, meta, rows, names)
-    out.with_suffix(".md").write_text(md + "\n")
+    out.parent.joinpath(f"{out.name}.md").write_text(md + "\n")
     print(md)
 
 

@@ -11,8 +11,9 @@ kernels' caches are built. Every tensor the agent holds is then counted once (sh
 - ``kernel caches``: what the sparse layers keep beside their CSR (column blocks, the CSC layout of the backward,
   row / position indices): derived, rebuilt after each topology change;
 - ``peak RSS``: the subprocess's peak resident memory (``ru_maxrss``), and the same minus the peak of an identical
-  process that builds the environment and the replay buffer but no model (``model peak``): the replay buffer, Python,
-  torch and MuJoCo are in both.
+  process that builds the environment and the replay buffer with a width-1 network (``model peak``): the replay
+  buffer, Python, torch and MuJoCo are in both. (Until 2026-11-30 the baseline process built the full dense model and
+  freed it: the high-water mark kept its weights, which understated both model peaks.)
 
     python scripts/bench_memory.py --algos sac dqn --widths 256 1024 2048
 
@@ -117,10 +118,11 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     import torch as th
 
     th.set_num_threads(1)
-    model, callback = _make(args.algo, args.width, args.kind == "sparse", args.sparsity, args.image)
-    if args.kind == "baseline":  # the environment and replay buffer only: no training, the model's tensors freed
-        del model
+    if args.kind == "baseline":  # the environment and replay buffer with a width-1 network (a few KB; NatureCNN's
+        # convolutions 0.3 MB): building the full dense model raised the high-water mark by its weights
+        model, _ = _make(args.algo, 1, False, args.sparsity, args.image)
         return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    model, callback = _make(args.algo, args.width, args.kind == "sparse", args.sparsity, args.image)
     model.learn(args.steps, callback=callback)
     out: dict[str, Any] = dict(count_bytes(model))
     out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
