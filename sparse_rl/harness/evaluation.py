@@ -303,15 +303,22 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
 
         backends.check_name(backend)
     protocol = suite.protocol
+    overridden = [flag for flag, value in (("--episodes", episodes), ("--max-episode-steps", max_episode_steps),
+                                           ("--epsilon", epsilon)) if value is not None]
     episodes = int(episodes or protocol.get("episodes", 10))
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
     max_steps = max_episode_steps if max_episode_steps is not None else protocol.get("max_episode_steps")
     eps = float(protocol.get("epsilon", 0.0) if epsilon is None else epsilon)
     runs = select_runs(suite, runs_dir, env_id)
+    deterministic = bool(protocol.get("deterministic", True))
+    print(f"protocol ({suite.name}'s{', with ' + ' '.join(overridden) if overridden else ''}): "
+          f"{episodes} episodes per run, {'deterministic' if deterministic else 'stochastic'} actions, epsilon {eps:g}, "
+          f"episodes cut at {max_steps or 'the env limit'} agent steps, the {'best' if best else 'final'} model, "
+          f"env seed {seed}; {len(runs)} runs")
     several = len({r.algo for r in runs}) > 1
-    rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, bool(protocol.get("deterministic", True)),
-                         backend, latency_steps, seed, group_name(run, several)) for run in runs]
+    rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, deterministic, backend, latency_steps, seed,
+                         group_name(run, several)) for run in runs]
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "evaluation"
     summary = aggregate(rows, out, reps=reps, seed=seed, plots=plots)
     extra = {"suite": suite.name, "tasks": suite.tasks, "protocol": {**protocol, "episodes": episodes,

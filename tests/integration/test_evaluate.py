@@ -31,6 +31,8 @@ def test_mujoco_suite(runs, tmp_path, capsys):
     assert evaluate_main(["--suite", "mujoco", "--runs", str(runs), "-o", str(out), *FAST]) == 0
     table = capsys.readouterr().out
     assert "| HalfCheetah-v4 | dense | 0 | 1 |" in table and "| rigl 90% | 1 | 1 |" in table
+    # the protocol was only in results.json: now said at start
+    assert "protocol (mujoco's, with --episodes --max-episode-steps): 1 episodes per run, deterministic actions" in table
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["label"]) == ["dense", "rigl 90%"] and set(results["env"]) == {"HalfCheetah-v4"}  # no Pong
     # normalised by hand: (return - D4RL random) / (RL Zoo SAC at 1M - random)
