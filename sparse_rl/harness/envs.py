@@ -153,7 +153,8 @@ def training_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, monitor
 
 def evaluation_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, vecnormalize_path: Path | None = None,
                    env_kwargs: dict[str, Any] | None = None) -> Any:
-    """The evaluation VecEnv of a run: one env, full episodes, unclipped rewards, frozen observation statistics.
+    """The evaluation VecEnv of a run: one env, full episodes, unclipped rewards, frozen observation statistics,
+    channels-last images transposed as SB3 transposes the training env's.
 
     :param vecnormalize_path: the run's saved ``vecnormalize.pkl``, loaded when present (an error when the run
         normalises and it is missing); ``None`` during training: a fresh VecNormalize with the config's arguments,
@@ -172,6 +173,12 @@ def evaluation_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, vecno
         env = VecNormalize(env, **dict(hyperparams["normalize"]))
     if isinstance(env, VecNormalize):
         env.training, env.norm_reward = False, False
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    space = env.observation_space
+    if is_image_space(space) and not is_image_space_channels_first(space):
+        env = VecTransposeImage(env)  # as SB3 wraps the training env (RL Zoo too): the same type, no SB3 warning
     return env
 
 

@@ -131,17 +131,10 @@ def acting_latency(policy: Any, observation: Any, steps: int = 100, rounds: int 
 # ------------------------------------------------------------------------------------------------ playing episodes
 def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int) -> Any:
     """The run's evaluation VecEnv for ``env_id`` (Atari: full episodes, unclipped), with its VecNormalize statistics."""
-    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
-    from stable_baselines3.common.vec_env import VecTransposeImage
-
     from sparse_rl.harness.envs import evaluation_env
     from sparse_rl.harness.runs import RunFolder, saved_hyperparams
 
-    env = evaluation_env(env_id, saved_hyperparams(hyperparams), seed, RunFolder(run.path, run.env).vecnormalize_path)
-    space = env.observation_space
-    if is_image_space(space) and not is_image_space_channels_first(space):
-        env = VecTransposeImage(env)  # as SB3 wraps image envs at training time
-    return env
+    return evaluation_env(env_id, saved_hyperparams(hyperparams), seed, RunFolder(run.path, run.env).vecnormalize_path)
 
 
 def play(model: Any, env: Any, episodes: int, deterministic: bool = True, epsilon: float = 0.0,

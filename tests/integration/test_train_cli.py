@@ -158,3 +158,15 @@ def test_enjoy_writes_a_mujoco_video(tmp_path):
     assert capture.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
     ok, frame = capture.read()
     assert ok and frame.std() > 10, "frames are real images"
+
+
+def test_atari_evaluation_env_has_the_training_envs_type(tmp_path):
+    """SB3 warned 'Training and eval env are not of the same type' on every Atari run (RL Zoo transposes both)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main(["--algo", "dqn", "--env", "PongNoFrameskip-v4", "-f", str(tmp_path), "-n", "40", "--eval-freq",
+                           "20", "--eval-episodes", "1", "-v", "0", "-params", "learning_starts:20", "buffer_size:100",
+                           "train_freq:4", "batch_size:8", "env_kwargs:dict(max_episode_steps=30)"]) == 0
+    assert not [w for w in caught if "not of the same type" in str(w.message)]
