@@ -98,6 +98,10 @@ class SparseLayer(nn.Module):
         self._cache: dict[str, tuple[Any, Any]] = {}
         self._fast: Any = None  # a kernel backend's handles for the lean call path (see SparseLinear.forward)
         self.capture_dense_grad = False
+        #: without autograd, the reference path keeps the materialised weight until the values change in place or
+        #: the topology does; writes through ``values.data`` (SB3's Polyak update of target networks) are not seen,
+        #: so layers written that way must set this False (the sparse SB3 policies do it for their target networks)
+        self.frozen_weight_cache = True
         self.dense_grad: th.Tensor | None = None
 
     @staticmethod

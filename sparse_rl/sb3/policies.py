@@ -47,7 +47,7 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.nn.layers import SparseLayer
-from sparse_rl.sb3.builders import DEFAULT_SPARSITY, SparseConfig, sparse_orthogonal_, sparsify
+from sparse_rl.sb3.builders import DEFAULT_SPARSITY, SparseConfig, sparse_orthogonal_, sparsify, target_pairs
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseQNetwork, SparseSACActor, SparseTD3Actor
 from sparse_rl.sb3.policy_state import pop_topology_state, restate_sparsity, write_topology_state
 
@@ -127,6 +127,8 @@ class SparsePolicyMixin:
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
         self.sparse_config.check_dense_layers()
+        for _, target in target_pairs(self):  # SB3's polyak_update writes them through .data: no stale cached weight
+            target.frozen_weight_cache = False
 
 
 class _SparseActorCriticOffPolicyMixin(SparsePolicyMixin):

@@ -180,3 +180,31 @@ def assert_rollout_dense_grads_equal(model: Any, loss: Any) -> None:
         expected = dense[name].weight.grad.reshape(layer.matrix_shape)
         assert th.allclose(layer.dense_grad, expected, atol=1e-6), name
     assert all(p.grad is None for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "dqn"])
+def test_target_networks_compute_with_their_polyak_averaged_weights(algo):
+    """Under no_grad, target layers on the reference path (dense-ish ERK input layers) kept the weight cached at the
+    last topology change: SB3's polyak_update writes through .data, which the cache did not see, so target values
+    used stale weights (max error 2.7 on SAC's critic_target)."""
+    from stable_baselines3 import DQN, SAC, TD3
+    from stable_baselines3.common.utils import polyak_update
+
+    from sparse_rl.sb3 import SparseDQNPolicy, SparseSACPolicy, SparseTD3Policy
+    from sparse_rl.sb3.builders import target_pairs
+
+    cls, policy, env = {"sac": (SAC, SparseSACPolicy, "Pendulum-v1"), "td3": (TD3, SparseTD3Policy, "Pendulum-v1"),
+                        "dqn": (DQN, SparseDQNPolicy, "CartPole-v1")}[algo]
+    model = cls(policy, env, buffer_size=100, policy_kwargs=dict(sparsity=0.5, net_arch=[64, 64], backend="reference"),
+                seed=0)
+    pairs = list(target_pairs(model.policy))
+    x = {id(t): th.randn(8, t.in_features) for _, t in pairs}
+    with th.no_grad():
+        for _, target in pairs:
+            target(x[id(target)])  # fills any cache
+        for online, _ in pairs:
+            online.values.add_(0.5)
+        polyak_update([o.values for o, _ in pairs], [t.values for _, t in pairs], 1.0)
+        for online, target in pairs:
+            expected = th.nn.functional.linear(x[id(target)], online.dense_weight(), target.bias)
+            th.testing.assert_close(target(x[id(target)]), expected)

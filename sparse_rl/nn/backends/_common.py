@@ -29,14 +29,16 @@ def dense_weight(layer: SparseLayer) -> th.Tensor:
 def dense_linear(layer: SparseLinear, inputs: th.Tensor) -> th.Tensor:
     """``F.linear`` on the materialised dense weight: the reference every kernel is tested against.
 
-    Without autograd (acting, target networks) the materialised weight is kept until the values or the topology
-    change, so repeated calls between optimizer steps skip the scatter (at batch 1 it cost more than the product).
+    Without autograd (acting) the materialised weight is kept until the values or the topology change, so repeated
+    calls between optimizer steps skip the scatter (at batch 1 it cost more than the product). Layers whose values
+    are written through ``.data`` (SB3's target networks, Polyak-averaged in place) opt out:
+    ``layer.frozen_weight_cache = False``.
 
     :param layer: a sparse linear layer
     :param inputs: ``[*, in_features]``
     :return: ``[*, out_features]``
     """
-    if th.is_grad_enabled():
+    if th.is_grad_enabled() or not getattr(layer, "frozen_weight_cache", True):
         return F.linear(inputs, dense_weight(layer), layer.bias)
     return F.linear(inputs, frozen_dense_weight(layer), layer.bias)
 
