@@ -110,7 +110,10 @@ class Resolved:
             when = (f"{sched['updates']} updates, every {sched['update_every']} env steps from step {sched['first_update']}"
                     f" to {sched['last_update']}" if sched["updates"] else
                     "none (static masks)" if self.method == "static" else "no update fits")
-            defaults = [d + (" = learning_starts" if d == "start" else "") for d in sched["defaults"]]
+            if sched.get("merged"):
+                when += (f" ({sched['merged']} scheduled steps fall between two checks of the clock, every "
+                         f"{sched['check_every']} env steps, and merge into the next update)")
+            defaults = sched["defaults"]
             lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; drop fraction "
                          f"{sched['drop_fraction']} {sched['drop_schedule']}); defaults used: {', '.join(defaults) or 'none'}")
         lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
@@ -315,6 +318,8 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     algorithm's ``learning_starts``; fractions of ``n_timesteps``), the first and last update and their count."""
     import inspect
 
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
     from sparse_rl.sb3.callbacks import TopologyCallback
     from sparse_rl.topology.schedules import TopologySchedule, resolve_step
 
@@ -326,19 +331,33 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     if full["start"] is None:
         algo_default = inspect.signature(algo.__init__).parameters.get("learning_starts")
         full["start"] = hyperparams.get("learning_starts", algo_default.default if algo_default else 0)
+        defaults[defaults.index("start")] = "start = learning_starts" if algo_default else "start = 0"
     start, end = resolve_step(full["start"], total, "start"), resolve_step(full["end"], total, "end")
     schedule = TopologySchedule(update_every=full["update_every"], start=start, end=max(end, start),
                                 drop_fraction=full["drop_fraction"], drop_schedule=full["drop_schedule"])
     from sparse_rl.topology import UPDATERS
 
     rewires = UPDATERS[topology.get("method", signature["method"].default)].rewires  # static: masks never change
-    first = schedule.next_update_step(start - 1) if end >= start and rewires else None
-    first = first if first is not None and first <= total else None
-    last = None if first is None else first + (min(end, total) - first) // full["update_every"] * full["update_every"]
-    updates = 0 if first is None else (last - first) // full["update_every"] + 1
+    # the callback checks the clock every env step of the vector env (n_envs steps), on-policy at rollout ends
+    # (n_steps x n_envs): an update runs at the first check at or after its step, and steps passed by one check merge
+    n_envs = int(hyperparams.get("n_envs", 1))
+    n_steps = hyperparams.get("n_steps", getattr(inspect.signature(algo.__init__).parameters.get("n_steps"), "default", 1))
+    tick = n_envs * (int(n_steps) if issubclass(algo, OnPolicyAlgorithm) else 1)
+    limit = -(-total // tick) * tick  # SB3 stops at the first check at or after n_timesteps
+    ticks, scheduled = [], 0
+    step = schedule.next_update_step(start - 1) if end >= start and rewires else None
+    while step is not None and step <= total:
+        scheduled += 1
+        at = -(-step // tick) * tick
+        if at > limit:
+            break
+        if not ticks or at > ticks[-1]:
+            ticks.append(at)
+        step = schedule.next_update_step(step)
     return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
-            "drop_schedule": full["drop_schedule"], "first_update": first, "last_update": last, "updates": updates,
-            "defaults": defaults}
+            "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,
+            "last_update": ticks[-1] if ticks else None, "updates": len(ticks), "merged": scheduled - len(ticks),
+            "check_every": tick, "defaults": defaults}
 
 
 def _check(resolved: Resolved, algo: Any) -> None:

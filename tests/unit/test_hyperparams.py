@@ -227,7 +227,8 @@ def test_the_topology_schedule_is_resolved_in_env_steps_printed_and_saved():
     resolved = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", n_timesteps=150_000))
     assert resolved.schedule == {"update_every": 1000, "start": 10_000, "end": 120_000, "drop_fraction": 0.5,
                                  "drop_schedule": "cosine", "first_update": 11_000, "last_update": 120_000,
-                                 "updates": 110, "defaults": ["start"]}  # start = the config's learning_starts
+                                 "updates": 110, "merged": 0, "check_every": 1,
+                                 "defaults": ["start = learning_starts"]}  # the config's learning_starts
     assert any("110 updates, every 1000 env steps from step 11000 to 120000" in line and "start = learning_starts" in line
                for line in resolved.describe())
     assert resolved.saved()["topology_schedule"]["updates"] == 110
@@ -250,3 +251,13 @@ def test_static_masks_have_no_scheduled_update():
     resolved = resolve(RunSpec(algo="sac", env="HalfCheetah-v4", method="static", n_timesteps=150_000))
     assert resolved.schedule["updates"] == 0 and resolved.schedule["first_update"] is None
     assert any("topology schedule: none (static masks)" in line for line in resolved.describe())
+
+
+def test_the_schedule_counts_updates_at_the_clocks_checks():
+    """PPO with 256-step rollouts and update_every 200 printed 18 updates from step 200; 15 ran, at rollout ends."""
+    callback = [{"sparse_rl.sb3.TopologyCallback": {"method": "rigl", "update_every": 200, "end": 0.9}}]
+    resolved = resolve(RunSpec(algo="ppo", env="CartPole-v1", sparsity=0.9, n_envs=8, n_timesteps=4096,
+                               hyperparams={"n_steps": 32, "callback": callback}))
+    schedule = resolved.schedule
+    assert (schedule["updates"], schedule["first_update"], schedule["last_update"]) == (15, 256, 3840)
+    assert schedule["merged"] == 3 and schedule["check_every"] == 256 and "start = 0" in schedule["defaults"]
