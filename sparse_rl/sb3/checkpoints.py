@@ -120,6 +120,11 @@ def rewind_monitor_logs(run_dir: Path, until: float | None) -> float | None:
 class AtomicCheckpointCallback(BaseCallback):
     """Checkpoint every ``save_freq`` environment steps (``model.num_timesteps``), keeping the last ``keep``.
 
+    A checkpoint falls due at the first env step at or past the grid and is written when the next collection starts
+    (SB3's ``on_rollout_start``): the transitions collected so far are stored and trained on (on-policy: the rollout
+    is trained on), so a resume repeats and loses nothing of the agent's state. The environments are not part of a
+    checkpoint: a resume starts new episodes.
+
     :param save_freq: environment steps between checkpoints
     :param folder: where checkpoints go (``<run>/checkpoints``)
     :param save_replay_buffer: include the replay buffer (exact off-policy resumption; can be large)
@@ -139,13 +144,22 @@ class AtomicCheckpointCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+        self.due = False
 
     def _on_step(self) -> bool:
+        # Due now, written at the start of the next collection: inside a step SB3 has not yet stored this step's
+        # transition nor trained on it (PPO: not trained on the rollout), so a checkpoint written here lost both
         if self.next_save is not None and self.num_timesteps >= self.next_save:
-            record = {"train_seconds": self.clock.seconds()} if self.clock is not None else None
-            write_checkpoint(self.model, self.folder, self.save_replay_buffer, record)
-            self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-            steps = sorted((int(p.name.split("_")[1]) for p in self.folder.glob("step_*")), reverse=True)
-            for old in steps[self.keep:]:
-                shutil.rmtree(self.folder / f"step_{old}", ignore_errors=True)
+            self.due = True
         return True
+
+    def _on_rollout_start(self) -> None:
+        if not getattr(self, "due", False):
+            return
+        self.due = False
+        record = {"train_seconds": self.clock.seconds()} if self.clock is not None else None
+        write_checkpoint(self.model, self.folder, self.save_replay_buffer, record)
+        self.next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+        steps = sorted((int(p.name.split("_")[1]) for p in self.folder.glob("step_*")), reverse=True)
+        for old in steps[self.keep:]:
+            shutil.rmtree(self.folder / f"step_{old}", ignore_errors=True)

@@ -122,3 +122,27 @@ def test_a_relative_tensorboard_folder_is_saved_absolute(tmp_path, monkeypatch):
                        "-v", "0", "-params", "learning_starts:50"]) == 0
     saved = yaml.safe_load((tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1" / "resolved.yml").read_text())
     assert saved["tensorboard_dir"] == str(tmp_path.resolve() / "tb" / "sac_Pendulum-v1_rigl90_s0")
+
+
+def test_a_checkpoint_holds_every_transition_and_update_up_to_its_step(tmp_path):
+    """Checkpoints were written inside SB3's step, before the step's transition was stored and trained on (PPO: before
+    the rollout was trained on), so every resume lost one transition and one gradient step (PPO: a rollout)."""
+    from stable_baselines3 import PPO
+
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "450", "-f", str(tmp_path / "sac"), "--eval-freq",
+                       "-1", "-v", "0", "--save-freq", "200", "--save-replay-buffer", "-params", "learning_starts:100",
+                       "policy_kwargs:dict(net_arch=[32, 32])"]) == 0
+    checkpoints = tmp_path / "sac" / "sac" / "Pendulum-v1_1" / "checkpoints"
+    for step in (200, 400):
+        model = SAC.load(checkpoints / f"step_{step}" / "model.zip")
+        model.load_replay_buffer(checkpoints / f"step_{step}" / "replay_buffer.pkl")
+        assert model.num_timesteps == step and model.replay_buffer.size() == step
+        assert model._n_updates == step - 100  # one gradient step per env step after learning_starts
+    assert train_main(["--algo", "ppo", "--env", "CartPole-v1", "-n", "600", "-f", str(tmp_path / "ppo"), "--eval-freq",
+                       "-1", "-v", "0", "--save-freq", "200", "--n-envs", "1", "-params", "n_steps:128", "batch_size:64",
+                       "n_epochs:2"]) == 0
+    checkpoints = tmp_path / "ppo" / "ppo" / "CartPole-v1_1" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_256", "step_512"]  # the rollout starts after 200, 400
+    for path in checkpoints.glob("step_*"):
+        model = PPO.load(path / "model.zip")
+        assert model._n_updates == model.num_timesteps // 128 * 2  # every rollout collected so far was trained on
