@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from sparse_rl.analysis.aggregate import improvement_over_dense, interval_estimates, probability_of_improvement
+from sparse_rl.analysis.aggregate import (
+    bootstrap_estimates,
+    improvement_over_dense,
+    interval_estimates,
+    probability_of_improvement,
+)
 from sparse_rl.analysis.report import relative_to_dense
 
 REPS = 2000
@@ -63,10 +68,12 @@ def _common_seeds(records: dict[str, list[dict[str, Any]]]) -> list[int]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def _fmt(values: list[float] | None, fmt: str = "{:.0f}") -> str:
+def _fmt(values: list[float] | None, fmt: str | None = None) -> str:
+    """``point [low, high]``; returns below 100 (MinAtar) keep two decimals, larger ones none."""
     if not values:
         return "n/a"
     point, low, high = values
+    fmt = fmt or ("{:.0f}" if max(abs(point), abs(low), abs(high)) >= 100 else "{:.2f}")
     return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
@@ -203,7 +210,7 @@ def plot(records: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rliable import library, metrics
+    from rliable import metrics
 
     walltime = all(r["walltime_s"] for runs in records.values() for r in runs)
     panels = 3 if walltime else 2
@@ -215,8 +222,7 @@ def plot(records: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Pa
         if len(runs) >= 2:
             def iqm_per_point(s: np.ndarray) -> np.ndarray:
                 return np.array([metrics.aggregate_iqm(s[..., i]) for i in range(s.shape[-1])])
-            points, cis = library.get_interval_estimates({name: scores}, iqm_per_point, reps=500,
-                                                         random_state=np.random.RandomState(0))
+            points, cis = bootstrap_estimates({name: scores}, iqm_per_point, reps=500, seed=0)
             line, low, high = points[name], cis[name][0], cis[name][1]
         else:
             line = low = high = scores[0, 0]

@@ -68,12 +68,21 @@ def _algo_prefix(group: str) -> str:
     return f"{first} " if first.isupper() else ""
 
 
-def _bootstrap(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap interval estimates, seeded (arch's FutureWarning on ``random_state`` silenced)."""
+def bootstrap_estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's stratified-bootstrap interval estimates, reproducible: rliable's ``StratifiedBootstrap`` draws its
+    resampling indices from numpy's global generator (``np.random.choice``) whatever ``random_state`` says, so the
+    global generator is seeded for the call and restored after it (arch's FutureWarning on ``random_state`` silenced).
+    """
     library, _, _ = import_rliable()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return library.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            return library.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(state)
+
 
 
 def _aggregate_func(metrics: Any) -> Any:
@@ -87,7 +96,7 @@ def _aggregate_func(metrics: Any) -> Any:
 def interval_estimates(matrices: dict[str, np.ndarray], reps: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
     """``group -> metric -> [point, ci_low, ci_high]`` for IQM, median, mean and optimality gap (95 % CIs)."""
     _, metrics, _ = import_rliable()
-    points, intervals = _bootstrap(matrices, _aggregate_func(metrics), reps, seed)
+    points, intervals = bootstrap_estimates(matrices, _aggregate_func(metrics), reps, seed)
     return {group: {name: [float(points[group][i]), float(intervals[group][0, i]), float(intervals[group][1, i])]
                     for i, name in enumerate(METRICS)} for group in matrices}
 
@@ -116,7 +125,7 @@ def probability_of_improvement(matrices: dict[str, np.ndarray], pairs: list[tupl
         return {}
     _, metrics, _ = import_rliable()
     pair_scores = {f"{x},{y}": (matrices[x], matrices[y]) for x, y in pairs}
-    points, intervals = _bootstrap(pair_scores, metrics.probability_of_improvement, reps, seed)
+    points, intervals = bootstrap_estimates(pair_scores, metrics.probability_of_improvement, reps, seed)
     result = {}
     for x, y in pairs:
         low, high = np.ravel(intervals[f"{x},{y}"])
