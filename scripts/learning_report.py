@@ -21,7 +21,7 @@ from sparse_rl.analysis.aggregate import (
     interval_estimates,
     probability_of_improvement,
 )
-from sparse_rl.analysis.report import relative_to_dense
+from sparse_rl.analysis.report import format_interval, relative_to_dense
 
 REPS = 2000
 TAU = 0.1
@@ -66,15 +66,6 @@ def _dormant(path: Path) -> dict[str, list[tuple[int, float]]]:
 def _common_seeds(records: dict[str, list[dict[str, Any]]]) -> list[int]:
     sets = [{r["seed"] for r in runs} for runs in records.values()]
     return sorted(set.intersection(*sets)) if sets else []
-
-
-def _fmt(values: list[float] | None, fmt: str | None = None) -> str:
-    """``point [low, high]``; returns below 100 (MinAtar) keep two decimals, larger ones none."""
-    if not values:
-        return "n/a"
-    point, low, high = values
-    fmt = fmt or ("{:.0f}" if max(abs(point), abs(low), abs(high)) >= 100 else "{:.2f}")
-    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -136,8 +127,8 @@ def ablation_markdown(summary: dict[str, Any]) -> str:
     for name, row in sorted(rows.items(), key=lambda item: (item[1]["baseline"], item[0])):
         versus = f"{row['iqm_vs_baseline']:.3f}" if row["iqm_vs_baseline"] is not None else "n/a"
         dense = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else "n/a"
-        lines.append(f"| {name} | {row['baseline']} | {_fmt(row['iqm'])} | {versus} | "
-                     f"{_fmt(row['p_improvement_over_baseline'], '{:.2f}')} | {dense} |")
+        lines.append(f"| {name} | {row['baseline']} | {format_interval(row['iqm'])} | {versus} | "
+                     f"{format_interval(row['p_improvement_over_baseline'], '{:.2f}')} | {dense} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +171,8 @@ def equal_wall_clock_markdown(result: dict[str, Any]) -> str:
              "env steps reached (mean) |", "|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
-        lines.append(f"| {name} | {_fmt(row['iqm'])} | {_fmt(row['mean'])} | {ratio} | "
-                     f"{_fmt(row['p_improvement_over_dense'], '{:.2f}')} | {row['env_steps_mean']:,.0f} |")
+        lines.append(f"| {name} | {format_interval(row['iqm'])} | {format_interval(row['mean'])} | {ratio} | "
+                     f"{format_interval(row['p_improvement_over_dense'], '{:.2f}')} | {row['env_steps_mean']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,8 +183,8 @@ def markdown(summary: dict[str, Any], header: str) -> str:
     for name, row in summary["rows"].items():
         dormant = ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["dormant_final"].items())) or "n/a"
         ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
-        lines.append(f"| {name} | {_fmt(row['iqm'])} | {_fmt(row['mean'])} | {ratio} | "
-                     f"{_fmt(row['p_improvement_over_dense'], '{:.2f}')} | {dormant} | {row['nnz']:,.0f} | "
+        lines.append(f"| {name} | {format_interval(row['iqm'])} | {format_interval(row['mean'])} | {ratio} | "
+                     f"{format_interval(row['p_improvement_over_dense'], '{:.2f}')} | {dormant} | {row['nnz']:,.0f} | "
                      f"{row['density']:.3f} | {row['wall_time_s']:.0f} | {row['steps_per_s']:.1f} |")
     lines += ["", "Final return of every seed:", "", "| config | " + " | ".join(
         f"seed {s}" for s in sorted({s for r in summary["rows"].values() for s in r["per_seed"]})) + " |"]

@@ -32,6 +32,19 @@ def relative_to_dense(value: float, dense: float) -> float:
     return 1.0 + (value - dense) / abs(dense) if dense else float("nan")
 
 
+def format_interval(values: list[float] | None, fmt: str | None = None) -> str:
+    """``point [low, high]`` of an estimate with its CI (``n/a`` without one); by default returns of 100 or more
+    without decimals, smaller ones (MinAtar) with two.
+
+    :param fmt: a format such as ``"{:.2f}"`` for every number instead
+    """
+    if not values:
+        return "n/a"
+    point, low, high = values
+    fmt = fmt or ("{:.0f}" if max(abs(point), abs(low), abs(high)) >= 100 else "{:.2f}")
+    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
 def group_runs(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
     """``(algo, env) -> label -> runs`` (the seeds of each configuration)."""
     groups: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))

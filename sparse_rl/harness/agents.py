@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sparse_rl.analysis.report import format_interval
 from sparse_rl.harness.envs import env_name, evaluation_env
 from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
@@ -186,14 +187,6 @@ def _env_kwargs_as_mapping(agent: RunFolder) -> None:
         path.write_text(yaml.dump(OrderedDict(sorted(config.items()))))
 
 
-def _interval(values: list[float] | None) -> str:
-    """``point [low, high]``: two decimals for returns below 100 (MinAtar), none above."""
-    if not values:
-        return "n/a"
-    digits = 0 if max(abs(v) for v in values) >= 100 else 2
-    return f"{values[0]:.{digits}f} [{values[1]:.{digits}f}, {values[2]:.{digits}f}]"
-
-
 def table(root: str | Path) -> str:
     """The markdown table of every agent under ``root`` (return, vs dense, density, bytes, latency)."""
     rows = [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RESULTS))]
@@ -207,7 +200,7 @@ def table(root: str | Path) -> str:
         iqm = r.get("benchmark", {}).get("iqm")
         lines.append(
             f"| `{r['algo']}/{env_name(r['env'])}/{r['config']}` | {r['evaluation']['mean']:.1f} +- "
-            f"{r['evaluation']['std']:.1f} | {ratio} | {_interval(iqm)} | "
+            f"{r['evaluation']['std']:.1f} | {ratio} | {format_interval(iqm)} | "
             f"{r['density']:.3f} | {r['stored_vs_dense']:.3f} | {r['export_bytes'] / 1024:.0f} KB | "
             f"{r['latency_vs_dense']:.2f} | {'yes' if r.get('sb3_zip') else 'no (size)'} |")
     return "\n".join(lines) + "\n"
