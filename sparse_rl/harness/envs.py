@@ -86,6 +86,7 @@ def make_env(
     monitor_kwargs: dict[str, Any] | None = None,
     env_wrapper: Any = None,
     vec_env_wrapper: Any = None,
+    record_episodes: bool = False,
 ) -> Any:
     """A ``VecEnv`` for ``env_id``: Atari preprocessing for Atari ids, ``make_vec_env`` (DummyVecEnv) otherwise.
 
@@ -95,6 +96,8 @@ def make_env(
     :param monitor_kwargs: passed to SB3's ``Monitor`` (``override_existing=False`` appends to existing files)
     :param env_wrapper: RL Zoo's ``env_wrapper`` (class names, ``{name: kwargs}`` or a list), applied to each env
     :param vec_env_wrapper: RL Zoo's ``vec_env_wrapper``, applied to the VecEnv
+    :param record_episodes: wrap each env last in :class:`~sparse_rl.sb3.env_state.EpisodeRecorder` (training envs:
+        a checkpoint can then restore their episodes exactly)
     """
     from stable_baselines3.common.atari_wrappers import AtariWrapper
     from stable_baselines3.common.env_util import make_vec_env
@@ -117,6 +120,10 @@ def make_env(
         frame_stack = frame_stack or 4
     else:  # the Atari preprocessing is for Atari ids only (an Atari run evaluated elsewhere fails on its spaces)
         wrappers = [(cls, kw) for cls, kw in wrappers if cls is not AtariWrapper]
+    if record_episodes:
+        from sparse_rl.sb3.env_state import EpisodeRecorder
+
+        wrappers.append((EpisodeRecorder, {}))
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, monitor_dir=monitor_dir,
                         monitor_kwargs=monitor_kwargs, wrapper_class=_wrapper_chain(wrappers))
     if frame_stack:
@@ -140,7 +147,7 @@ def training_env(env_id: str, hyperparams: Mapping[str, Any], seed: int, monitor
                    env_kwargs=env_kwargs or hyperparams.get("env_kwargs"), frame_stack=hyperparams.get("frame_stack"),
                    monitor_dir=str(monitor_dir) if monitor_dir is not None else None,
                    monitor_kwargs=monitor_kwargs or None, env_wrapper=hyperparams.get("env_wrapper"),
-                   vec_env_wrapper=hyperparams.get("vec_env_wrapper"))
+                   vec_env_wrapper=hyperparams.get("vec_env_wrapper"), record_episodes=True)
     if monitor_t_start is not None:
         _set_monitor_start(env, monitor_t_start)
     normalize = hyperparams.get("normalize")

@@ -4,7 +4,8 @@ A file maps env ids to SB3 constructor arguments plus RL Zoo's own keys (``n_tim
 ``normalize``, ``frame_stack``, ``env_wrapper``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``,
 ``monitor_kwargs``, ``noise_type``, ``noise_std``), with ``atari`` and ``default`` fallbacks. Python-expression strings
 (``policy_kwargs: "dict(net_arch=[64, 64])"``, ``normalize: "dict(norm_obs=True, norm_reward=False)"``) and ``lin_``
-schedules are read as RL Zoo reads them. The sparse settings live in keys RL Zoo understands too: the sparse policy
+schedules are read as RL Zoo reads them. Which entry a run takes (the env's, ``atari``, RL Zoo's tuned one, ``default``):
+:mod:`sparse_rl.harness.zoo_entries`. The sparse settings live in keys RL Zoo understands too: the sparse policy
 alias (``SparseMlpPolicy``), ``sparsity`` / ``distribution`` in ``policy_kwargs`` and a ``TopologyCallback`` in
 ``callback``, so ``python -m rl_zoo3.train --gym-packages sparse_rl.sb3 -conf configs/sac.yml`` runs the same entry.
 
@@ -52,20 +53,20 @@ def read_yaml(path: Path, what: str, hint: str = "") -> Any:
         raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
 
 
-def load_entry(config_file: str | Path, env_id: str, atari: bool) -> tuple[dict[str, Any], str]:
-    """The hyperparameters for ``env_id`` (its own entry, else ``atari`` for Atari ids, else ``default``) and the
-    name of the entry used."""
-    path = Path(config_file)
+def read_entries(path: Path) -> dict[str, Any]:
+    """The entries of a hyperparameter file (env id -> settings), or a one-line ``ValueError``."""
     entries = read_yaml(path, "config file", "pass an existing YAML file with -conf")
     if not isinstance(entries, dict):
         raise ValueError(f"config file {str(path)!r} must map env ids to hyperparameters (RL Zoo schema)")
-    for key in (env_id, "atari" if atari else None, "default"):
-        if key is not None and key in entries:
-            entry = entries[key]
-            if not isinstance(entry, dict):
-                raise ValueError(f"entry {key!r} of {str(path)!r} must be a mapping of hyperparameters")
-            return copy.deepcopy(entry), key
-    raise ValueError(f"no hyperparameters for {env_id!r} in {str(path)!r} (and no 'default' entry): add an entry")
+    return entries
+
+
+def entry_of(entries: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    """A copy of entry ``key`` of a file's ``entries``, checked to be a mapping."""
+    entry = entries[key]
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {key!r} of {str(path)!r} must be a mapping of hyperparameters")
+    return copy.deepcopy(entry)
 
 
 def parse_value(text: str) -> Any:
@@ -82,9 +83,11 @@ def parse_value(text: str) -> Any:
 
 def _namespace() -> dict[str, Any]:
     import torch as th
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 
+    # RL Zoo's names too (its A2C Atari entry: optimizer_class=RMSpropTFLike)
     return {"__builtins__": {}, "dict": dict, "list": list, "tuple": tuple, "nn": th.nn, "th": th, "True": True,
-            "False": False, "None": None, "float": float, "int": int}
+            "False": False, "None": None, "float": float, "int": int, "RMSpropTFLike": RMSpropTFLike}
 
 
 def evaluate_expression(value: Any, key: str) -> Any:
@@ -129,6 +132,8 @@ def to_expression(value: Any) -> str:
         for prefix, module in (("nn", th.nn), ("th.optim", th.optim)):
             if getattr(module, value.__name__, None) is value:
                 return f"{prefix}.{value.__name__}"
+        if _namespace().get(value.__name__) is value:
+            return value.__name__
     return repr(value)
 
 

@@ -1,7 +1,7 @@
 """From command-line flags to a run's resolved settings: one place that merges, defaults and derives, and says so.
 
-Order (later wins): the config entry (``-conf``, default ``configs/<algo>.yml``; the env's entry, else ``atari``,
-else ``default``), ``-params`` (merged by the override rule of :mod:`~sparse_rl.harness.hyperparams`), then the flags
+Order (later wins): the config entry (``-conf``, default ``configs/<algo>.yml``; which entry: :mod:`~sparse_rl.harness.
+zoo_entries`), ``-params`` (merged by the override rule of :mod:`~sparse_rl.harness.hyperparams`), then the flags
 ``-n``, ``--n-envs``, ``--sparsity``, ``--method``, ``--distribution``, ``--backend``.
 
 Sparse or dense: ``--sparsity`` if given, else ``policy_kwargs['sparsity']``, else 0.9 when the entry names a sparse
@@ -19,6 +19,7 @@ from typing import Any
 from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device
 from sparse_rl.harness.envs import check_env_id, is_atari
+from sparse_rl.harness.zoo_entries import config_entry
 from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
 #: sb3-contrib's algorithms (the optional ``contrib`` extra), by RL Zoo's names
@@ -229,12 +230,12 @@ def resolve(spec: RunSpec) -> Resolved:
     """Resolve and check a run's settings (no file is read but the config, none is written)."""
     algo = algo_class(spec.algo)
     check_env_id(spec.env)
-    atari = is_atari(spec.env)
     conf = spec.conf_file or hp.default_config_file(spec.algo)
-    entry, entry_key = hp.load_entry(conf, spec.env, atari)
-    origin = f"{conf} [{entry_key}]"
+    entry, origin, entry_notes = config_entry(conf, spec.env, is_atari(spec.env), None if spec.conf_file else spec.algo,
+                                              SPARSE_ALIASES, SPARSE_POLICY_KWARGS)  # -conf files: used as they are
     sources = dict.fromkeys(entry, origin)
-    merged, notes = hp.merge_overrides(entry, spec.hyperparams, "-params")
+    merged, override_notes = hp.merge_overrides(entry, spec.hyperparams, "-params")
+    notes = [*entry_notes, *override_notes]
     sources.update(dict.fromkeys(spec.hyperparams, "-params"))
     for key, flag, value in (("n_timesteps", "-n", spec.n_timesteps), ("n_envs", "--n-envs", spec.n_envs)):
         if value is not None:

@@ -106,7 +106,7 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
             from sparse_rl.sb3.contrib.evaluation import MaskableGridEvalCallback as evaluation_class
         evaluation = evaluation_class(
             evaluation_env(spec.env, hyper, spec.seed + EVAL_SEED_OFFSET, env_kwargs=spec.env_kwargs), grid=spec.eval_freq,
-            clock=clock, n_eval_episodes=spec.eval_episodes, log_path=str(folder.path),
+            clock=clock, seed=spec.seed + EVAL_SEED_OFFSET, n_eval_episodes=spec.eval_episodes, log_path=str(folder.path),
             best_model_save_path=str(folder.path), deterministic=True, verbose=spec.verbose)
         if start_step > 0:
             evaluation.restore(folder.path / "evaluations.npz", upto=start_step)
@@ -295,15 +295,19 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     import torch as th
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from sparse_rl.sb3.checkpoints import restore_rng_state
+    from sparse_rl.sb3.checkpoints import ENV_STATE, restore_rng_state
+    from sparse_rl.sb3.env_state import restore_env_state
 
     for stale in folder.checkpoints.glob(".tmp_step_*"):  # a write interrupted by a crash: never committed
         shutil.rmtree(stale, ignore_errors=True)
     checkpoint = _latest_checkpoint(folder)
     if (checkpoint / "vecnormalize.pkl").is_file():
         env = VecNormalize.load(str(checkpoint / "vecnormalize.pkl"), env.venv if isinstance(env, VecNormalize) else env)
-    try:
-        model = algo_class(spec.algo).load(checkpoint / "model.zip", env=env, device=spec.device, verbose=spec.verbose)
+    env_state = th.load(checkpoint / ENV_STATE, weights_only=False) if (checkpoint / ENV_STATE).is_file() else \
+        {"exact": False, "reason": "the checkpoint was written by a version that did not store the environments"}
+    try:  # force_reset=False keeps the checkpoint's last observations, which the replayed episodes continue
+        model = algo_class(spec.algo).load(checkpoint / "model.zip", env=env, device=spec.device, verbose=spec.verbose,
+                                           force_reset=not env_state["exact"])
     except (RuntimeError, KeyError) as error:
         first_line = str(error).splitlines()[0]
         raise ValueError(f"checkpoint {checkpoint} does not fit this policy architecture: {first_line}") from None
@@ -312,6 +316,14 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     elif getattr(model, "replay_buffer", None) is not None:
         print(f"note: {checkpoint.name} holds no replay buffer (train with --save-replay-buffer to keep it): training "
               "continues from an empty buffer, so the resumed run differs from an uninterrupted one")
+    # replayed before the RNG states are restored: an environment drawing from the global generators draws again
+    reason = restore_env_state(model.get_env(), env_state)
+    if reason is None:
+        print(f"environments: the episodes under way at step {model.num_timesteps} replayed and continued")
+    else:
+        model._last_obs = None  # SB3 resets the environments when training starts
+        print(f"note: the environments start new episodes ({reason}), so the resumed run differs from an "
+              "uninterrupted one")
     restore_rng_state(model, th.load(checkpoint / "rng.pt", weights_only=False))
     print(f"resuming {folder.path} from step {model.num_timesteps}")
     return model, env

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``checkpoints/step_<N>/`` holding the model (its state dict carries the sparse topology and
 the TopologyCallback's schedule state), the RNG states (python, numpy, torch, the action space), VecNormalize
-statistics when used, and optionally the replay buffer. It is written into a temporary folder that is renamed
+statistics when used, the environments' current episodes (:mod:`sparse_rl.sb3.env_state`: a resume replays them), and
+optionally the replay buffer. It is written into a temporary folder that is renamed
 into place, and ``checkpoints/latest.json`` is replaced last (``os.replace``): the pointer only ever names a complete
 checkpoint, so a process killed at any moment leaves the previous checkpoint intact.
 """
@@ -21,7 +22,11 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sparse_rl.sb3.env_state import capture_env_state
+
 LATEST = "latest.json"
+ENV_STATE = "env_state.pt"
+RECORD = "record.json"
 #: Fault injection for tests: seconds to sleep after the files are written and before the checkpoint is committed,
 #: for checkpoints after step ``SPARSE_RL_CHECKPOINT_DELAY_AFTER`` (default 0).
 DELAY_ENV = "SPARSE_RL_CHECKPOINT_DELAY"
@@ -55,6 +60,7 @@ def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False,
     tmp.mkdir()
     model.save(tmp / "model.zip")
     th.save(rng_state(model), tmp / "rng.pt")
+    th.save(capture_env_state(model.get_env()), tmp / ENV_STATE)
     env = model.get_vec_normalize_env()
     if env is not None:
         env.save(str(tmp / "vecnormalize.pkl"))
@@ -63,10 +69,12 @@ def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False,
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     if delay > 0 and step > int(os.environ.get(DELAY_AFTER_ENV, "0") or 0):
         time.sleep(delay)
+    entry = {"step": step, "path": final.name, "time": captured, **(record or {})}
+    (tmp / RECORD).write_text(json.dumps(entry))  # the checkpoint's own copy of what latest.json says of it
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     pointer = folder / f".{LATEST}.{os.getpid()}"
-    pointer.write_text(json.dumps({"step": step, "path": final.name, "time": captured, **(record or {})}))
+    pointer.write_text(json.dumps(entry))
     os.replace(pointer, folder / LATEST)
     return final
 
@@ -122,8 +130,8 @@ class AtomicCheckpointCallback(BaseCallback):
 
     A checkpoint falls due at the first env step at or past the grid and is written when the next collection starts
     (SB3's ``on_rollout_start``): the transitions collected so far are stored and trained on (on-policy: the rollout
-    is trained on), so a resume repeats and loses nothing of the agent's state. The environments are not part of a
-    checkpoint: a resume starts new episodes.
+    is trained on), so a resume repeats and loses nothing of the agent's state. The environments' current episodes
+    are stored too and replayed at resume (where they cannot be: new episodes, and the resume says why).
 
     :param save_freq: environment steps between checkpoints
     :param folder: where checkpoints go (``<run>/checkpoints``)

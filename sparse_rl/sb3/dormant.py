@@ -143,7 +143,8 @@ class DormantNeuronCallback(BaseCallback):
     :param log_dir: folder of ``dormant.csv`` (``None``: TensorBoard only)
     :param taus: thresholds (Sokar et al. 2023, arXiv 2302.12902)
     :param batch_size: states per measurement
-    :param seed: seed of the batch generator
+    :param seed: seed of the batch generator (the measurement at env step t draws with seed ``[seed, t]``, so a resumed
+        run measures on the batches of an uninterrupted one)
     """
 
     def __init__(self, every: int, log_dir: str | Path | None = None, taus: Sequence[float] = TAUS,
@@ -153,7 +154,7 @@ class DormantNeuronCallback(BaseCallback):
             raise ValueError(f"every must be a positive number of environment steps, got {every}")
         self.every, self.taus, self.batch_size = every, tuple(taus), batch_size
         self.path = Path(log_dir) / CSV_NAME if log_dir is not None else None
-        self.generator = np.random.default_rng(seed)
+        self.seed = seed
         self.next_step = every
         self._last_measured = -1
 
@@ -178,7 +179,7 @@ class DormantNeuronCallback(BaseCallback):
             os.replace(tmp, self.path)
 
     def measure(self) -> dict[str, dict[str, float]]:
-        batch = _stored_batch(self.model, self.generator, self.batch_size)
+        batch = _stored_batch(self.model, np.random.default_rng([self.seed, self.num_timesteps]), self.batch_size)
         if batch is None:
             return {}
         self._last_measured = self.num_timesteps

@@ -5,7 +5,9 @@ checkpoint: a run checkpointed at step 4500 with ``eval_freq=1000`` would then e
 curves of resumed and uninterrupted runs could not be compared point by point. :class:`GridEvalCallback` evaluates
 whenever ``model.num_timesteps`` reaches the next multiple of ``grid`` (env steps, all envs counted), evaluates once
 more when training ends off the grid, and stores ``walltime_s`` (training seconds, evaluations excluded, continued
-across resumes) in ``evaluations.npz`` beside SB3's ``timesteps``, ``results`` and ``ep_lengths``.
+across resumes) in ``evaluations.npz`` beside SB3's ``timesteps``, ``results`` and ``ep_lengths``. With ``seed``, the
+k-th evaluation (k = 0, 1, ...) starts from the evaluation env seeded with ``seed + k``, so each evaluation depends on
+the policy alone, not on the evaluations before it: a resumed run evaluates as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ class GridEvalCallback(EvalCallback):
     :param eval_env: the evaluation environment
     :param grid: env steps between evaluations
     :param clock: the run's training clock (``None``: a new one)
+    :param seed: the k-th evaluation reseeds the evaluation env with ``seed + k`` (``None``: SB3's behaviour, the env's
+        generators continue from one evaluation to the next)
     :param kwargs: the other arguments of SB3's ``EvalCallback`` (``eval_freq`` is replaced by ``grid``)
     """
 
-    def __init__(self, eval_env: Any, grid: int, clock: TrainingClock | None = None, **kwargs: Any) -> None:
+    def __init__(self, eval_env: Any, grid: int, clock: TrainingClock | None = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
         if grid <= 0:
             raise ValueError(f"grid must be a positive number of environment steps, got {grid}")
         super().__init__(eval_env, eval_freq=1, **kwargs)
-        self.grid = grid
+        self.grid, self.seed = grid, seed
         self.clock = clock or TrainingClock()
         self.walltimes: list[float] = []
         self.next_eval = grid
@@ -79,6 +84,8 @@ class GridEvalCallback(EvalCallback):
     def _evaluate(self) -> bool:
         with self.clock.excluded():
             seconds = self.clock.seconds()
+            if self.seed is not None:
+                self.eval_env.seed(self.seed + len(self.evaluations_timesteps))
             continue_training = super()._on_step()  # eval_freq=1: SB3's evaluation, logging and best-model saving
             self.walltimes.append(seconds)
             if self.log_path is not None:

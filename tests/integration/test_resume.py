@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import SAC
@@ -146,3 +147,114 @@ def test_a_checkpoint_holds_every_transition_and_update_up_to_its_step(tmp_path)
     for path in checkpoints.glob("step_*"):
         model = PPO.load(path / "model.zip")
         assert model._n_updates == model.num_timesteps // 128 * 2  # every rollout collected so far was trained on
+
+
+def _resume_from(run_dir, copy_dir, step):
+    """A copy of a finished run as a crash after checkpoint ``step`` would have left it."""
+    import shutil
+
+    shutil.copytree(run_dir, copy_dir)
+    (copy_dir / "run.json").unlink()
+    for model in copy_dir.glob("*.zip"):
+        if model.stem != "best_model":  # the final model; best_model.zip is what the crash would have left
+            model.unlink()
+    record = (copy_dir / "checkpoints" / f"step_{step}" / "record.json").read_text()
+    assert json.loads(record)["step"] == step
+    (copy_dir / "checkpoints" / "latest.json").write_text(record)
+    return copy_dir
+
+
+def _assert_same_run(a, b, algo_class):
+    import numpy as np
+    from stable_baselines3.common.monitor import load_results
+
+    for name in ("final", "best_model"):
+        [za], [zb] = ([p for p in run.glob("*.zip") if (p.stem == "best_model") == (name == "best_model")] for run in (a, b))
+        wa, wb = algo_class.load(za).policy.state_dict(), algo_class.load(zb).policy.state_dict()
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            if isinstance(wa[key], th.Tensor):
+                assert th.equal(wa[key], wb[key]), (name, key)
+    ea, eb = np.load(a / "evaluations.npz"), np.load(b / "evaluations.npz")
+    for key in ("timesteps", "results", "ep_lengths"):
+        assert np.array_equal(ea[key], eb[key]), key
+    assert (a / "dormant.csv").read_text() == (b / "dormant.csv").read_text()
+    ma, mb = load_results(str(a)), load_results(str(b))
+    assert ma["r"].tolist() == mb["r"].tolist() and ma["l"].tolist() == mb["l"].tolist()
+
+
+@pytest.mark.parametrize("case", ["sac", "ppo-normalize-2envs", "dqn-minatar"])
+def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
+    """A resume started new episodes (the environments were not in the checkpoint) and re-seeded the evaluation env,
+    so a run interrupted mid-episode ended with other weights, evaluations and curves than the same run uninterrupted.
+    The checkpoint now stores each env's current episode (replayed at resume) and each evaluation is seeded alone."""
+    from stable_baselines3 import DQN, PPO, SAC
+
+    common = ["-f", str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "2", "-v", "0",
+              "--save-replay-buffer", "--seed", "3"]
+    if case == "sac":  # checkpoints at 250, 500: Pendulum's 200-step episodes are under way at both
+        algo, env_id, algo_class, step = "sac", "Pendulum-v1", SAC, 250
+        argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000",
+                "policy_kwargs:dict(net_arch=[32, 32])", "--method", "rigl"]
+    elif case == "ppo-normalize-2envs":  # rollouts of 2 x 128 steps: checkpoints at 512, 768
+        algo, env_id, algo_class, step = "ppo", "CartPole-v1", PPO, 512
+        argv = ["-n", "1024", "--save-freq", "300", "--n-envs", "2", "-params", "n_steps:128", "batch_size:64",
+                "n_epochs:2", "normalize:True", "policy_kwargs:dict(net_arch=[32, 32])"]
+    else:  # MinAtar draws from the game's own RandomState (sticky actions, spawns)
+        algo, env_id, algo_class, step = "dqn", "MinAtar/Breakout-v1", DQN, 250
+        argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000"]
+    assert train_main(["--algo", algo, "--env", env_id, *common, *argv]) == 0
+    run_dir = next((tmp_path / "logs" / algo).iterdir())
+    copy = _resume_from(run_dir, tmp_path / "resumed", step)
+    capsys.readouterr()
+    assert train_main(["--algo", algo, "--resume", str(copy), "-v", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"the episodes under way at step {step} replayed" in out, out
+    _assert_same_run(run_dir, copy, algo_class)
+
+
+def test_a_checkpoint_that_cannot_restore_the_environments_says_so(tmp_path, capsys):
+    from sparse_rl.sb3.env_state import restore_env_state
+
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "300", "-f", str(tmp_path / "logs"), "--eval-freq",
+                       "-1", "-v", "0", "--save-freq", "250", "--save-replay-buffer", "-params", "learning_starts:100",
+                       "buffer_size:1000"]) == 0
+    run_dir = next((tmp_path / "logs" / "sac").iterdir())
+    copy = _resume_from(run_dir, tmp_path / "resumed", 250)
+    (copy / "checkpoints" / "step_250" / "env_state.pt").unlink()  # written by a version that did not store them
+    capsys.readouterr()
+    assert train_main(["--algo", "sac", "--resume", str(copy), "-n", "300", "-v", "0"]) == 0
+    assert "note: the environments start new episodes (the checkpoint was written by a version" in capsys.readouterr().out
+    state = th.load(run_dir / "checkpoints" / "step_250" / "env_state.pt", weights_only=False)
+    assert state["exact"] and len(state["episodes"]) == 1 and len(state["episodes"][0]["actions"]) == 50
+    tampered = {**state, "episodes": [{**state["episodes"][0], "actions": state["episodes"][0]["actions"][:-1]}]}
+    from sparse_rl.harness.envs import training_env
+
+    env = training_env("Pendulum-v1", {"n_envs": 1}, seed=0)
+    assert restore_env_state(env, tampered) == "the replayed episode did not reach the recorded observation"
+    assert restore_env_state(env, {"exact": False, "reason": "x"}) == "x"
+
+
+def test_a_replay_checks_the_generators_too():
+    """A fresh MinAtar env holds two RandomStates (game.random, game.env.random) that a seeded reset makes one: restoring
+    one of them let the replay reach the recorded observation and diverge later. The replay now restores shared
+    generators as shared and compares every generator's state at the end."""
+    from sparse_rl.harness.envs import training_env
+    from sparse_rl.sb3.env_state import capture_env_state, restore_env_state
+
+    env = training_env("MinAtar/Breakout-v1", {"n_envs": 1}, seed=5)
+    env.reset()
+    for _ in range(30):
+        env.step([1])
+    state = capture_env_state(env)
+    [(paths, kind, _)] = [g for g in state["episodes"][0]["generators_now"] if "game.env.random" in g[0]]
+    assert kind == "RandomState" and paths == ["game.env.random", "game.random"]
+    fresh = training_env("MinAtar/Breakout-v1", {"n_envs": 1}, seed=5)
+    assert restore_env_state(fresh, state) is None
+    game = fresh.envs[0].unwrapped.game
+    assert game.random is game.env.random
+    for _ in range(200):
+        assert fresh.step([2])[0].tolist() == env.step([2])[0].tolist()
+    other = [(["game.random"], "RandomState", np.random.RandomState(1).get_state())]
+    broken = {**state, "episodes": [{**state["episodes"][0], "generators_now": other}]}
+    assert "random generators" in restore_env_state(training_env("MinAtar/Breakout-v1", {"n_envs": 1}, seed=5), broken)

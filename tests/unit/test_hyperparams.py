@@ -18,12 +18,19 @@ def test_packaged_configs_parse_and_have_a_fallback(algo):
         assert topology["method"] == "rigl" and topology["update_every"] > 0, name
 
 
+def _entry(path, env_id, atari):
+    from sparse_rl.harness.zoo_entries import config_entry
+
+    entry, origin, _ = config_entry(path, env_id, atari, None, {}, ())
+    return entry, origin.rsplit(" ", 1)[1].strip("[]")
+
+
 def test_entry_lookup_falls_back_to_atari_then_default(tmp_path):
     path = tmp_path / "c.yml"
     path.write_text("Foo-v0: {a: 1}\natari: {a: 2}\ndefault: {a: 3}\n")
-    assert hp.load_entry(path, "Foo-v0", atari=False) == ({"a": 1}, "Foo-v0")
-    assert hp.load_entry(path, "ALE/Pong-v5", atari=True) == ({"a": 2}, "atari")
-    assert hp.load_entry(path, "Bar-v0", atari=False) == ({"a": 3}, "default")
+    assert _entry(path, "Foo-v0", atari=False) == ({"a": 1}, "Foo-v0")
+    assert _entry(path, "ALE/Pong-v5", atari=True) == ({"a": 2}, "atari")
+    assert _entry(path, "Bar-v0", atari=False) == ({"a": 3}, "default")
 
 
 @pytest.mark.parametrize("text,match", [("a: [1, 2", "not valid YAML"), ("- 1\n- 2\n", "must map env ids")])
@@ -31,9 +38,9 @@ def test_malformed_config_files(tmp_path, text, match):
     path = tmp_path / "bad.yml"
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
-        hp.load_entry(path, "Pendulum-v1", atari=False)
+        _entry(path, "Pendulum-v1", atari=False)
     with pytest.raises(ValueError, match="not found"):
-        hp.load_entry(tmp_path / "missing.yml", "Pendulum-v1", atari=False)
+        _entry(tmp_path / "missing.yml", "Pendulum-v1", atari=False)
 
 
 def test_sparse_and_dense_resolution_share_everything_else():

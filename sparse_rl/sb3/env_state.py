@@ -1,0 +1,202 @@
+"""Exact resumption of the training environments: each env's current episode is replayed from its start.
+
+A checkpoint cannot pickle a live environment (MuJoCo handles, the Monitor's open file), but the environments trained
+here are deterministic given their numpy random generators: an episode is fully determined by the generators' states at
+its ``reset`` and by the actions taken since. :class:`EpisodeRecorder`, the outermost wrapper of each training env,
+keeps both. A checkpoint stores them with the state of the VecEnv wrappers (VecNormalize's discounted returns,
+VecFrameStack's stack); a resume replays every env's episode through its wrappers (Monitor, TimeLimit, ...) and checks
+that the replay ends on the observation the checkpoint recorded, so the resumed run continues the same episodes and
+its weights, evaluations and curves equal those of an uninterrupted run (tests/integration/test_resume.py).
+
+Where this cannot hold, the resume starts new episodes, as SB3 and RL Zoo do, and says why in one line: ALE games
+(the emulator keeps its own random state and episodic-life resets span episodes), a VecEnv wrapper whose state is
+unknown here, environments in subprocesses, or a replay that does not end on the recorded observation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+GENERATORS = (np.random.Generator, np.random.RandomState)
+#: VecEnv wrappers without state of their own between steps
+STATELESS = ("VecTransposeImage", "VecExtractDictObs", "VecCheckNan")
+
+
+def _generators(env: gym.Env) -> dict[str, Any]:
+    """The numpy generators an environment holds, by attribute path from the unwrapped env, three levels deep
+    (Gymnasium's ``_np_random``, its spaces' generators, MinAtar's ``game.random`` and ``game.env.random``); a generator
+    shared by several attributes appears under each path."""
+    found: dict[str, Any] = {}
+
+    def visit(obj: Any, prefix: str, depth: int) -> None:
+        for name, value in sorted(getattr(obj, "__dict__", {}).items()):
+            if isinstance(value, GENERATORS):
+                found[prefix + name] = value
+            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, type):
+                visit(value, f"{prefix}{name}.", depth - 1)
+
+    visit(env.unwrapped, "", 2)
+    return found
+
+
+def _generator_states(env: gym.Env) -> list[tuple[list[str], str, Any]]:
+    """``(paths, kind, state)`` per generator object: the paths that share it, so a restore shares it again."""
+    groups: dict[int, tuple[list[str], str, Any]] = {}
+    for path, g in _generators(env).items():
+        if id(g) not in groups:
+            state = copy.deepcopy(g.bit_generator.state) if isinstance(g, np.random.Generator) else g.get_state()
+            groups[id(g)] = ([], type(g).__name__, state)
+        groups[id(g)][0].append(path)
+    return list(groups.values())
+
+
+def _owner(env: gym.Env, path: str) -> tuple[Any, str]:
+    *parents, name = path.split(".")
+    owner: Any = env.unwrapped
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+def _set_generator_states(env: gym.Env, groups: list[tuple[list[str], str, Any]]) -> None:
+    for paths, kind, state in groups:
+        owner, name = _owner(env, paths[0])
+        generator = getattr(owner, name, None)
+        if not isinstance(generator, GENERATORS):  # not created yet in a fresh env (Gymnasium creates it at reset)
+            generator = (np.random.Generator(getattr(np.random, state["bit_generator"])()) if kind == "Generator"
+                         else np.random.RandomState())
+        if kind == "Generator":
+            generator.bit_generator.state = state
+        else:
+            generator.set_state(state)
+        for path in paths:  # one object wherever the recorded env had one (a fresh MinAtar env has two)
+            setattr(*_owner(env, path), generator)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def _same_generators(a: list[tuple[list[str], str, Any]], b: list[tuple[list[str], str, Any]]) -> bool:
+    def key(groups: list[tuple[list[str], str, Any]]) -> list[Any]:
+        return sorted((paths, kind, repr(state)) for paths, kind, state in groups)
+
+    return key(a) == key(b)
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Records what determines the current episode: the env's generator states at ``reset``, the ``reset`` arguments
+    and the actions since; :meth:`replay` rebuilds the episode in a fresh copy of the env (same wrappers)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._episode: dict[str, Any] | None = None
+        self._last_obs: Any = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        self._episode = {"generators": _generator_states(self.env), "seed": seed, "options": options, "actions": []}
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._last_obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self._episode is not None:
+            self._episode["actions"].append(copy.deepcopy(action))
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._last_obs = obs
+        return obs, reward, terminated, truncated, info
+
+    def episode(self) -> dict[str, Any] | None:
+        """The current episode (``None`` before the first reset), with the last observation returned."""
+        if self._episode is None:
+            return None
+        return {**self._episode, "actions": list(self._episode["actions"]), "last_obs": copy.deepcopy(self._last_obs),
+                "generators_now": _generator_states(self.env)}
+
+    def replay(self, episode: dict[str, Any]) -> str | None:
+        """Play ``episode`` again from its reset; ``None`` when it ends on the recorded observation, else why not."""
+        _set_generator_states(self.env, episode["generators"])
+        obs, _ = self.reset(seed=episode["seed"], options=episode["options"])
+        for i, action in enumerate(episode["actions"]):
+            obs, _, terminated, truncated, _ = self.step(action)
+            if (terminated or truncated) and i + 1 < len(episode["actions"]):
+                return f"the replayed episode ended at step {i + 1} of {len(episode['actions'])}"
+        if not _same(obs, episode["last_obs"]):
+            return "the replayed episode did not reach the recorded observation"
+        if not _same_generators(_generator_states(self.env), episode["generators_now"]):
+            return "the replayed environment's random generators are not where the recorded ones were"
+        return None
+
+
+def _chain(venv: Any) -> list[Any]:
+    """The VecEnv and its wrappers, outermost first."""
+    chain = [venv]
+    while hasattr(chain[-1], "venv"):
+        chain.append(chain[-1].venv)
+    return chain
+
+
+def _wrapper_state(wrapper: Any) -> tuple[Any, str | None]:
+    name = type(wrapper).__name__
+    if name == "VecNormalize":
+        return {"returns": wrapper.returns.copy()}, None
+    if name == "VecFrameStack":
+        return {"stacked_obs": copy.deepcopy(wrapper.stacked_obs)}, None
+    if name in STATELESS:
+        return None, None
+    return None, f"the VecEnv wrapper {name} keeps a state this checkpoint cannot restore"
+
+
+def capture_env_state(venv: Any) -> dict[str, Any]:
+    """What a checkpoint stores of the training VecEnv: ``{"exact": True, "wrappers": [...], "episodes": [...]}``,
+    or ``{"exact": False, "reason": ...}`` when its environments cannot be restored (see the module docstring)."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    *wrappers, base = _chain(venv)
+    if not isinstance(base, DummyVecEnv):
+        return {"exact": False, "reason": f"the environments run in a {type(base).__name__} (only DummyVecEnv's are replayed)"}
+    states = []
+    for wrapper in wrappers:
+        state, reason = _wrapper_state(wrapper)
+        if reason is not None:
+            return {"exact": False, "reason": reason}
+        states.append((type(wrapper).__name__, state))
+    episodes = []
+    for env in base.envs:
+        if not isinstance(env, EpisodeRecorder):
+            return {"exact": False, "reason": "the environments were not built with an EpisodeRecorder"}
+        if "ale_py" in type(env.unwrapped).__module__:
+            return {"exact": False, "reason": "ALE games keep the emulator's own random state"}
+        episodes.append(env.episode())
+    return {"exact": True, "wrappers": states, "episodes": episodes}
+
+
+def restore_env_state(venv: Any, state: dict[str, Any]) -> str | None:
+    """Bring a freshly built training VecEnv (same settings) to the checkpoint's state; ``None`` on success, else the
+    reason the environments will start new episodes instead."""
+    if not state.get("exact"):
+        return str(state.get("reason", "the checkpoint holds no environment state"))
+    *wrappers, base = _chain(venv)
+    if [type(w).__name__ for w in wrappers] != [name for name, _ in state["wrappers"]] or \
+            len(getattr(base, "envs", ())) != len(state["episodes"]):
+        return "the environments were built with other wrappers or another n_envs than the checkpoint's"
+    for env, episode in zip(base.envs, state["episodes"]):
+        if not isinstance(env, EpisodeRecorder):
+            return "the environments were not built with an EpisodeRecorder"
+        if episode is not None:
+            reason = env.replay(episode)
+            if reason is not None:
+                return reason
+    for wrapper, (_, saved) in zip(wrappers, state["wrappers"]):
+        for key, value in (saved or {}).items():
+            setattr(wrapper, key, copy.deepcopy(value))
+    for reset in ("_reset_seeds", "_reset_options"):  # the first reset's seeds were used before the checkpoint
+        if hasattr(base, reset):
+            getattr(base, reset)()
+    return None
