@@ -184,6 +184,11 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
     start = model.num_timesteps
     name = Path(tb_dir).name if tb_dir else run_name(resolved)  # the TensorBoard run's name, "_2" when taken
     callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock, name)
+    noise = model.__dict__.pop("resumed_action_noise", None)  # popped: never saved with the model
+    if noise is not None:
+        from sparse_rl.sb3.env_state import KeepActionNoise
+
+        callbacks.append(KeepActionNoise(noise))
     total = int(resolved.hyperparams["n_timesteps"])
     if start < total:
         try:
@@ -320,6 +325,7 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     reason = restore_env_state(model.get_env(), env_state)
     if reason is None:
         print(f"environments: the episodes under way at step {model.num_timesteps} replayed and continued")
+        model.resumed_action_noise = getattr(model, "action_noise", None)  # SB3's learn() resets it: put back
     else:
         model._last_obs = None  # SB3 resets the environments when training starts
         print(f"note: the environments start new episodes ({reason}), so the resumed run differs from an "

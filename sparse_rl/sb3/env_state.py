@@ -20,6 +20,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 
 GENERATORS = (np.random.Generator, np.random.RandomState)
 #: VecEnv wrappers without state of their own between steps
@@ -200,3 +201,18 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> str | None:
         if hasattr(base, reset):
             getattr(base, reset)()
     return None
+
+
+class KeepActionNoise(BaseCallback):
+    """SB3 resets the action noise when ``learn`` starts: a resumed run's Ornstein-Uhlenbeck noise would restart from
+    zero mid-episode. Puts the checkpoint's noise (its state included) back once ``learn`` has set up."""
+
+    def __init__(self, noise: Any) -> None:
+        super().__init__()
+        self.noise = copy.deepcopy(noise)
+
+    def _on_training_start(self) -> None:
+        self.model.action_noise = self.noise
+
+    def _on_step(self) -> bool:
+        return True

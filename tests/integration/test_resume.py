@@ -183,12 +183,12 @@ def _assert_same_run(a, b, algo_class):
     assert ma["r"].tolist() == mb["r"].tolist() and ma["l"].tolist() == mb["l"].tolist()
 
 
-@pytest.mark.parametrize("case", ["sac", "ppo-normalize-2envs", "dqn-minatar"])
+@pytest.mark.parametrize("case", ["sac", "ppo-normalize-2envs", "dqn-minatar", "td3-ou-noise"])
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
     """A resume started new episodes (the environments were not in the checkpoint) and re-seeded the evaluation env,
     so a run interrupted mid-episode ended with other weights, evaluations and curves than the same run uninterrupted.
     The checkpoint now stores each env's current episode (replayed at resume) and each evaluation is seeded alone."""
-    from stable_baselines3 import DQN, PPO, SAC
+    from stable_baselines3 import DQN, PPO, SAC, TD3
 
     common = ["-f", str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "2", "-v", "0",
               "--save-replay-buffer", "--seed", "3"]
@@ -200,6 +200,10 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
         algo, env_id, algo_class, step = "ppo", "CartPole-v1", PPO, 512
         argv = ["-n", "1024", "--save-freq", "300", "--n-envs", "2", "-params", "n_steps:128", "batch_size:64",
                 "n_epochs:2", "normalize:True", "policy_kwargs:dict(net_arch=[32, 32])"]
+    elif case == "td3-ou-noise":  # SB3's learn() resets the Ornstein-Uhlenbeck noise: the checkpoint's is put back
+        algo, env_id, algo_class, step = "td3", "Pendulum-v1", TD3, 250
+        argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000",
+                "noise_type:ornstein-uhlenbeck", "noise_std:0.5", "policy_kwargs:dict(net_arch=[32, 32])"]
     else:  # MinAtar draws from the game's own RandomState (sticky actions, spawns)
         algo, env_id, algo_class, step = "dqn", "MinAtar/Breakout-v1", DQN, 250
         argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000"]
