@@ -121,7 +121,11 @@ def train(spec: RunSpec) -> Path:
     if spec.resume:
         return _resume(spec)
     _check_flags(spec)
-    resolved = resolve(spec)
+    try:
+        resolved = resolve(spec)
+    except ValueError:  # an env the algorithm cannot act in (MaskablePPO on Pendulum) is the clearer error
+        check_action_space(spec.algo, spec.env, spec.env_kwargs)
+        raise
     check_action_space(spec.algo, spec.env, spec.env_kwargs or resolved.hyperparams.get("env_kwargs"))
     _set_threads(spec.threads)
     folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)

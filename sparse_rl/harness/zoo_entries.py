@@ -26,9 +26,10 @@ import gymnasium as gym
 
 from sparse_rl.harness import hyperparams as hp
 
-#: sb3_rl algorithm names whose RL Zoo hyperparameter file has another name (none so far; ``ppo_mask`` has none)
+#: RL Zoo's hyperparameter file of each algorithm (RL Zoo has none for MaskablePPO: its PPO settings, as
+#: configs/ppo_mask.yml takes them)
 RL_ZOO_FILES = {"a2c": "a2c", "dqn": "dqn", "ppo": "ppo", "sac": "sac", "td3": "td3", "qrdqn": "qrdqn", "tqc": "tqc",
-                "crossq": "crossq", "ppo_lstm": "ppo_lstm"}
+                "crossq": "crossq", "ppo_lstm": "ppo_lstm", "ppo_mask": "ppo"}
 
 
 def rl_zoo_file(algo: str) -> Path | None:
@@ -56,8 +57,13 @@ def _zoo_key(entries: dict[str, Any], env_id: str, atari: bool) -> tuple[str, st
 def with_sparse_settings(dense: dict[str, Any], sparse: dict[str, Any], sparse_aliases: dict[str, str],
                          sparse_keys: tuple[str, ...]) -> dict[str, Any]:
     """RL Zoo's ``dense`` entry with the sparse settings of ``sparse`` (a packaged entry): the sparse alias of the
-    policy, the sparse ``policy_kwargs`` keys and the ``TopologyCallback``; every other setting stays RL Zoo's."""
+    policy, the sparse ``policy_kwargs`` keys, the ``TopologyCallback`` and this package's own env wrappers (MaskablePPO's
+    ``ActionMasks``, applied after RL Zoo's); every other setting stays RL Zoo's."""
     entry = copy.deepcopy(dense)
+    ours = [w for w in _as_list(sparse.get("env_wrapper")) if str(next(iter(w), "") if isinstance(w, dict) else w)
+            .startswith("sparse_rl.")]
+    if ours:
+        entry["env_wrapper"] = [*_as_list(entry.get("env_wrapper")), *ours]
     policy = entry.get("policy", "MlpPolicy")
     entry["policy"] = sparse_aliases.get(policy, policy)
     kwargs = hp.policy_kwargs_dict(entry.get("policy_kwargs"))
@@ -65,9 +71,13 @@ def with_sparse_settings(dense: dict[str, Any], sparse: dict[str, Any], sparse_a
     entry["policy_kwargs"] = kwargs
     topology, _ = hp.topology_callback_kwargs(sparse.get("callback"))
     if topology is not None:
-        callbacks = entry.get("callback") or []
-        entry["callback"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), {hp.TOPOLOGY_CALLBACK: topology}]
+        entry["callback"] = [*_as_list(entry.get("callback")), {hp.TOPOLOGY_CALLBACK: topology}]
     return entry
+
+
+def _as_list(value: Any) -> list[Any]:
+    """An RL Zoo ``env_wrapper`` / ``callback`` value (one item or a list; ``None``) as a list."""
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
 def config_entry(config_file: str | Path, env_id: str, atari: bool, algo: str | None, sparse_aliases: dict[str, str],
