@@ -19,6 +19,7 @@ from typing import Any
 from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device
 from sparse_rl.harness.envs import check_env_id, is_atari
+from sparse_rl.harness.schedule import topology_schedule
 from sparse_rl.harness.zoo_entries import config_entry
 from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
@@ -84,6 +85,8 @@ class Resolved:
     sources: dict[str, str]
     #: the topology schedule in env steps, defaults filled in (``None`` for the dense baseline)
     schedule: dict[str, Any] | None = None
+    #: the config entry the settings start from (``configs/sac.yml [HalfCheetah-v4]``)
+    entry: str = ""
 
     @property
     def sparse(self) -> bool:
@@ -117,6 +120,10 @@ class Resolved:
             defaults = sched["defaults"]
             lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; drop fraction "
                          f"{sched['drop_fraction']} {sched['drop_schedule']}); defaults used: {', '.join(defaults) or 'none'}")
+        shown = ("policy", "policy_kwargs", "n_timesteps", "normalize", "callback")
+        others = ", ".join(f"{k}={_plain(v)!r}" if not isinstance(v, (int, float, str)) else f"{k}={v}"
+                           for k, v in hyper.items() if k not in shown or (k == "callback" and v))
+        lines.append(f"  hyperparameters{f' ({self.entry})' if self.entry else ''}: {others or 'SB3 defaults'}")
         lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
         if self.normalize is not None:
             lines.append(f"  normalize: VecNormalize({self.normalize})")
@@ -130,7 +137,7 @@ class Resolved:
             hyper["callback"] = [*hyper.get("callback", []), {hp.TOPOLOGY_CALLBACK: self.topology}]
         return {"method": self.method, "sparsity": self.sparsity, "distribution": self.distribution,
                 "topology": self.topology, "topology_schedule": self.schedule, "hyperparams": _plain(hyper),
-                "notes": self.notes, "sources": self.sources}
+                "notes": self.notes, "sources": self.sources, "entry": self.entry}
 
 
 def _plain(value: Any) -> Any:
@@ -302,7 +309,7 @@ def resolve(spec: RunSpec) -> Resolved:
         if key in merged and key != "policy_kwargs":
             merged[key] = hp.kwargs_dict(merged[key], key)
     resolved = Resolved(spec, merged, topology, method if topology is not None else "dense",
-                        sparsity if topology is not None else 0.0, distribution, notes, sources)
+                        sparsity if topology is not None else 0.0, distribution, notes, sources, entry=origin)
     _check(resolved, algo)
     if topology is not None:
         resolved.schedule = topology_schedule(topology, merged, algo)
@@ -312,53 +319,6 @@ def resolve(spec: RunSpec) -> Resolved:
                              f"network would stay dense while labelled {sparsity:g} sparse; lower update_every, move "
                              "start/end or train longer")
     return resolved
-
-
-def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], algo: Any) -> dict[str, Any]:
-    """The TopologyCallback's schedule of a fresh run in env steps: its defaults filled in (``start``: the
-    algorithm's ``learning_starts``; fractions of ``n_timesteps``), the first and last update and their count."""
-    import inspect
-
-    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-
-    from sparse_rl.sb3.callbacks import TopologyCallback
-    from sparse_rl.topology.schedules import TopologySchedule, resolve_step
-
-    signature = inspect.signature(TopologyCallback.__init__).parameters
-    defaults = [k for k in ("update_every", "drop_fraction", "drop_schedule", "start", "end") if k not in topology]
-    full = {k: topology.get(k, signature[k].default) for k in ("update_every", "drop_fraction", "drop_schedule", "start",
-                                                                 "end")}
-    total = int(hyperparams["n_timesteps"])
-    if full["start"] is None:
-        algo_default = inspect.signature(algo.__init__).parameters.get("learning_starts")
-        full["start"] = hyperparams.get("learning_starts", algo_default.default if algo_default else 0)
-        defaults[defaults.index("start")] = "start = learning_starts" if algo_default else "start = 0"
-    start, end = resolve_step(full["start"], total, "start"), resolve_step(full["end"], total, "end")
-    schedule = TopologySchedule(update_every=full["update_every"], start=start, end=max(end, start),
-                                drop_fraction=full["drop_fraction"], drop_schedule=full["drop_schedule"])
-    from sparse_rl.topology import UPDATERS
-
-    rewires = UPDATERS[topology.get("method", signature["method"].default)].rewires  # static: masks never change
-    # the callback checks the clock every env step of the vector env (n_envs steps), on-policy at rollout ends
-    # (n_steps x n_envs): an update runs at the first check at or after its step, and steps passed by one check merge
-    n_envs = int(hyperparams.get("n_envs", 1))
-    n_steps = hyperparams.get("n_steps", getattr(inspect.signature(algo.__init__).parameters.get("n_steps"), "default", 1))
-    tick = n_envs * (int(n_steps) if issubclass(algo, OnPolicyAlgorithm) else 1)
-    limit = -(-total // tick) * tick  # SB3 stops at the first check at or after n_timesteps
-    ticks, scheduled = [], 0
-    step = schedule.next_update_step(start - 1) if end >= start and rewires else None
-    while step is not None and step <= total:
-        scheduled += 1
-        at = -(-step // tick) * tick
-        if at > limit:
-            break
-        if not ticks or at > ticks[-1]:
-            ticks.append(at)
-        step = schedule.next_update_step(step)
-    return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
-            "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,
-            "last_update": ticks[-1] if ticks else None, "updates": len(ticks), "merged": scheduled - len(ticks),
-            "check_every": tick, "defaults": defaults}
 
 
 def _check(resolved: Resolved, algo: Any) -> None:

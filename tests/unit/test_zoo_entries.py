@@ -139,3 +139,12 @@ def test_an_env_the_algorithm_cannot_act_in_is_named_before_a_hyperparameter_err
     assert main(["--algo", "ppo_mask", "--env", "Pendulum-v1", "-n", "100", "-f", str(tmp_path)]) == 2
     assert "--algo ppo_mask needs a discrete action space" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_entry_and_every_hyperparameter_are_printed_and_saved():
+    """Only policy_kwargs, the topology and normalize were printed: the entry a run took and its other settings
+    (learning rate, batch size...) were in resolved.yml only."""
+    resolved = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4"))
+    [line] = [line for line in resolved.describe() if line.startswith("  hyperparameters (")]
+    assert "ppo.yml [HalfCheetah-v4]): n_envs=1, batch_size=64, n_steps=512, gamma=0.98" in line
+    assert resolved.saved()["entry"].endswith("ppo.yml [HalfCheetah-v4]")

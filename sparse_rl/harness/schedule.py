@@ -1,0 +1,57 @@
+"""The topology schedule a run will follow, in environment steps, computed before it trains (printed and saved).
+
+It follows :class:`~sparse_rl.sb3.callbacks.TopologyCallback`'s own rule: the callback checks its clock every env step
+of the vector env (on-policy: at rollout ends), an update runs at the first check at or after its scheduled step, and
+scheduled steps passed by one check merge into one update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], algo: Any) -> dict[str, Any]:
+    """The TopologyCallback's schedule of a fresh run in env steps: its defaults filled in (``start``: the
+    algorithm's ``learning_starts``; fractions of ``n_timesteps``), the first and last update and their count."""
+    import inspect
+
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    from sparse_rl.sb3.callbacks import TopologyCallback
+    from sparse_rl.topology.schedules import TopologySchedule, resolve_step
+
+    signature = inspect.signature(TopologyCallback.__init__).parameters
+    defaults = [k for k in ("update_every", "drop_fraction", "drop_schedule", "start", "end") if k not in topology]
+    full = {k: topology.get(k, signature[k].default) for k in ("update_every", "drop_fraction", "drop_schedule", "start",
+                                                                 "end")}
+    total = int(hyperparams["n_timesteps"])
+    if full["start"] is None:
+        algo_default = inspect.signature(algo.__init__).parameters.get("learning_starts")
+        full["start"] = hyperparams.get("learning_starts", algo_default.default if algo_default else 0)
+        defaults[defaults.index("start")] = "start = learning_starts" if algo_default else "start = 0"
+    start, end = resolve_step(full["start"], total, "start"), resolve_step(full["end"], total, "end")
+    schedule = TopologySchedule(update_every=full["update_every"], start=start, end=max(end, start),
+                                drop_fraction=full["drop_fraction"], drop_schedule=full["drop_schedule"])
+    from sparse_rl.topology import UPDATERS
+
+    rewires = UPDATERS[topology.get("method", signature["method"].default)].rewires  # static: masks never change
+    # the callback checks the clock every env step of the vector env (n_envs steps), on-policy at rollout ends
+    # (n_steps x n_envs): an update runs at the first check at or after its step, and steps passed by one check merge
+    n_envs = int(hyperparams.get("n_envs", 1))
+    n_steps = hyperparams.get("n_steps", getattr(inspect.signature(algo.__init__).parameters.get("n_steps"), "default", 1))
+    tick = n_envs * (int(n_steps) if issubclass(algo, OnPolicyAlgorithm) else 1)
+    limit = -(-total // tick) * tick  # SB3 stops at the first check at or after n_timesteps
+    ticks, scheduled = [], 0
+    step = schedule.next_update_step(start - 1) if end >= start and rewires else None
+    while step is not None and step <= total:
+        scheduled += 1
+        at = -(-step // tick) * tick
+        if at > limit:
+            break
+        if not ticks or at > ticks[-1]:
+            ticks.append(at)
+        step = schedule.next_update_step(step)
+    return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
+            "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,
+            "last_update": ticks[-1] if ticks else None, "updates": len(ticks), "merged": scheduled - len(ticks),
+            "check_every": tick, "defaults": defaults}
