@@ -213,6 +213,8 @@ def check_action_space(algo: str, env_id: str, env_kwargs: Mapping[str, Any] | N
     except TypeError as error:
         raise ValueError(f"env_kwargs {dict(env_kwargs or {})} are not accepted by {env_id}: "
                          f"{str(error).splitlines()[0]}") from None
+    except gym.error.DependencyNotInstalled as error:  # e.g. Box2D for LunarLander
+        raise ValueError(f"{env_id} cannot be built here: {str(error).splitlines()[0]}") from None
     space = probe.action_space
     probe.close()
     if algo in ("dqn", "qrdqn", "ppo_mask") and not isinstance(space, spaces.Discrete):

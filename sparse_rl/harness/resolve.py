@@ -243,6 +243,9 @@ def resolve(spec: RunSpec) -> Resolved:
     sources = dict.fromkeys(entry, origin)
     merged, override_notes = hp.merge_overrides(entry, spec.hyperparams, "-params")
     notes = [*entry_notes, *override_notes]
+    if spec.env.startswith("ALE/"):
+        notes.append("env: ALE/*-v5 frameskip set to 1, so AtariWrapper's skip gives the standard 4 frames per step "
+                     "(rl_zoo3.train keeps v5's own 4 under the wrapper: 16); v5's sticky actions stay")
     sources.update(dict.fromkeys(spec.hyperparams, "-params"))
     for key, flag, value in (("n_timesteps", "-n", spec.n_timesteps), ("n_envs", "--n-envs", spec.n_envs)):
         if value is not None:

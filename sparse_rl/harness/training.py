@@ -8,6 +8,7 @@ checked, and a run that fails while being set up removes the folder it claimed.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import fields, replace
 from pathlib import Path
@@ -139,6 +140,9 @@ def train(spec: RunSpec) -> Path:
         policy = policy_class(spec.algo, hyper["policy"]) if resolved.sparse else hyper["policy"]
         model = algo_class(spec.algo)(policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
                                       **model_kwargs(hyper, env))
+        # SB3's agent samples random actions from env 0's own action space object; its own copy (same generator state,
+        # so the same draws) leaves env 0's generators to env 0, whose episodes a checkpoint records
+        model.action_space = copy.deepcopy(model.action_space)
     except BaseException as error:
         folder.remove()
         if tb_dir is not None:
@@ -188,11 +192,11 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
     start = model.num_timesteps
     name = Path(tb_dir).name if tb_dir else run_name(resolved)  # the TensorBoard run's name, "_2" when taken
     callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock, name)
-    noise = model.__dict__.pop("resumed_action_noise", None)  # popped: never saved with the model
-    if noise is not None:
-        from sparse_rl.sb3.env_state import KeepActionNoise
+    resume = model.__dict__.pop("resume_state", None)  # popped: never saved with the model
+    if resume is not None:  # first: the other callbacks' on_rollout_start see the state of the uninterrupted run
+        from sparse_rl.sb3.env_state import ResumeState
 
-        callbacks.append(KeepActionNoise(noise))
+        callbacks.insert(0, ResumeState(resume["action_noise"], resume["rng"]))
     total = int(resolved.hyperparams["n_timesteps"])
     if start < total:
         try:
@@ -320,20 +324,22 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     except (RuntimeError, KeyError) as error:
         first_line = str(error).splitlines()[0]
         raise ValueError(f"checkpoint {checkpoint} does not fit this policy architecture: {first_line}") from None
-    if (checkpoint / "replay_buffer.pkl").is_file():
-        model.load_replay_buffer(checkpoint / "replay_buffer.pkl")
+    # replayed before the RNG states are restored: an environment drawing from the global generators draws again
+    reason = restore_env_state(model.get_env(), env_state)
+    if (checkpoint / "replay_buffer.pkl").is_file():  # HER: the episode under way stays open when it continues
+        model.load_replay_buffer(checkpoint / "replay_buffer.pkl", truncate_last_traj=reason is not None)
     elif getattr(model, "replay_buffer", None) is not None:
         print(f"note: {checkpoint.name} holds no replay buffer (train with --save-replay-buffer to keep it): training "
               "continues from an empty buffer, so the resumed run differs from an uninterrupted one")
-    # replayed before the RNG states are restored: an environment drawing from the global generators draws again
-    reason = restore_env_state(model.get_env(), env_state)
     if reason is None:
         print(f"environments: the episodes under way at step {model.num_timesteps} replayed and continued")
-        model.resumed_action_noise = getattr(model, "action_noise", None)  # SB3's learn() resets it: put back
     else:
         model._last_obs = None  # SB3 resets the environments when training starts
         print(f"note: the environments start new episodes ({reason}), so the resumed run differs from an "
               "uninterrupted one")
-    restore_rng_state(model, th.load(checkpoint / "rng.pt", weights_only=False))
+    rng = th.load(checkpoint / "rng.pt", weights_only=False)
+    restore_rng_state(model, rng)
+    # popped by _learn (never saved): SB3's learn() resets the action noise and redraws the gSDE matrices
+    model.resume_state = {"action_noise": getattr(model, "action_noise", None) if reason is None else None, "rng": rng}
     print(f"resuming {folder.path} from step {model.num_timesteps}")
     return model, env

@@ -99,8 +99,9 @@ def config_entry(config_file: str | Path, env_id: str, atari: bool, algo: str | 
         if found is not None:
             key, alias = found
             origin = f"RL Zoo's {zoo} [{key}] + sparse settings of {path} [default]"
-            note = (f"hyperparameters: {path.name} has no entry for {env_id}: RL Zoo's tuned entry [{key}]{alias}, with "
-                    "the sparse settings (policy, sparsity, distribution, TopologyCallback) of its [default] entry")
+            note = (f"hyperparameters: {path.name} has no entry for {env_id}: RL Zoo's tuned entry [{key}]{alias} for "
+                    "the dense settings; a sparse run takes the sparse ones (policy, sparsity, distribution, "
+                    "TopologyCallback) from its [default] entry")
             dense = hp.entry_of(zoo_entries, key, zoo)
             return with_sparse_settings(dense, entries["default"], sparse_aliases, sparse_keys), origin, [note]
     if "default" in entries:

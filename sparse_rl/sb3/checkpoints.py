@@ -10,6 +10,7 @@ checkpoint, so a process killed at any moment leaves the previous checkpoint int
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import StateDependentNoiseDistribution
 
 from sparse_rl.sb3.env_state import capture_env_state
 
@@ -33,18 +35,48 @@ DELAY_ENV = "SPARSE_RL_CHECKPOINT_DELAY"
 DELAY_AFTER_ENV = "SPARSE_RL_CHECKPOINT_DELAY_AFTER"
 
 
+#: the tensors of SB3's gSDE distribution that ``reset_noise`` draws (not saved with the model; its ``weights_dist``
+#: only serves the next draw)
+SDE_ATTRIBUTES = ("exploration_mat", "exploration_matrices")
+
+
+def sde_distributions(model: Any) -> dict[str, Any]:
+    """The gSDE distributions of a model by owner (``policy``: PPO, A2C; ``actor``: SAC, TD3)."""
+    owners = {"policy": getattr(model, "policy", None), "actor": getattr(model, "actor", None)}
+    return {name: owner.action_dist for name, owner in owners.items()
+            if isinstance(getattr(owner, "action_dist", None), StateDependentNoiseDistribution)}
+
+
 def rng_state(model: Any) -> dict[str, Any]:
+    """The random state of a run: the global generators, the action space's, and what SB3 does not save but a
+    resume needs: the gSDE exploration matrices, RecurrentPPO's LSTM states."""
+    exploration = {name: {k: getattr(dist, k).detach().clone() for k in SDE_ATTRIBUTES if hasattr(dist, k)}
+                   for name, dist in sde_distributions(model).items()}
     return {
         "python": random.getstate(), "numpy": np.random.get_state(), "torch": th.get_rng_state(),
-        "action_space": model.action_space.np_random.bit_generator.state,
+        "action_space": model.action_space.np_random.bit_generator.state, "exploration": exploration,
+        "lstm_states": copy.deepcopy(getattr(model, "_last_lstm_states", None)),
     }
 
 
 def restore_rng_state(model: Any, state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (the exploration matrices: :func:`restore_exploration`, once SB3 redrew them)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     th.set_rng_state(state["torch"])
     model.action_space.np_random.bit_generator.state = state["action_space"]
+    if state.get("lstm_states") is not None:  # sb3-contrib does not save them: they restarted at zero mid-episode
+        model._last_lstm_states = state["lstm_states"]
+
+
+def restore_exploration(model: Any, state: dict[str, Any]) -> None:
+    """Put the checkpoint's torch generator and gSDE matrices back: SB3 draws new matrices when a collection starts,
+    just before the callbacks' ``on_rollout_start``, so a resumed run would explore with other ones."""
+    th.set_rng_state(state["torch"])
+    distributions = sde_distributions(model)
+    for name, values in (state.get("exploration") or {}).items():
+        for key, value in values.items():
+            setattr(distributions[name], key, value)
 
 
 def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False, record: dict[str, Any] | None = None

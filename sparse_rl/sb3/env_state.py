@@ -29,8 +29,9 @@ STATELESS = ("VecTransposeImage", "VecExtractDictObs", "VecCheckNan")
 
 def _generators(env: gym.Env) -> dict[str, Any]:
     """The numpy generators an environment holds, by attribute path from the unwrapped env, three levels deep
-    (Gymnasium's ``_np_random``, its spaces' generators, MinAtar's ``game.random`` and ``game.env.random``); a generator
-    shared by several attributes appears under each path."""
+    (Gymnasium's ``_np_random``, its spaces' generators: BitFlippingEnv samples its observation space; MinAtar's
+    ``game.random`` and ``game.env.random``); a generator shared by several attributes appears under each path. The
+    agent samples a copy of the action space (``train`` gives it one), so env 0's generators are the env's alone."""
     found: dict[str, Any] = {}
 
     def visit(obj: Any, prefix: str, depth: int) -> None:
@@ -203,16 +204,29 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> str | None:
     return None
 
 
-class KeepActionNoise(BaseCallback):
-    """SB3 resets the action noise when ``learn`` starts: a resumed run's Ornstein-Uhlenbeck noise would restart from
-    zero mid-episode. Puts the checkpoint's noise (its state included) back once ``learn`` has set up."""
+class ResumeState(BaseCallback):
+    """What SB3's ``learn`` redraws or resets before a resumed run's first collection, put back (the first callback of
+    a resumed run): the action noise (reset when ``learn`` starts: an Ornstein-Uhlenbeck noise restarted from zero
+    mid-episode) and the gSDE exploration matrices with the torch generator (redrawn when a collection starts).
 
-    def __init__(self, noise: Any) -> None:
+    :param action_noise: the checkpoint's action noise (``None``: leave SB3's, e.g. when the episodes restart)
+    :param rng: the checkpoint's :func:`~sparse_rl.sb3.checkpoints.rng_state`
+    """
+
+    def __init__(self, action_noise: Any, rng: dict[str, Any]) -> None:
         super().__init__()
-        self.noise = copy.deepcopy(noise)
+        self.action_noise, self.rng, self.first = copy.deepcopy(action_noise), rng, True
 
     def _on_training_start(self) -> None:
-        self.model.action_noise = self.noise
+        if self.action_noise is not None:
+            self.model.action_noise = self.action_noise
+
+    def _on_rollout_start(self) -> None:
+        from sparse_rl.sb3.checkpoints import restore_exploration
+
+        if self.first:
+            self.first = False
+            restore_exploration(self.model, self.rng)
 
     def _on_step(self) -> bool:
         return True

@@ -12,6 +12,7 @@ the policy alone, not on the evaluations before it: a resumed run evaluates as a
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,12 +87,27 @@ class GridEvalCallback(EvalCallback):
             seconds = self.clock.seconds()
             if self.seed is not None:
                 self.eval_env.seed(self.seed + len(self.evaluations_timesteps))
-            continue_training = super()._on_step()  # eval_freq=1: SB3's evaluation, logging and best-model saving
+            # eval_freq=1: SB3's evaluation and logging; its files (written in place, so a crash mid-write left a
+            # truncated evaluations.npz or best_model.zip) go to a scratch name / nowhere, and are written here atomically
+            log_path, best_dir, best = self.log_path, self.best_model_save_path, self.best_mean_reward
+            self.log_path = f"{log_path}.{os.getpid()}.sb3" if log_path is not None else None
+            self.best_model_save_path = None
+            try:
+                continue_training = super()._on_step()
+            finally:
+                scratch, self.log_path, self.best_model_save_path = self.log_path, log_path, best_dir
             self.walltimes.append(seconds)
-            if self.log_path is not None:
+            if log_path is not None:
+                Path(f"{scratch}.npz").unlink(missing_ok=True)
                 extra = {"successes": self.evaluations_successes} if self.evaluations_successes else {}
-                np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                tmp = f"{log_path}.{os.getpid()}.tmp.npz"
+                np.savez(tmp, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
                          ep_lengths=self.evaluations_length, walltime_s=self.walltimes, **extra)
+                os.replace(tmp, f"{log_path}.npz")
+            if best_dir is not None and self.best_mean_reward > best:
+                tmp_model = Path(best_dir) / f".best_model.{os.getpid()}.tmp.zip"
+                self.model.save(tmp_model)
+                os.replace(tmp_model, Path(best_dir) / "best_model.zip")
         return continue_training
 
     def _on_step(self) -> bool:

@@ -170,7 +170,8 @@ def _assert_same_run(a, b, algo_class):
 
     for name in ("final", "best_model"):
         [za], [zb] = ([p for p in run.glob("*.zip") if (p.stem == "best_model") == (name == "best_model")] for run in (a, b))
-        wa, wb = algo_class.load(za).policy.state_dict(), algo_class.load(zb).policy.state_dict()
+        plain = {"replay_buffer_class": None, "replay_buffer_kwargs": {}}  # HER's buffer needs an env to load
+        wa, wb = (algo_class.load(z, custom_objects=plain).policy.state_dict() for z in (za, zb))
         assert wa.keys() == wb.keys()
         for key in wa:
             if isinstance(wa[key], th.Tensor):
@@ -183,7 +184,8 @@ def _assert_same_run(a, b, algo_class):
     assert ma["r"].tolist() == mb["r"].tolist() and ma["l"].tolist() == mb["l"].tolist()
 
 
-@pytest.mark.parametrize("case", ["sac", "ppo-normalize-2envs", "dqn-minatar", "td3-ou-noise"])
+@pytest.mark.parametrize("case", ["sac", "ppo-normalize-2envs", "dqn-minatar", "td3-ou-noise", "sac-gsde-4envs",
+                                  "ppo-gsde", "ppo-lstm", "sac-her"])
 def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
     """A resume started new episodes (the environments were not in the checkpoint) and re-seeded the evaluation env,
     so a run interrupted mid-episode ended with other weights, evaluations and curves than the same run uninterrupted.
@@ -204,6 +206,32 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
         algo, env_id, algo_class, step = "td3", "Pendulum-v1", TD3, 250
         argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000",
                 "noise_type:ornstein-uhlenbeck", "noise_std:0.5", "policy_kwargs:dict(net_arch=[32, 32])"]
+    elif case == "sac-gsde-4envs":  # gSDE matrices redrawn at each collection; random actions (learning_starts) drawn
+        # from the action space that, in a fresh run, is env 0's own object: checkpoint 400 is inside those episodes
+        algo, env_id, algo_class, step = "sac", "Pendulum-v1", SAC, 400
+        argv = ["-n", "700", "--save-freq", "200", "--n-envs", "4", "-params", "learning_starts:100", "buffer_size:1000",
+                "use_sde:True", "policy_kwargs:dict(net_arch=[32, 32])"]
+    elif case == "ppo-gsde":  # the packaged PPO Pendulum entry explores with gSDE
+        algo, env_id, algo_class, step = "ppo", "Pendulum-v1", PPO, 512
+        argv = ["-n", "1024", "--save-freq", "300", "--n-envs", "2", "-params", "n_steps:128", "batch_size:64",
+                "n_epochs:2", "policy_kwargs:dict(net_arch=[32, 32])"]
+    elif case == "ppo-lstm":  # sb3-contrib does not save RecurrentPPO's LSTM states
+        pytest.importorskip("sb3_contrib")
+        from sb3_contrib import RecurrentPPO as algo_class
+
+        algo, env_id, step = "ppo_lstm", "CartPole-v1", 512
+        argv = ["-n", "1024", "--n-envs", "2", "--save-freq", "256", "-params", "n_steps:64", "batch_size:64", "n_epochs:2",
+                "policy_kwargs:dict(net_arch=[32, 32], lstm_hidden_size=16)"]
+    elif case == "sac-her":  # HER: loading the replay buffer closed the episode under way
+        import gymnasium as gym
+        from stable_baselines3.common.envs import BitFlippingEnv
+
+        if "BitFlipCont-v0" not in gym.registry:
+            gym.register("BitFlipCont-v0", entry_point=lambda **kw: BitFlippingEnv(n_bits=6, continuous=True, max_steps=6))
+        algo, env_id, algo_class, step = "sac", "BitFlipCont-v0", SAC, 300
+        argv = ["-n", "600", "--save-freq", "150", "-params", "learning_starts:100", "buffer_size:2000",
+                "replay_buffer_class:HerReplayBuffer", "replay_buffer_kwargs:dict(n_sampled_goal=4, "
+                "goal_selection_strategy='future')", "policy:SparseMultiInputPolicy", "policy_kwargs:dict(net_arch=[32, 32])"]
     else:  # MinAtar draws from the game's own RandomState (sticky actions, spawns)
         algo, env_id, algo_class, step = "dqn", "MinAtar/Breakout-v1", DQN, 250
         argv = ["-n", "600", "--save-freq", "250", "-params", "learning_starts:100", "buffer_size:1000"]
@@ -262,3 +290,35 @@ def test_a_replay_checks_the_generators_too():
     other = [(["game.random"], "RandomState", np.random.RandomState(1).get_state())]
     broken = {**state, "episodes": [{**state["episodes"][0], "generators_now": other}]}
     assert "random generators" in restore_env_state(training_env("MinAtar/Breakout-v1", {"n_envs": 1}, seed=5), broken)
+
+
+def test_an_evaluation_interrupted_while_writing_leaves_the_last_complete_files(tmp_path, monkeypatch):
+    """evaluations.npz and best_model.zip were written in place (SB3's EvalCallback): a process killed mid-write left
+    a truncated file, and --resume then failed on it (EOFError) or reported success with an unloadable best model."""
+    import numpy as np
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+    real_savez, real_save = np.savez, BaseAlgorithm.save
+
+    def truncated(path):
+        with open(path if str(path).endswith((".npz", ".zip")) else f"{path}.npz", "wb") as f:
+            f.write(b"PK\x03\x04 truncated")
+        raise KeyboardInterrupt
+
+    def savez(path, *args, **kwargs):  # the second evaluation dies half-way through writing its file...
+        return truncated(path) if len(kwargs.get("timesteps", ())) >= 2 else real_savez(path, *args, **kwargs)
+
+    def save(self, path, *args, **kwargs):  # ... or through writing the best model
+        if self.num_timesteps >= 200 and "best_model" in str(path):
+            truncated(path if str(path).endswith(".zip") else f"{path}.zip")
+        return real_save(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", savez)
+    monkeypatch.setattr(BaseAlgorithm, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "400", "-f", str(tmp_path), "--eval-freq", "100",
+                    "--eval-episodes", "1", "-v", "0", "-params", "learning_starts:50", "policy_kwargs:dict(net_arch=[16])"])
+    monkeypatch.undo()
+    run_dir = next((tmp_path / "sac").iterdir())
+    assert np.load(run_dir / "evaluations.npz")["timesteps"].tolist() == [100]  # the last complete write
+    SAC.load(run_dir / "best_model.zip")

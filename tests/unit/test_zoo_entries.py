@@ -148,3 +148,22 @@ def test_the_entry_and_every_hyperparameter_are_printed_and_saved():
     [line] = [line for line in resolved.describe() if line.startswith("  hyperparameters (")]
     assert "ppo.yml [HalfCheetah-v4]): n_envs=1, batch_size=64, n_steps=512, gamma=0.98" in line
     assert resolved.saved()["entry"].endswith("ppo.yml [HalfCheetah-v4]")
+
+
+def test_an_env_whose_dependency_is_missing_is_one_error_line(tmp_path, capsys):
+    """DQN on LunarLander-v3 without Box2D was a 42-line traceback (gymnasium's DependencyNotInstalled)."""
+    import importlib.util
+
+    if importlib.util.find_spec("Box2D") is not None:
+        pytest.skip("Box2D is installed here")
+    from sparse_rl.train import main
+
+    assert main(["--algo", "dqn", "--env", "LunarLander-v3", "-n", "100", "-f", str(tmp_path / "logs")]) == 2
+    assert "error: LunarLander-v3 cannot be built here: Box2D is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_ale_v5_frame_skip_is_announced():
+    pytest.importorskip("ale_py")
+    resolved = resolve(RunSpec(algo="dqn", env="ALE/Pong-v5"))
+    assert any(n.startswith("env: ALE/*-v5 frameskip set to 1") for n in resolved.notes)
