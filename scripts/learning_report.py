@@ -46,7 +46,8 @@ def load(config_runs: list[tuple[Any, Any]]) -> dict[str, list[dict[str, Any]]]:
                   "episodes": int(data["results"].shape[1]), "timesteps": data["timesteps"].tolist(),
                   "returns": returns.tolist(), "walltime_s": data["walltime_s"].tolist() if "walltime_s" in data else None,
                   "wall_time_s": summary["wall_time_s"], "steps_per_s": summary["steps_per_s"], "nnz": summary["nnz"],
-                  "density": summary["density"], "dormant": _dormant(run_dir / "dormant.csv")}
+                  "density": summary["density"], "dormant": _dormant(run_dir / "dormant.csv"),
+                  "resumes": summary.get("resumes", [])}
         result[config.name].append(record)
     return result
 
@@ -97,6 +98,7 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
             "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs])),
             "per_seed": {r["seed"]: round(r["final"], 1) for r in sorted(runs, key=lambda r: r["seed"])},
+            "resumes": {r["seed"]: r["resumes"] for r in sorted(runs, key=lambda r: r["seed"]) if r.get("resumes")},
         }
         if name in baselines:
             base = estimates.get(baselines[name], {}).get("iqm")
@@ -192,6 +194,11 @@ def markdown(summary: dict[str, Any], header: str) -> str:
     lines.append("|---|" + "---|" * len(all_seeds))
     for name, row in summary["rows"].items():
         lines.append(f"| {name} | " + " | ".join(str(row["per_seed"].get(s, "-")) for s in all_seeds) + " |")
+    resumed = [f"{name} seed {seed} at step {r['step']:,} ({r['environments']})"
+               for name, row in summary["rows"].items() for seed, rs in sorted(row.get("resumes", {}).items()) for r in rs]
+    if resumed:
+        lines += ["", "Resumed from a checkpoint (a run recorded as replayed continues exactly; one with new episodes "
+                  "does not): " + "; ".join(resumed) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ import yaml
 from sparse_rl.harness.envs import env_name
 
 RUN_SUMMARY = "run.json"
+RESUMES = "resumes.json"
 LOCK_FILE = ".lock"
 
 
@@ -202,6 +203,15 @@ class RunFolder:
 
     def read_summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else None
+
+    def resumes(self) -> list[dict[str, Any]]:
+        """Each ``--resume`` of this run: the step it continued from, when, and whether the environments' episodes
+        were replayed (an exact continuation) or restarted (``resumes.json``; empty for a run never interrupted)."""
+        path = self.path / RESUMES
+        return list(json.loads(path.read_text())) if path.is_file() else []
+
+    def record_resume(self, entry: dict[str, Any]) -> None:
+        _atomic_text(self.path / RESUMES, json.dumps([*self.resumes(), entry], indent=2))
 
 
 def _atomic_text(path: Path, text: str) -> None:

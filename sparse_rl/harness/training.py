@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
         env.save(str(tmp))
         os.replace(tmp, folder.vecnormalize_path)
     folder.write_summary({"name": name, **run_summary(spec, model, resolved.method, resolved.sparsity,
-                                                                   clock.seconds(), tb_dir)})
+                                                                   clock.seconds(), tb_dir), "resumes": folder.resumes()})
     print(f"saved to {folder.path}")
     return folder.path
 
@@ -341,5 +342,7 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     restore_rng_state(model, rng)
     # popped by _learn (never saved): SB3's learn() resets the action noise and redraws the gSDE matrices
     model.resume_state = {"action_noise": getattr(model, "action_noise", None) if reason is None else None, "rng": rng}
+    folder.record_resume({"step": int(model.num_timesteps), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "environments": "replayed" if reason is None else f"new episodes: {reason}"})
     print(f"resuming {folder.path} from step {model.num_timesteps}")
     return model, env

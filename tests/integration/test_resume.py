@@ -243,6 +243,9 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path, case, capsys):
     out = capsys.readouterr().out
     assert f"the episodes under way at step {step} replayed" in out, out
     _assert_same_run(run_dir, copy, algo_class)
+    [resume] = json.loads((copy / "run.json").read_text())["resumes"]  # the run's record says it was resumed, and how
+    assert resume["step"] == step and resume["environments"] == "replayed"
+    assert json.loads((run_dir / "run.json").read_text())["resumes"] == []
 
 
 def test_a_checkpoint_that_cannot_restore_the_environments_says_so(tmp_path, capsys):
@@ -257,6 +260,8 @@ def test_a_checkpoint_that_cannot_restore_the_environments_says_so(tmp_path, cap
     capsys.readouterr()
     assert train_main(["--algo", "sac", "--resume", str(copy), "-n", "300", "-v", "0"]) == 0
     assert "note: the environments start new episodes (the checkpoint was written by a version" in capsys.readouterr().out
+    [resume] = json.loads((copy / "run.json").read_text())["resumes"]
+    assert resume["step"] == 250 and resume["environments"].startswith("new episodes: the checkpoint was written by")
     state = th.load(run_dir / "checkpoints" / "step_250" / "env_state.pt", weights_only=False)
     assert state["exact"] and len(state["episodes"]) == 1 and len(state["episodes"][0]["actions"]) == 50
     tampered = {**state, "episodes": [{**state["episodes"][0], "actions": state["episodes"][0]["actions"][:-1]}]}

@@ -51,3 +51,15 @@ def test_ablations_are_compared_with_their_own_baseline():
     assert "baseline" not in summary["rows"]["rigl90"]
     text = learning_report.ablation_markdown(summary)
     assert "| rigl90-wd1e-4 | rigl90 |" in text and "dense-wd1e-4" not in text
+
+
+def test_the_report_lists_resumed_runs():
+    """A benchmark run resumed at a session end left no trace in its record or the report."""
+    row = {"iqm": [1.0, 0.5, 1.5], "mean": [1.0, 0.5, 1.5], "iqm_vs_dense": None, "p_improvement_over_dense": None,
+           "dormant_final": {}, "nnz": 10, "density": 1.0, "wall_time_s": 1.0, "steps_per_s": 1.0,
+           "per_seed": {0: 1.0, 1: 1.0}}
+    summary = {"seeds_compared": [0, 1], "rows": {"dense": {**row, "resumes": {1: [
+        {"step": 300000, "time": "t", "environments": "replayed"}]}}, "rigl90": dict(row)}}
+    text = learning_report.markdown(summary, "# h")
+    assert "Resumed from a checkpoint" in text and "dense seed 1 at step 300,000 (replayed)" in text
+    assert "Resumed" not in learning_report.markdown({**summary, "rows": {"rigl90": dict(row)}}, "# h")
