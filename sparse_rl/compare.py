@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="report folder (default: LOG_DIR/report)")
     args = parser.parse_args(argv)
     try:
-        runs = find_runs(args.log_dir)
-        paths = write_report(runs, args.output or f"{args.log_dir.rstrip('/')}/report")
+        notes: list[str] = []
+        runs = find_runs(args.log_dir, say=lambda line: (print(line), notes.append(line)))
+        paths = write_report(runs, args.output or f"{args.log_dir.rstrip('/')}/report", notes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

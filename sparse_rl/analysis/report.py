@@ -6,6 +6,7 @@ import html
 import json
 import textwrap
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,9 @@ def runs_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and the curve PNGs into ``out_dir``; returns the paths."""
+def write_report(runs: list[Run], out_dir: str | Path, notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and the curve PNGs into ``out_dir``; returns the paths. ``notes``: what
+    the run search said (runs left out, settings or seeds that differ), written into the report too."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not runs:
@@ -180,7 +182,9 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     pngs = plot_curves(runs, out_dir)
     note = ("Final return: last evaluation, mean over seeds with a 95 % bootstrap CI. vs dense: 1 + (sparse - dense) / "
             "|dense| (1.0 = dense, above 1 is better). FLOPs: multiply-adds of one forward pass of the policy networks.")
-    md = ["# Dense vs sparse comparison", "", markdown_table(rows), note, "", "## Runs", "", runs_table(runs)]
+    md = ["# Dense vs sparse comparison", "", markdown_table(rows), note, ""]
+    md += ["## Notes", "", *[f"- {line}" for line in notes], ""] if notes else []
+    md += ["## Runs", "", runs_table(runs)]
     md += [f"![{p.stem}]({p.name})" for p in pngs]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
     header = "".join(f"<th>{html.escape(name)}</th>" for name, _, _ in COLUMNS)
@@ -188,10 +192,12 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     images = "".join(f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in pngs)
     names = "".join(f"<li>{html.escape(r.name)}: {html.escape(r.config)}, final return {r.final_return:.1f}</li>"
                     for r in sorted(runs, key=lambda r: (r.algo, r.env, r.label != "dense", r.config, r.seed)))
+    notes_html = ("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in notes) + "</ul>"
+                  if notes else "")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sparse_rl comparison</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #aaa;"
             f"padding:4px 8px;text-align:right}}</style></head><body><h1>Dense vs sparse comparison</h1><table><tr>{header}"
-            f"</tr>{body}</table><p>{html.escape(note)}</p><h2>Runs</h2><ul>{names}</ul>{images}</body></html>")
+            f"</tr>{body}</table><p>{html.escape(note)}</p>{notes_html}<h2>Runs</h2><ul>{names}</ul>{images}</body></html>")
     (out_dir / "report.html").write_text(page)
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", **{p.stem: p for p in pngs}}
 

@@ -37,6 +37,7 @@ class Run:
     walltime: np.ndarray | None = None  # training seconds at each evaluation (runs written since walltime_s existed)
     settings: dict[str, Any] | None = None  # resolved settings without the seed (resolved.yml); None: not recorded
     configuration: str = ""  # the label, plus the settings that tell it apart from same-label runs (find_runs)
+    episodes: int = 0  # evaluation episodes per evaluation point
 
     @property
     def name(self) -> str:
@@ -86,11 +87,12 @@ def load_run(path: Path) -> Run:
         data = np.load(evaluations)
         timesteps, returns = data["timesteps"], data["results"].mean(axis=1)
         walltime = data["walltime_s"] if "walltime_s" in data else None
+        episodes = int(data["results"].shape[1]) if data["results"].ndim == 2 else 0
     else:
-        timesteps, returns = np.zeros(0, dtype=int), np.zeros(0)
+        timesteps, returns, episodes = np.zeros(0, dtype=int), np.zeros(0), 0
     return Run(path=path, algo=summary["algo"], env=summary["env"], method=summary["method"],
                sparsity=float(summary["sparsity"]), seed=int(summary["seed"]), timesteps=timesteps, returns=returns,
-               summary=summary, walltime=walltime, settings=_settings(path))
+               summary=summary, walltime=walltime, settings=_settings(path), episodes=episodes)
 
 
 def _settings(path: Path) -> dict[str, Any] | None:
@@ -156,7 +158,37 @@ def assign_configurations(runs: list[Run], say: Callable[[str], Any] = print) ->
             continue
         kept[key] = run
     note_baseline_differences(list(kept.values()), say)
+    note_comparability(list(kept.values()), say)
     return list(kept.values())
+
+
+def note_comparability(runs: list[Run], say: Callable[[str], Any] = print) -> None:
+    """One line for what a table pooling these runs would hide: configurations of one algo and env trained on
+    other seeds or evaluated with other episode counts, and sparse runs with no single dense baseline ("vs dense"
+    is then n/a)."""
+    by_env: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        by_env[(run.algo, run.env)][run.config].append(run)
+    for (algo, env), configs in by_env.items():
+        seeds = {config: sorted(r.seed for r in group) for config, group in configs.items()}
+        if len(configs) > 1 and len({tuple(v) for v in seeds.values()}) > 1:
+            shown = "; ".join(f"{config}: {v}" for config, v in seeds.items())
+            say(f"{algo} {env}: the configurations ran on different seeds ({shown}): their means and 'vs dense' "
+                "compare different seed sets")
+        episodes = {r.episodes for group in configs.values() for r in group if r.episodes}
+        if len(episodes) > 1:
+            shown = "; ".join(f"{config}: {sorted({r.episodes for r in group})}" for config, group in configs.items())
+            say(f"{algo} {env}: the runs' training-time evaluations used different episode counts ({shown})")
+        dense = [config for config in configs if config.startswith("dense (")]
+        if "dense" not in configs and dense and len(configs) > len(dense):
+            say(f"{algo} {env}: 'vs dense' is n/a: the dense runs differ in settings ({'; '.join(dense)}), so no one "
+                "of them is the baseline")
+
+
+def unfinished_runs(root: str | Path) -> list[Path]:
+    """Run folders under ``root`` with evaluations but no ``run.json``: training was interrupted (``--resume``
+    finishes them)."""
+    return sorted(p.parent for p in Path(root).rglob("evaluations.npz") if not (p.parent / RUN_SUMMARY).is_file())
 
 
 def note_baseline_differences(runs: list[Run], say: Callable[[str], Any] = print) -> None:
@@ -209,6 +241,10 @@ def find_runs(root: str | Path, say: Callable[[str], Any] = print, keep: Callabl
     if not root.exists():
         raise ValueError(f"log folder {str(root)!r} does not exist")
     runs = [load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))]
+    unfinished = unfinished_runs(root)
+    if unfinished:
+        say(f"{len(unfinished)} unfinished run folder(s) left out (no run.json: interrupted; --resume finishes them): "
+            + ", ".join(str(p) for p in unfinished))
     return assign_configurations([r for r in runs if keep is None or keep(r)], say)
 
 

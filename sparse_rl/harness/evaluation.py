@@ -229,15 +229,16 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
 
 
 # ------------------------------------------------------------------------------------------------ a whole suite
-def select_runs(suite: Suite, runs_dir: str | Path, env_id: str | None = None) -> list[Run]:
-    """The runs under ``runs_dir`` that belong to the suite (every run when ``env_id`` overrides their env)."""
+def select_runs(suite: Suite, runs_dir: str | Path, env_id: str | None = None, say: Any = print) -> list[Run]:
+    """The runs under ``runs_dir`` that belong to the suite (every run when ``env_id`` overrides their env);
+    ``say`` receives the notes on what was left out or differs."""
     runs: list[Run] = []
 
     def belongs(run: Run) -> bool:  # runs of other envs are left out before grouping (no notes about them)
         runs.append(run)
         return env_id is not None or suite.task_of(run.env) is not None
 
-    selected = find_runs(runs_dir, keep=belongs)
+    selected = find_runs(runs_dir, say=say, keep=belongs)
     if not runs:
         raise ValueError(f"no runs under {str(runs_dir)!r}: point --runs at a folder written by python -m sparse_rl.train")
     if not selected:
@@ -303,7 +304,8 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
         raise ValueError(f"--episodes must be positive, got {episodes}")
     max_steps = max_episode_steps if max_episode_steps is not None else protocol.get("max_episode_steps")
     eps = float(protocol.get("epsilon", 0.0) if epsilon is None else epsilon)
-    runs = select_runs(suite, runs_dir, env_id)
+    notes: list[str] = []
+    runs = select_runs(suite, runs_dir, env_id, say=lambda line: (print(line), notes.append(line)))
     deterministic = bool(protocol.get("deterministic", True))
     print(f"protocol ({suite.name}'s{', with ' + ' '.join(overridden) if overridden else ''}): "
           f"{episodes} episodes per run, {'deterministic' if deterministic else 'stochastic'} actions, epsilon {eps:g}, "
@@ -315,7 +317,8 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "evaluation"
     summary = aggregate(rows, out, reps=reps, seed=seed, plots=plots)
     extra = {"suite": suite.name, "tasks": suite.tasks, "protocol": {**protocol, "episodes": episodes,
-             "max_episode_steps": max_steps, "epsilon": eps}, "model": "best" if best else "last", "aggregate": summary}
+             "max_episode_steps": max_steps, "epsilon": eps}, "model": "best" if best else "last", "aggregate": summary,
+             "notes": notes}
     paths = {**write_results(rows, out, extra), **summary.get("plots", {})}
     return {"rows": rows, "aggregate": summary, "paths": paths, "suite": suite}
 

@@ -283,6 +283,10 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
     if int(folder.read_args().get("n_timesteps") or 0) != total:  # the run's target is now this -n
         folder.update_args(n_timesteps=total)
     record = checkpoint_record(folder.checkpoints)
+    if summary is not None and int(record.get("step", 0)) < int(summary["n_timesteps"]):
+        print(f"note: {folder.path} finished at step {summary['n_timesteps']}, but its last checkpoint is at step "
+              f"{record.get('step')}: training continues from there, so the steps in between are trained again, under "
+              f"the schedules of n_timesteps {total} (lin_ rates, the topology end): not the run that finished")
     monitor_t_start = rewind_monitor_logs(folder.path, checkpoint_time(folder.checkpoints))
     env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, monitor_t_start=monitor_t_start,
                        env_kwargs=spec.env_kwargs)

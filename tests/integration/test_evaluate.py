@@ -45,6 +45,7 @@ def test_mujoco_suite(runs, tmp_path, capsys):
     assert results.set_index("label").loc["dense", "latency_vs_dense"] == 1.0
     summary = json.loads((out / "results.json").read_text())
     assert summary["suite"] == "mujoco" and summary["aggregate"]["score"] == "normalized"
+    assert isinstance(summary["notes"], list)  # what the run search said is kept with the results
     groups = summary["aggregate"]["groups"]
     assert groups["dense"]["probability_of_improvement"] is None
     low, point, high = groups["rigl 90%"]["iqm"][1], groups["rigl 90%"]["iqm"][0], groups["rigl 90%"]["iqm"][2]

@@ -327,3 +327,14 @@ def test_an_evaluation_interrupted_while_writing_leaves_the_last_complete_files(
     run_dir = next((tmp_path / "sac").iterdir())
     assert np.load(run_dir / "evaluations.npz")["timesteps"].tolist() == [100]  # the last complete write
     SAC.load(run_dir / "best_model.zip")
+
+
+def test_extending_a_finished_run_says_it_continues_from_the_last_checkpoint(tmp_path, capsys):
+    """--resume -n LONGER on a finished run restarted from its last checkpoint, before the finish, without a word."""
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "300", "-f", str(tmp_path), "--eval-freq", "-1",
+                       "-v", "0", "--save-freq", "200", "--save-replay-buffer", "-params", "learning_starts:100",
+                       "policy_kwargs:dict(net_arch=[16])"]) == 0
+    run_dir = next((tmp_path / "sac").iterdir())
+    capsys.readouterr()
+    assert train_main(["--resume", str(run_dir), "-n", "400", "-v", "0"]) == 0
+    assert "finished at step 300, but its last checkpoint is at step 200" in capsys.readouterr().out

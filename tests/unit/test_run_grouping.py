@@ -32,7 +32,10 @@ def test_runs_that_differ_in_settings_are_separate_configurations(tmp_path):
     rows = {row["config"]: row["seeds"] for row in summary_rows(runs)}
     assert rows == {"rigl 90% (policy_kwargs.distribution=erk)": 2, "rigl 90% (policy_kwargs.distribution=uniform)": 1}
     assert said == ["sac Pendulum-v1: the runs labelled 'rigl 90%' differ in policy_kwargs.distribution: reported as "
-                    "separate configurations"]
+                    "separate configurations",
+                    "sac Pendulum-v1: the configurations ran on different seeds (rigl 90% (policy_kwargs.distribution=erk):"
+                    " [0, 1]; rigl 90% (policy_kwargs.distribution=uniform): [0]): their means and 'vs dense' compare "
+                    "different seed sets"]
 
 
 def test_a_repeated_seed_counts_once_and_seeds_alone_do_not_split(tmp_path):
@@ -61,7 +64,9 @@ def test_a_sparse_configuration_that_differs_from_its_dense_baseline_in_more_tha
     write_run(tmp_path / "set0", 0, -140.0, {"distribution": "erk"}, method="set", extra={"n_envs": 2}, trained=300)
     find_runs(tmp_path, say=said.append)
     assert said == ["sac Pendulum-v1: 'set 90%' and its dense baseline differ in more than sparsity: n_envs (2 vs -), "
-                    "trained env steps (300 vs 200); its 'vs dense' compares these too"]
+                    "trained env steps (300 vs 200); its 'vs dense' compares these too",
+                    "sac Pendulum-v1: the configurations ran on different seeds (dense: [0, 1]; rigl 90%: [0, 1]; set 90%: "
+                    "[0]): their means and 'vs dense' compare different seed sets"]
 
 
 def test_the_sparse_settings_are_the_sparse_policies_options():
@@ -102,3 +107,34 @@ def test_runs_are_grouped_by_the_schedule_they_trained_with_not_the_keys_typed(t
     runs = find_runs(tmp_path, say=said.append)
     assert [r.config for r in runs] == ["rigl 90%", "rigl 90%"] and said == []
     assert runs[0].settings["topology.drop_fraction"] == 0.3 and runs[0].settings["topology.end"] == 1600
+
+
+def test_what_a_pooled_table_would_hide_is_said(tmp_path):
+    """compare / evaluate dropped unfinished runs, pooled runs evaluated with other episode counts and lost every
+    'vs dense' to a dense run with other settings, all without a word."""
+    for seed in (0, 1):
+        write_run(tmp_path / f"dense{seed}", seed, -150.0, {}, method="dense", sparsity=0.0)
+        write_run(tmp_path / f"rigl{seed}", seed, -140.0, {"distribution": "erk"})
+    unfinished = tmp_path / "rigl2"
+    unfinished.mkdir()
+    np.savez(unfinished / "evaluations.npz", timesteps=np.array([100]), results=np.array([[-1.0]]))
+    np.savez(tmp_path / "rigl1" / "evaluations.npz", timesteps=np.array([100, 200]), results=np.zeros((2, 5)))
+    said = []
+    find_runs(tmp_path, say=said.append)
+    assert said[0] == f"1 unfinished run folder(s) left out (no run.json: interrupted; --resume finishes them): {unfinished}"
+    assert said[1] == ("sac Pendulum-v1: the runs' training-time evaluations used different episode counts (dense: [1]; "
+                       "rigl 90%: [1, 5])")
+    write_run(tmp_path / "dense2", 2, -150.0, {}, method="dense", sparsity=0.0, extra={"n_envs": 4})
+    said.clear()
+    find_runs(tmp_path, say=said.append)
+    assert any(line.startswith("sac Pendulum-v1: 'vs dense' is n/a: the dense runs differ in settings") for line in said)
+
+
+def test_the_notes_go_into_the_report(tmp_path):
+    from sparse_rl.analysis.report import write_report
+
+    write_run(tmp_path / "runs" / "a", 0, -100.0, {"distribution": "erk"})
+    runs = find_runs(tmp_path / "runs", say=lambda line: None)
+    paths = write_report(runs, tmp_path / "out", ["a note about the runs"])
+    assert "## Notes\n\n- a note about the runs" in paths["markdown"].read_text()
+    assert "<li>a note about the runs</li>" in paths["html"].read_text()
