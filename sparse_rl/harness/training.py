@@ -74,12 +74,20 @@ def claim_tensorboard_dir(root: str, resolved: Resolved) -> Path:
             candidate = base.with_name(f"{base.name}_{n}")
 
 
-def _set_logger(model: Any, tensorboard_dir: str | None, verbose: int) -> None:
+def _set_logger(model: Any, tensorboard_dir: str | None, verbose: int, purge_step: int | None = None) -> None:
+    """SB3's logger into ``tensorboard_dir``; ``purge_step`` (a resume): TensorBoard drops the run's earlier events at
+    and after that step (torch's ``purge_step``), which the resumed run logs again, so no curve doubles back."""
     if tensorboard_dir is None:
         return
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
+    from torch.utils.tensorboard import SummaryWriter
 
-    model.set_logger(configure(tensorboard_dir, ["stdout", "tensorboard"] if verbose >= 1 else ["tensorboard"]))
+    logger = configure(tensorboard_dir, ["stdout", "tensorboard"] if verbose >= 1 else ["tensorboard"])
+    for output in logger.output_formats:
+        if purge_step is not None and isinstance(output, TensorBoardOutputFormat):
+            output.writer.close()
+            output.writer = SummaryWriter(log_dir=tensorboard_dir, purge_step=purge_step)
+    model.set_logger(logger)
 
 
 def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs: int, start_step: int,
@@ -292,7 +300,7 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
                        env_kwargs=spec.env_kwargs)
     model, env = load_checkpoint(spec, folder, env)
     tb_dir = folder.read_resolved().get("tensorboard_dir")
-    _set_logger(model, tb_dir, spec.verbose)
+    _set_logger(model, tb_dir, spec.verbose, purge_step=int(model.num_timesteps) + 1)
     return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)))
 
 

@@ -338,3 +338,23 @@ def test_extending_a_finished_run_says_it_continues_from_the_last_checkpoint(tmp
     capsys.readouterr()
     assert train_main(["--resume", str(run_dir), "-n", "400", "-v", "0"]) == 0
     assert "finished at step 300, but its last checkpoint is at step 200" in capsys.readouterr().out
+
+
+def test_a_resumed_runs_tensorboard_curves_do_not_double_back(tmp_path):
+    """After --resume, TensorBoard showed both the old and the new events after the checkpoint: curves looped back."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-n", "600", "-f", str(tmp_path / "logs"), "-tb",
+                       str(tmp_path / "tb"), "--eval-freq", "200", "--eval-episodes", "1", "-v", "0", "--save-freq", "250",
+                       "--save-replay-buffer", "-params", "learning_starts:100", "policy_kwargs:dict(net_arch=[16])"]) == 0
+    run_dir = next((tmp_path / "logs" / "sac").iterdir())
+    (run_dir / "run.json").unlink()  # a crash after checkpoint 250
+    (run_dir / "Pendulum-v1.zip").unlink()
+    (run_dir / "checkpoints" / "latest.json").write_text((run_dir / "checkpoints" / "step_250" / "record.json").read_text())
+    assert train_main(["--resume", str(run_dir), "-v", "0"]) == 0
+    [tb_run] = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(tb_run))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("eval/mean_reward")]
+    assert steps == [200, 400, 600]
