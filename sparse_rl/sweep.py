@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for r in runs:
                 stale = r.stale()
-                status = "stale" if stale else "done " if r.is_finished() else "todo "
-                print(f"{status} {' '.join(r.command()[1:])}" + (f"  # {stale}" if stale else ""))
+                resume = None if stale or r.is_finished() else r.resumable_dir()
+                status = "stale " if stale else "done  " if r.is_finished() else "resume" if resume else "todo  "
+                why = f"  # {stale}" if stale else f"  # continues {resume} from its last checkpoint" if resume else ""
+                print(f"{status} {' '.join(r.command()[1:])}{why}")
             return 0
         retries = args.max_retries if args.max_retries is not None else int(spec.get("max_retries", 1))
         result = execute(runs, retries, args.address, args.num_cpus)

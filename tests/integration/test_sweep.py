@@ -1,5 +1,7 @@
 """A real local Ray sweep: 2 x 2 tiny runs complete, a failing run is reported, finished runs are skipped on re-run."""
 
+import json
+
 import pytest
 import yaml
 
@@ -124,3 +126,19 @@ def test_a_point_that_failed_before_training_is_not_stale(tmp_path):
     (failed.folder / "sweep_point.json").write_text('{"n_timesteps": 100, "train_args": ["--eval-freq", "7"]}')
     now = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, n_timesteps=100, root=str(tmp_path))
     assert now.stale() is None
+
+
+def test_dry_run_says_which_points_resume(tmp_path, capsys, monkeypatch):
+    """A point interrupted after a checkpoint was listed as 'todo', as if it would train from scratch."""
+    conf = _write(tmp_path / "sweep.yml", algo="sac", env="Pendulum-v1", sparsity=0.9, seed=[0, 1], n_timesteps=200,
+                  train_args=TINY, log_folder=str(tmp_path / "sweep"))
+    [interrupted, _] = expand_grid(load_sweep(conf))
+    pointer = interrupted.folder / "sac" / "Pendulum-v1_1" / "checkpoints" / "latest.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text('{"step": 100, "path": "step_100"}')
+    (interrupted.folder / "sweep_point.json").write_text(json.dumps(interrupted.settings()))
+    assert sweep_main(["-conf", str(conf), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("resume ") and lines[0].endswith(f"# continues {pointer.parent.parent} from its last "
+                                                                 "checkpoint")
+    assert lines[1].startswith("todo   ")
