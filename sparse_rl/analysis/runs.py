@@ -166,10 +166,7 @@ def note_comparability(runs: list[Run], say: Callable[[str], Any] = print) -> No
     """One line for what a table pooling these runs would hide: configurations of one algo and env trained on
     other seeds or evaluated with other episode counts, and sparse runs with no single dense baseline ("vs dense"
     is then n/a)."""
-    by_env: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        by_env[(run.algo, run.env)][run.config].append(run)
-    for (algo, env), configs in by_env.items():
+    for (algo, env), configs in _by_configuration(runs).items():
         seeds = {config: sorted(r.seed for r in group) for config, group in configs.items()}
         if len(configs) > 1 and len({tuple(v) for v in seeds.values()}) > 1:
             shown = "; ".join(f"{config}: {v}" for config, v in seeds.items())
@@ -185,6 +182,14 @@ def note_comparability(runs: list[Run], say: Callable[[str], Any] = print) -> No
                 "of them is the baseline")
 
 
+def _by_configuration(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
+    """``(algo, env) -> configuration -> its runs``."""
+    grouped: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        grouped[(run.algo, run.env)][run.config].append(run)
+    return grouped
+
+
 def unfinished_runs(root: str | Path) -> list[Path]:
     """Run folders under ``root`` with evaluations but no ``run.json``: training was interrupted (``--resume``
     finishes them)."""
@@ -196,10 +201,7 @@ def note_baseline_differences(runs: list[Run], say: Callable[[str], Any] = print
     configuration of the same algo and env) in more than the sparse settings (:data:`SPARSE_SETTINGS`): other
     hyperparameters (``n_envs``, ``learning_rate``...) or other trained env steps (a resumed run), so that a
     "vs dense" figure never silently compares more than sparsity."""
-    by_config: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        by_config[(run.algo, run.env)][run.config].append(run)
-    for (algo, env), configs in by_config.items():
+    for (algo, env), configs in _by_configuration(runs).items():
         dense = configs.get("dense")
         if not dense:
             continue

@@ -220,13 +220,6 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_save(model: Any, path: Path) -> None:
-    """``model.save`` to a temporary file, then rename: a crash never leaves a half-written model."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
                 tensorboard_dir: str | None) -> dict[str, Any]:
     """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""

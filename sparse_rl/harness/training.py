@@ -19,7 +19,7 @@ from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import run_device
 from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
-from sparse_rl.harness.runs import RunFolder, atomic_save, run_summary, saved_hyperparams
+from sparse_rl.harness.runs import RunFolder, run_summary, saved_hyperparams
 
 #: flags a resumed run takes from this invocation; every other flag comes from the run's own args.yml
 RESUME_FLAGS = ("n_timesteps", "progress", "threads", "verbose", "device", "resume")
@@ -192,16 +192,18 @@ def _set_threads(threads: int) -> None:
 
 
 def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env: Any, tb_dir: str | None,
-           train_seconds: float) -> Path:
+           train_seconds: float, resume: dict[str, Any] | None = None) -> Path:
+    """Train to ``n_timesteps``, save the model and the summary; ``resume``: what :func:`load_checkpoint` says SB3's
+    ``learn`` would reset (the action noise, the gSDE matrices), put back by the first callback."""
     from stable_baselines3.common.callbacks import CallbackList
 
+    from sparse_rl.sb3.checkpoints import atomic_save
     from sparse_rl.sb3.eval_callback import TrainingClock
 
     clock = TrainingClock(offset=train_seconds)
     start = model.num_timesteps
     name = Path(tb_dir).name if tb_dir else run_name(resolved)  # the TensorBoard run's name, "_2" when taken
     callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock, name)
-    resume = model.__dict__.pop("resume_state", None)  # popped: never saved with the model
     if resume is not None:  # first: the other callbacks' on_rollout_start see the state of the uninterrupted run
         from sparse_rl.sb3.env_state import ResumeState
 
@@ -298,10 +300,11 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
     monitor_t_start = rewind_monitor_logs(folder.path, checkpoint_time(folder.checkpoints))
     env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, monitor_t_start=monitor_t_start,
                        env_kwargs=spec.env_kwargs)
-    model, env = load_checkpoint(spec, folder, env)
+    model, env, resume = load_checkpoint(spec, folder, env)
     tb_dir = folder.read_resolved().get("tensorboard_dir")
     _set_logger(model, tb_dir, spec.verbose, purge_step=int(model.num_timesteps) + 1)
-    return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)))
+    return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)),
+                  resume=resume)
 
 
 def _latest_checkpoint(folder: RunFolder) -> Path:
@@ -314,8 +317,10 @@ def _latest_checkpoint(folder: RunFolder) -> Path:
     return checkpoint
 
 
-def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, Any]:
-    """The model (and env, with its VecNormalize statistics) of the last complete checkpoint of a run folder."""
+def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The model (and env, with its VecNormalize statistics and episodes under way) of the last complete checkpoint of
+    a run folder, and what SB3's ``learn`` would reset that the resume must put back (``action_noise``: ``None`` when
+    the episodes restart; ``rng``: the checkpoint's random state, with the gSDE matrices)."""
     import shutil
 
     import torch as th
@@ -352,9 +357,7 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
               "uninterrupted one")
     rng = th.load(checkpoint / "rng.pt", weights_only=False)
     restore_rng_state(model, rng)
-    # popped by _learn (never saved): SB3's learn() resets the action noise and redraws the gSDE matrices
-    model.resume_state = {"action_noise": getattr(model, "action_noise", None) if reason is None else None, "rng": rng}
     folder.record_resume({"step": int(model.num_timesteps), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "environments": "replayed" if reason is None else f"new episodes: {reason}"})
     print(f"resuming {folder.path} from step {model.num_timesteps}")
-    return model, env
+    return model, env, {"action_noise": getattr(model, "action_noise", None) if reason is None else None, "rng": rng}

@@ -79,6 +79,13 @@ def restore_exploration(model: Any, state: dict[str, Any]) -> None:
             setattr(distributions[name], key, value)
 
 
+def atomic_save(model: Any, path: Path) -> None:
+    """``model.save`` to a temporary file, then rename: a crash never leaves a half-written model."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
 def write_checkpoint(model: Any, folder: Path, save_replay_buffer: bool = False, record: dict[str, Any] | None = None
                      ) -> Path:
     """Write a complete checkpoint of ``model`` under ``folder`` and point ``latest.json`` at it.

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import EvalCallback
 
+from sparse_rl.sb3.checkpoints import atomic_save
+
 
 class TrainingClock:
     """Seconds spent training (evaluations excluded), starting from ``offset`` (a resumed run's earlier time)."""
@@ -105,9 +107,7 @@ class GridEvalCallback(EvalCallback):
                          ep_lengths=self.evaluations_length, walltime_s=self.walltimes, **extra)
                 os.replace(tmp, f"{log_path}.npz")
             if best_dir is not None and self.best_mean_reward > best:
-                tmp_model = Path(best_dir) / f".best_model.{os.getpid()}.tmp.zip"
-                self.model.save(tmp_model)
-                os.replace(tmp_model, Path(best_dir) / "best_model.zip")
+                atomic_save(self.model, Path(best_dir) / "best_model.zip")
         return continue_training
 
     def _on_step(self) -> bool:
