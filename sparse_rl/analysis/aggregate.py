@@ -58,7 +58,7 @@ def score_matrices(rows: list[dict[str, Any]], key: str, skip_tasks: tuple[str, 
         n_runs = min(len(per_task[t]) for t in tasks)
         columns = [[score for _, score in sorted(per_task[t])[:n_runs]] for t in tasks]
         matrices[group] = np.array(columns, dtype=float).T
-    order = sorted(matrices, key=lambda group: (_algo_prefix(group), not group.endswith("dense"), group))
+    order = sorted(matrices, key=lambda group: (_algo_prefix(group), not _is_dense(group), group))
     return {group: matrices[group] for group in order}, tasks
 
 
@@ -66,6 +66,11 @@ def _algo_prefix(group: str) -> str:
     """``"SAC "`` for ``"SAC rigl 90%"`` (groups of several algorithms), else ``""``."""
     first = group.split(" ")[0]
     return f"{first} " if first.isupper() else ""
+
+
+def _is_dense(group: str) -> bool:
+    """Whether a group is a dense baseline (``dense``, ``SAC dense``), not a label that ends in it (``rigl90-input-dense``)."""
+    return group == f"{_algo_prefix(group)}dense"
 
 
 def bootstrap_estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
@@ -102,13 +107,12 @@ def interval_estimates(matrices: dict[str, np.ndarray], reps: int, seed: int = 0
 
 
 def dense_pairs(groups: list[str]) -> list[tuple[str, str]]:
-    """``(sparse group, its dense group)``: same algorithm prefix, label ``dense``."""
+    """``(sparse group, its dense group)``: same algorithm prefix, label ``dense`` (a label that merely ends in
+    ``dense``, such as ``rigl90-input-dense``, is a sparse configuration)."""
     pairs = []
     for group in groups:
-        if group.endswith("dense"):
-            continue
         prefix = _algo_prefix(group)
-        if f"{prefix}dense" in groups:
+        if not _is_dense(group) and f"{prefix}dense" in groups:
             pairs.append((group, f"{prefix}dense"))
     return pairs
 

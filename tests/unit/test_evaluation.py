@@ -139,6 +139,9 @@ def test_dense_pairs_per_algorithm():
     groups = ["SAC dense", "SAC rigl 90%", "PPO dense", "PPO set 80%", "TD3 rigl 90%"]
     assert dense_pairs(groups) == [("SAC rigl 90%", "SAC dense"), ("PPO set 80%", "PPO dense")]
     assert dense_pairs(["dense", "rigl 90%"]) == [("rigl 90%", "dense")]
+    # ablation labels that end in "dense" are sparse configurations, compared with dense like the others
+    assert dense_pairs(["dense", "rigl90-input-dense", "rigl90-init-dense"]) == [
+        ("rigl90-input-dense", "dense"), ("rigl90-init-dense", "dense")]
 
 
 def test_raw_returns_have_no_optimality_gap(tmp_path):
