@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sparse_rl.harness.sweeps import GridRun, run_one  # noqa: E402
+from sparse_rl.harness.sweeps import GridRun, RunLocked, run_one  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # fixed in advance; --seeds N takes the first N, the same for every configuration
@@ -164,8 +164,7 @@ def main() -> int:
         print(f"{len(runs)} runs, {len(todo)} to train, {args.jobs} at once", flush=True)
         started = time.time()
         with ThreadPoolExecutor(args.jobs) as pool:
-            for run, error in zip(todo, pool.map(_attempt, todo)):
-                status = f"FAILED: {error}" if error else "done"
+            for run, status in zip(todo, pool.map(_attempt, todo)):
                 print(f"  {status} {run.folder} ({time.time() - started:.0f} s)", flush=True)
     from learning_report import write_report
 
@@ -175,12 +174,15 @@ def main() -> int:
     return 0
 
 
-def _attempt(run: GridRun) -> str | None:
+def _attempt(run: GridRun) -> str:
+    """``done``, ``skipped: ...`` (another process trains it: a second driver over the same folder) or ``FAILED: ...``."""
     try:
         run_one(run)
+    except RunLocked:
+        return "skipped: another process trains it"
     except RuntimeError as error:
-        return str(error)
-    return None
+        return f"FAILED: {error}"
+    return "done"
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(result.finished)} finished, {len(result.skipped)} already done, {len(result.failed)} failed")
+    busy = f", {len(result.busy)} trained by another process" if result.busy else ""
+    print(f"{len(result.finished)} finished, {len(result.skipped)} already done, {len(result.failed)} failed{busy}")
     for run, error in result.failed.items():
         print(f"  failed: {run.name}: {error}")
     root = Path(spec.get("log_folder", "logs/sweep"))

@@ -95,6 +95,11 @@ class SweepResult:
     finished: list[GridRun] = field(default_factory=list)
     skipped: list[GridRun] = field(default_factory=list)
     failed: dict[GridRun, str] = field(default_factory=dict)
+    busy: list[GridRun] = field(default_factory=list)  # trained by another process at the time: neither done nor failed
+
+
+class RunLocked(RuntimeError):
+    """The grid point's folder is locked: another sweep or benchmark is training it (not a failure)."""
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -184,7 +189,7 @@ def run_one(run: GridRun) -> str:
     try:
         lock.lock()
     except ValueError:
-        raise RuntimeError(f"{run.name} is being trained by another process (its folder {run.folder} is locked)") from None
+        raise RunLocked(f"{run.name} is being trained by another process (its folder {run.folder} is locked)") from None
     try:
         if run.is_finished():
             return run.name
@@ -243,6 +248,10 @@ def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = Non
                 print(f"finished {run.name}", flush=True)
             except Exception as error:  # a failed run is reported, the others go on
                 cause = getattr(error, "cause", None) or error
+                if isinstance(cause, RunLocked):
+                    result.busy.append(run)
+                    print(f"busy {run.name}: trained by another process, left to it", flush=True)
+                    continue
                 result.failed[run] = str(cause).strip().splitlines()[-1]
                 print(f"FAILED {run.name}: {result.failed[run]}", flush=True)
     finally:

@@ -1,11 +1,14 @@
 """A real local Ray sweep: 2 x 2 tiny runs complete, a failing run is reported, finished runs are skipped on re-run."""
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from sparse_rl.harness.sweeps import GridRun, expand_grid, load_sweep, run_one
+from sparse_rl.harness.sweeps import GridRun, RunLocked, expand_grid, load_sweep, run_one
 from sparse_rl.sweep import main as sweep_main
 
 TINY = ["--eval-freq", "100", "--eval-episodes", "1", "-params", "learning_starts:50", "buffer_size:500", "batch_size:16"]
@@ -80,8 +83,14 @@ def test_a_grid_point_is_never_trained_twice_at_once(tmp_path):
     while not (run.folder / "sac").is_dir():  # the training process has started: the lock is held
         assert time.time() < deadline
         time.sleep(0.01)
-    with pytest.raises(RuntimeError, match="being trained by another process"):
+    with pytest.raises(RunLocked, match="being trained by another process"):  # a skip, not a failure
         run_one(run)
+    # a second benchmark driver over the same folder says it skips the run (it used to print FAILED)
+    spec = importlib.util.spec_from_file_location("bench_learning", Path(__file__).resolve().parents[2] / "scripts"
+                                                  / "bench_learning.py")
+    bench = sys.modules["bench_learning"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+    spec.loader.exec_module(bench)
+    assert bench._attempt(run) == "skipped: another process trains it"
     first.join(timeout=600)
     assert outcome["first"] == run.name and run.is_finished()
     assert len(list(run.folder.rglob("run.json"))) == 1 and not (run.folder / "sac" / "Pendulum-v1_2").exists()
@@ -142,3 +151,20 @@ def test_dry_run_says_which_points_resume(tmp_path, capsys, monkeypatch):
     assert lines[0].startswith("resume ") and lines[0].endswith(f"# continues {pointer.parent.parent} from its last "
                                                                  "checkpoint")
     assert lines[1].startswith("todo   ")
+
+
+def test_a_sweep_leaves_a_point_another_process_trains_to_it(tmp_path):
+    """A Ray sweep over a folder where another sweep trains a point counted that point as failed (exit code 1)."""
+    from sparse_rl.harness.runs import RunFolder
+    from sparse_rl.harness.sweeps import execute
+
+    run = GridRun("sac", "Pendulum-v1", "rigl", 0.9, 0, 200, tuple(TINY), str(tmp_path))
+    run.folder.mkdir(parents=True)
+    holder = RunFolder(run.folder, run.env)
+    holder.lock()  # flock: the Ray worker, another process, finds the folder locked
+    try:
+        result = execute([run], max_retries=0, num_cpus=1)
+    finally:
+        holder.unlock()
+    assert result.busy == [run] and not result.failed and not result.finished
+    assert not run.is_finished()
