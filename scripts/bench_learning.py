@@ -20,6 +20,7 @@ checkpoints while their log folder exists).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -99,7 +100,7 @@ BENCHES: dict[str, Bench] = {
     "ppo-halfcheetah": Bench("ppo", "HalfCheetah-v4", 300_000, ("--eval-freq", "20000", *EVAL, "--save-freq", "50000"),
                              (DENSE, RIGL, STATIC), "RL Zoo's settings (configs/ppo.yml)"),
     # Graesser et al.'s claim at equal parameters: a RigL 90 % network whose hidden width (816) gives the nonzero count
-    # of dense [256, 256] (216,322 vs 216,320 weights and biases; density 0.105 with the dense heads); dense and wide
+    # of dense [256, 256] (216,322 vs 216,320 weights, biases not counted; density 0.105 with the dense heads); dense and wide
     # runs of a seed train at the same time (seed-major order, 2 jobs), so their wall clocks compare
     "sac-halfcheetah-wide": Bench("sac", "HalfCheetah-v4", 100_000,
                                   ("--eval-freq", "10000", *EVAL, "--save-freq", "25000", "--save-replay-buffer"),
@@ -133,8 +134,9 @@ def _config(bench: Bench, name: str) -> Config:
     if name == "dense":
         return DENSE
     if match is None:
-        raise SystemExit(f"error: unknown configuration {name!r}; the bench's are {[c.name for c in bench.configs]}, "
-                         "or dense / <method><sparsity %> such as set90")
+        print(f"error: --configs {name!r}: unknown configuration; the bench's are {[c.name for c in bench.configs]}, "
+              "or dense / <method><sparsity %> such as set90", file=sys.stderr)
+        raise SystemExit(2)
     return Config(match.group(1), int(match.group(2)) / 100)
 
 
@@ -156,6 +158,12 @@ def main() -> int:
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
     runs = grid(bench, configs, SEEDS[: args.seeds], root)
     out = args.out or f"bench_learning_{args.bench}"
+    earlier = RESULTS / f"{out}.json"
+    if earlier.is_file() and int(json.loads(earlier.read_text()).get("steps", steps)) != steps:
+        print(f"error: --out {out}: {earlier} holds a report of {json.loads(earlier.read_text())['steps']:,} steps "
+              f"per run, this one is {steps:,}; pass another --out (or move that report) so that it is not overwritten",
+              file=sys.stderr)
+        return 2
     from learning_report import saved_records
 
     reported = {(name, r["seed"]) for name, records in saved_records(RESULTS / f"{out}.json", steps).items() for r in records}

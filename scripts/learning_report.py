@@ -47,7 +47,7 @@ def load(config_runs: list[tuple[Any, Any]]) -> dict[str, list[dict[str, Any]]]:
                   "returns": returns.tolist(), "walltime_s": data["walltime_s"].tolist() if "walltime_s" in data else None,
                   "wall_time_s": summary["wall_time_s"], "steps_per_s": summary["steps_per_s"], "nnz": summary["nnz"],
                   "density": summary["density"], "dormant": _dormant(run_dir / "dormant.csv"),
-                  "resumes": summary.get("resumes", [])}
+                  "resumes": summary.get("resumes")}  # None: run.json predates resume records
         result[config.name].append(record)
     return result
 
@@ -99,6 +99,7 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs])),
             "per_seed": {r["seed"]: round(r["final"], 1) for r in sorted(runs, key=lambda r: r["seed"])},
             "resumes": {r["seed"]: r["resumes"] for r in sorted(runs, key=lambda r: r["seed"]) if r.get("resumes")},
+            "resumes_unrecorded": sorted(r["seed"] for r in runs if r.get("resumes", []) is None),
         }
         if name in baselines:
             base = estimates.get(baselines[name], {}).get("iqm")
@@ -199,6 +200,11 @@ def markdown(summary: dict[str, Any], header: str) -> str:
     if resumed:
         lines += ["", "Resumed from a checkpoint (a run recorded as replayed continues exactly; one with new episodes "
                   "does not): " + "; ".join(resumed) + "."]
+    unrecorded = [f"{name} seeds {', '.join(map(str, row['resumes_unrecorded']))}"
+                  for name, row in summary["rows"].items() if row.get("resumes_unrecorded")]
+    if unrecorded:
+        lines += ["", "Written before runs recorded their resumes (whether these were resumed, and how, is not in "
+                  "their files; the README says what is known): " + "; ".join(unrecorded) + "."]
     return "\n".join(lines) + "\n"
 
 

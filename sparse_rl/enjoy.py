@@ -11,6 +11,7 @@ rewards. MuJoCo renders headless through EGL (``MUJOCO_GL=egl`` unless set).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--video", default=None, help="write an MP4 video of the episodes to this path")
     parser.add_argument("--video-size", type=int, default=None, help="frame size of MuJoCo videos (default: the env's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="env seed (default: an agent folder's stored evaluation seed, so its returns reproduce "
+                             "results.json; else 0)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     args = parser.parse_args(argv)
+    stored = _stored_evaluation(Path(args.run_dir))
+    if args.seed is None:
+        args.seed = int(stored["seed"]) if stored else 0
+        origin = "the agent's stored evaluation seed" if stored else "default"
+        print(f"seed: {args.seed} ({origin})")
     try:
         returns = replay(Path(args.run_dir), args.episodes, args.best, args.video, args.seed, not args.stochastic,
                          args.max_steps, args.video_size)
@@ -40,9 +48,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mean = f"{np.mean(returns):.2f}" if returns else "n/a"
     print(f"returns over {len(returns)} episodes: mean {mean}, each {[round(r, 2) for r in returns]}")
+    if stored and args.seed == int(stored["seed"]) and not (args.best or args.stochastic or args.max_steps):
+        expected = [round(r, 2) for r in stored["episode_returns"][: len(returns)]]
+        same = np.allclose(returns, stored["episode_returns"][: len(returns)], rtol=1e-6, atol=1e-6)
+        print(f"results.json: {expected} ({'reproduced' if same else 'NOT reproduced'})")
     if args.video:
         print(f"video: {args.video}")
     return 0
+
+
+def _stored_evaluation(run_dir: Path) -> dict | None:
+    """An agent folder's stored evaluation (``results.json``: seed, per-episode returns), else ``None``."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        evaluation = json.loads(path.read_text()).get("evaluation") or {}
+    except json.JSONDecodeError:
+        return None
+    return evaluation if "seed" in evaluation and "episode_returns" in evaluation else None
 
 
 if __name__ == "__main__":

@@ -74,20 +74,26 @@ def _is_dense(group: str) -> bool:
 
 
 def bootstrap_estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap interval estimates, reproducible: rliable's ``StratifiedBootstrap`` draws its
-    resampling indices from numpy's global generator (``np.random.choice``) whatever ``random_state`` says, so the
-    global generator is seeded for the call and restored after it (arch's FutureWarning on ``random_state`` silenced).
+    """rliable's stratified-bootstrap interval estimates, reproducible and independent of the other keys: rliable's
+    ``StratifiedBootstrap`` draws its resampling indices from numpy's global generator (``np.random.choice``) whatever
+    ``random_state`` says, one key after the other, so a key's CI used to depend on which keys came before it (the same
+    comparison showed two CIs in one report). Each key is estimated in its own call with the global generator seeded
+    by ``seed`` and restored after it (arch's FutureWarning on ``random_state`` silenced).
     """
     library, _, _ = import_rliable()
+    points, intervals = {}, {}
     state = np.random.get_state()
-    np.random.seed(seed)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-            return library.get_interval_estimates(score_dict, func, reps=reps, random_state=np.random.RandomState(seed))
+        for key, scores in score_dict.items():
+            np.random.seed(seed)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+                point, interval = library.get_interval_estimates({key: scores}, func, reps=reps,
+                                                                 random_state=np.random.RandomState(seed))
+            points[key], intervals[key] = point[key], interval[key]
     finally:
         np.random.set_state(state)
-
+    return points, intervals
 
 
 def _aggregate_func(metrics: Any) -> Any:

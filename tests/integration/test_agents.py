@@ -57,6 +57,16 @@ def test_rl_zoo_enjoy_replays_the_agent(agent):
     assert float(first.split(":")[1]) == pytest.approx(results["evaluation"]["episode_returns"][0], abs=0.01)
 
 
+@pytest.mark.skipif(not (AGENTS / "dqn/MinAtar-Breakout-v1/rigl90").is_dir(), reason="agent not shipped")
+def test_enjoy_on_an_agent_folder_reproduces_its_stored_returns_by_default(capsys):
+    """enjoy seeded the env with 0 whatever the agent stored, so a user's replay never matched results.json."""
+    agent = AGENTS / "dqn/MinAtar-Breakout-v1/rigl90"
+    assert enjoy_main([str(agent), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    seed = json.loads((agent / RESULTS).read_text())["evaluation"]["seed"]
+    assert f"seed: {seed} (the agent's stored evaluation seed)" in out and "(reproduced)" in out
+
+
 def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     if not SHIPPED:
         pytest.skip("no agent shipped yet")

@@ -168,3 +168,19 @@ def test_a_sweep_leaves_a_point_another_process_trains_to_it(tmp_path):
         holder.unlock()
     assert result.busy == [run] and not result.failed and not result.finished
     assert not run.is_finished()
+
+
+def test_a_benchmark_report_of_another_step_budget_is_not_overwritten(tmp_path):
+    """The PPO bench's default budget went from 100k to 300k: its report would have replaced the committed 100k one."""
+    import subprocess
+
+    earlier = tmp_path / "bench.json"
+    earlier.write_text(json.dumps({"steps": 100000, "rows": {}}))
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_learning.py"
+    done = subprocess.run([sys.executable, str(script), "--bench", "sac-pendulum", "--steps", "300000", "--out",
+                           str(tmp_path / "bench"), "--log-folder", str(tmp_path / "logs"), "--report-only"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --out") and "100,000 steps" in done.stderr
+    assert json.loads(earlier.read_text()) == {"steps": 100000, "rows": {}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # nothing else written

@@ -14,6 +14,7 @@ from sparse_rl.analysis.aggregate import (
     improvement_over_dense,
     interval_estimates,
     markdown_table,
+    probability_of_improvement,
     score_kind,
     score_matrices,
 )
@@ -173,3 +174,18 @@ def test_interval_estimates_are_reproducible():
     np.random.rand(7)  # whatever the global generator did in between
     assert interval_estimates(matrices, reps=200) == first
     assert improvement_over_dense(matrices, reps=200) == improvement_over_dense(matrices, reps=200)
+
+
+def test_a_groups_interval_does_not_depend_on_the_other_groups():
+    """rliable bootstraps the keys one after the other from one generator: the same comparison (dense-wd1e-4 vs dense)
+    showed P(better) [0.24, 0.96] in one table of a report and [0.24, 0.92] in the next, computed with other pairs."""
+    dense = np.array([[1.0], [2.0], [3.0], [5.0], [8.0]])
+    rigl = np.array([[2.0], [2.5], [3.0], [4.0], [9.0]])
+    wide = np.array([[0.5], [6.0], [3.5], [4.0], [7.0]])
+    alone = interval_estimates({"dense": dense, "rigl": rigl}, reps=200)
+    with_more = interval_estimates({"wide": wide, "dense": dense, "rigl": rigl}, reps=200)
+    assert with_more["rigl"] == alone["rigl"] and with_more["dense"] == alone["dense"]
+    pair = probability_of_improvement({"rigl": rigl, "dense": dense, "wide": wide}, [("rigl", "dense")], reps=200)
+    pairs = probability_of_improvement({"rigl": rigl, "dense": dense, "wide": wide}, [("wide", "dense"), ("rigl", "dense")],
+                                       reps=200)
+    assert pairs["rigl"] == pair["rigl"]

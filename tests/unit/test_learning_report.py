@@ -63,3 +63,15 @@ def test_the_report_lists_resumed_runs():
     text = learning_report.markdown(summary, "# h")
     assert "Resumed from a checkpoint" in text and "dense seed 1 at step 300,000 (replayed)" in text
     assert "Resumed" not in learning_report.markdown({**summary, "rows": {"rigl90": dict(row)}}, "# h")
+
+
+def test_the_report_says_which_runs_predate_resume_records():
+    """Runs trained before run.json recorded resumes were reported as never resumed (four SAC runs had been)."""
+    records = {"dense": [{"seed": 0, "final": 1.0, "resumes": None, "dormant": {}, "nnz": 1, "density": 1.0,
+                          "wall_time_s": 1.0, "steps_per_s": 1.0},
+                         {"seed": 1, "final": 2.0, "resumes": [], "dormant": {}, "nnz": 1, "density": 1.0,
+                          "wall_time_s": 1.0, "steps_per_s": 1.0}]}
+    summary = learning_report.summarize(records)
+    assert summary["rows"]["dense"]["resumes_unrecorded"] == [0]
+    assert "Written before runs recorded their resumes" in learning_report.markdown(summary, "# h")
+    assert "dense seeds 0." in learning_report.markdown(summary, "# h")
