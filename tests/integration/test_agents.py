@@ -85,3 +85,19 @@ def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     (agent / RESULTS).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         replay_first_episode(agent)
+
+
+@pytest.mark.skipif(not (AGENTS / "sac/HalfCheetah-v4/rigl90").is_dir(), reason="agent not shipped")
+def test_the_acting_profile_times_every_layer_acting_runs(tmp_path):
+    """scripts/profile_acting.py: each weight layer the actor runs is timed on its own input, dense and sparse."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "profile_acting.py"
+    out = tmp_path / "profile"
+    done = subprocess.run([sys.executable, str(script), "--pairs", "sac/HalfCheetah-v4/dense:sac/HalfCheetah-v4/rigl90",
+                           "--rounds", "1", "--calls", "3", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["results"][0]["rows"]
+    assert [r["part"] for r in rows] == ["predict", "policy forward", "actor.latent_pi.0", "actor.latent_pi.2",
+                                         "actor.mu", "actor.log_std"]
+    assert "SparseLinear 256x256" in rows[3]["sparse"] and rows[3]["dense"] == "Linear 256x256"
+    assert all(r["dense_us"] > 0 and r["sparse_us"] > 0 for r in rows)
