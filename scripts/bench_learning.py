@@ -20,7 +20,6 @@ checkpoints while their log folder exists).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -158,14 +157,17 @@ def main() -> int:
     root = Path(args.log_folder) / f"{args.bench}_{steps}"
     runs = grid(bench, configs, SEEDS[: args.seeds], root)
     out = args.out or f"bench_learning_{args.bench}"
-    earlier = RESULTS / f"{out}.json"
-    if earlier.is_file() and int(json.loads(earlier.read_text()).get("steps", steps)) != steps:
-        print(f"error: --out {out}: {earlier} holds a report of {json.loads(earlier.read_text())['steps']:,} steps "
-              f"per run, this one is {steps:,}; pass another --out (or move that report) so that it is not overwritten",
-              file=sys.stderr)
-        return 2
-    from learning_report import saved_records
+    from learning_report import report_steps, saved_records
 
+    try:
+        earlier = report_steps(RESULTS / f"{out}.json")
+    except ValueError as error:
+        print(f"error: --out {out}: {error}; pass another --out (or move that file)", file=sys.stderr)
+        return 2
+    if earlier is not None and earlier != steps:
+        print(f"error: --out {out}: {RESULTS / f'{out}.json'} holds a report of {earlier:,} steps per run, this one is "
+              f"{steps:,}; pass another --out (or move that report) so that it is not overwritten", file=sys.stderr)
+        return 2
     reported = {(name, r["seed"]) for name, records in saved_records(RESULTS / f"{out}.json", steps).items() for r in records}
     todo = [run for config, run in runs if not run.is_finished() and (config.name, run.seed) not in reported]
     if not args.report_only and todo:

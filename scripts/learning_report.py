@@ -200,11 +200,11 @@ def markdown(summary: dict[str, Any], header: str) -> str:
     if resumed:
         lines += ["", "Resumed from a checkpoint (a run recorded as replayed continues exactly; one with new episodes "
                   "does not): " + "; ".join(resumed) + "."]
-    unrecorded = [f"{name} seeds {', '.join(map(str, row['resumes_unrecorded']))}"
-                  for name, row in summary["rows"].items() if row.get("resumes_unrecorded")]
+    unrecorded = [f"{name} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                  for name, row in summary["rows"].items() if (seeds := row.get("resumes_unrecorded"))]
     if unrecorded:
         lines += ["", "Written before runs recorded their resumes (whether these were resumed, and how, is not in "
-                  "their files; the README says what is known): " + "; ".join(unrecorded) + "."]
+                  "their files): " + "; ".join(unrecorded) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -255,15 +255,25 @@ def plot(records: dict[str, list[dict[str, Any]]], title: str, path: Path) -> Pa
     return path
 
 
+def report_steps(path: Path) -> int | None:
+    """The step budget per run of an earlier report ``<out>.json``; ``None`` when there is none.
+
+    :raises ValueError: the file is there but unreadable or records no step budget (one line)
+    """
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is unreadable or records no step budget ({type(error).__name__})") from None
+
+
 def saved_records(path: Path, steps: int) -> dict[str, list[dict[str, Any]]]:
     """The run records of an earlier report (``<out>.json``) of the same step budget: finished runs whose folders
     may be gone (another session, another machine) still count and are not trained again."""
-    if not path.is_file():
+    if report_steps(path) != steps:
         return {}
-    data = json.loads(path.read_text())
-    if int(data.get("steps", -1)) != steps:
-        return {}
-    return {name: list(runs) for name, runs in data.get("records", {}).items()}
+    return {name: list(runs) for name, runs in json.loads(path.read_text()).get("records", {}).items()}
 
 
 def merge(records: dict[str, list[dict[str, Any]]], saved: dict[str, list[dict[str, Any]]]

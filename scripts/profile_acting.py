@@ -71,11 +71,11 @@ def profile(dense_dir: Path, sparse_dir: Path, rounds: int, calls: int) -> dict[
                 for part, (call, _) in table[kind].items():
                     times[kind][part].append(_per_call_us(call, calls))
     rows = []
-    for part in table["dense"]:
-        dense_us = statistics.median(times["dense"][part])
-        sparse_us = statistics.median(times["sparse"][part]) if part in table["sparse"] else float("nan")
-        rows.append({"part": part, "dense": table["dense"][part][1], "sparse": table["sparse"].get(part, ("", "-"))[1],
-                     "dense_us": dense_us, "sparse_us": sparse_us, "ratio": sparse_us / dense_us})
+    for part in {**table["dense"], **table["sparse"]}:  # layers of either agent, in calling order
+        us = {kind: statistics.median(times[kind][part]) if part in table[kind] else float("nan") for kind in table}
+        rows.append({"part": part, "dense": table["dense"].get(part, (None, "-"))[1],
+                     "sparse": table["sparse"].get(part, (None, "-"))[1], "dense_us": us["dense"],
+                     "sparse_us": us["sparse"], "ratio": us["sparse"] / us["dense"]})
     return {"dense_agent": str(dense_dir), "sparse_agent": str(sparse_dir), "rows": rows}
 
 
@@ -109,8 +109,8 @@ def main() -> int:
         lines += [f"| {r['part']} | {r['dense']} | {r['sparse']} | {r['dense_us']:.1f} | {r['sparse_us']:.1f} | "
                   f"{r['ratio']:.2f} |" for r in result["rows"]]
     out = ROOT / "scripts" / "results" / args.out
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+    Path(f"{out}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
     print("\n".join(lines))
     return 0
 

@@ -11,12 +11,12 @@ rewards. MuJoCo renders headless through EGL (``MUJOCO_GL=egl`` unless set).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from sparse_rl.harness.agents import stored_evaluation
 from sparse_rl.harness.replay import replay
 
 
@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                              "results.json; else 0)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     args = parser.parse_args(argv)
-    stored = _stored_evaluation(Path(args.run_dir))
+    try:
+        stored = stored_evaluation(args.run_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.seed is None:
-        args.seed = int(stored["seed"]) if stored else 0
+        args.seed = stored[0] if stored else 0
         origin = "the agent's stored evaluation seed" if stored else "default"
         print(f"seed: {args.seed} ({origin})")
     try:
@@ -48,25 +52,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mean = f"{np.mean(returns):.2f}" if returns else "n/a"
     print(f"returns over {len(returns)} episodes: mean {mean}, each {[round(r, 2) for r in returns]}")
-    if stored and args.seed == int(stored["seed"]) and not (args.best or args.stochastic or args.max_steps):
-        expected = [round(r, 2) for r in stored["episode_returns"][: len(returns)]]
-        same = np.allclose(returns, stored["episode_returns"][: len(returns)], rtol=1e-6, atol=1e-6)
-        print(f"results.json: {expected} ({'reproduced' if same else 'NOT reproduced'})")
+    if stored and args.seed == stored[0] and not (args.best or args.stochastic) and returns:
+        _compare(returns, stored[1])
     if args.video:
         print(f"video: {args.video}")
     return 0
 
 
-def _stored_evaluation(run_dir: Path) -> dict | None:
-    """An agent folder's stored evaluation (``results.json``: seed, per-episode returns), else ``None``."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        evaluation = json.loads(path.read_text()).get("evaluation") or {}
-    except json.JSONDecodeError:
-        return None
-    return evaluation if "seed" in evaluation and "episode_returns" in evaluation else None
+def _compare(returns: list[float], stored: list[float]) -> None:
+    """Say whether the replayed episodes reproduce the agent's stored ones (the first ``min`` of both)."""
+    n = min(len(returns), len(stored))
+    same = np.allclose(returns[:n], stored[:n], rtol=1e-6, atol=1e-6)
+    print(f"results.json, first {n} episodes: {[round(r, 2) for r in stored[:n]]} "
+          f"({'reproduced' if same else 'NOT reproduced'})")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs:
                 stale = r.stale()
                 resume = None if stale or r.is_finished() else r.resumable_dir()
-                status = "stale " if stale else "done  " if r.is_finished() else "resume" if resume else "todo  "
-                why = f"  # {stale}" if stale else f"  # continues {resume} from its last checkpoint" if resume else ""
+                busy = not r.is_finished() and r.is_busy()
+                status = ("stale " if stale else "done  " if r.is_finished() else "busy  " if busy else "resume" if resume
+                          else "todo  ")
+                why = (f"  # {stale}" if stale else "  # another process is training it now" if busy
+                       else f"  # continues {resume} from its last checkpoint" if resume else "")
                 print(f"{status} {' '.join(r.command()[1:])}{why}")
             return 0
         retries = args.max_retries if args.max_retries is not None else int(spec.get("max_retries", 1))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,26 +75,33 @@ def _is_dense(group: str) -> bool:
     return group == f"{_algo_prefix(group)}dense"
 
 
+@contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded for the block and restored after it: rliable bootstraps from it
+    (``np.random.choice``) whatever ``random_state`` says (arch's FutureWarning on ``random_state`` silenced)."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
 def bootstrap_estimates(score_dict: dict[str, Any], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap interval estimates, reproducible and independent of the other keys: rliable's
-    ``StratifiedBootstrap`` draws its resampling indices from numpy's global generator (``np.random.choice``) whatever
-    ``random_state`` says, one key after the other, so a key's CI used to depend on which keys came before it (the same
-    comparison showed two CIs in one report). Each key is estimated in its own call with the global generator seeded
-    by ``seed`` and restored after it (arch's FutureWarning on ``random_state`` silenced).
+    """rliable's stratified-bootstrap interval estimates, reproducible and independent of the other keys: rliable
+    resamples the keys one after the other from numpy's global generator, so a key's CI used to depend on which keys
+    came before it (the same comparison showed two CIs in one report). Each key is estimated in its own call, with the
+    global generator seeded by ``seed``.
     """
     library, _, _ = import_rliable()
     points, intervals = {}, {}
-    state = np.random.get_state()
-    try:
-        for key, scores in score_dict.items():
-            np.random.seed(seed)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-                point, interval = library.get_interval_estimates({key: scores}, func, reps=reps,
-                                                                 random_state=np.random.RandomState(seed))
-            points[key], intervals[key] = point[key], interval[key]
-    finally:
-        np.random.set_state(state)
+    for key, scores in score_dict.items():
+        with _global_numpy_seed(seed):
+            point, interval = library.get_interval_estimates({key: scores}, func, reps=reps,
+                                                             random_state=np.random.RandomState(seed))
+        points[key], intervals[key] = point[key], interval[key]
     return points, intervals
 
 
@@ -149,12 +158,11 @@ def performance_profiles(matrices: dict[str, np.ndarray], reps: int, seed: int =
     library, _, _ = import_rliable()
     every = np.concatenate([m.ravel() for m in matrices.values()])
     taus = np.linspace(min(0.0, float(every.min())), max(1.0, float(every.max())), n_taus)
-    state = np.random.get_state()
-    np.random.seed(seed)  # create_performance_profile bootstraps from numpy's global generator
-    try:
-        profiles, cis = library.create_performance_profile(matrices, taus, reps=reps)
-    finally:
-        np.random.set_state(state)
+    profiles, cis = {}, {}
+    for group, matrix in matrices.items():  # each group's bands from its own seeded bootstrap, as in bootstrap_estimates
+        with _global_numpy_seed(seed):
+            profile, ci = library.create_performance_profile({group: matrix}, taus, reps=reps)
+        profiles[group], cis[group] = profile[group], ci[group]
     return taus, profiles, cis
 
 

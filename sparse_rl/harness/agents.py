@@ -90,17 +90,29 @@ def evaluate_episodes(run_dir: Path, episodes: int, seed: int) -> list[float]:
         env.close()
 
 
+def stored_evaluation(agent: str | Path) -> tuple[int, list[float]] | None:
+    """``(evaluation seed, per-episode returns)`` stored in an agent folder's ``results.json``; ``None`` for a folder
+    without one (a plain run folder).
+
+    :raises ValueError: the file is there but unreadable or lacks the evaluation (one line)
+    """
+    path = Path(agent) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        evaluation = json.loads(path.read_text())["evaluation"]
+        return int(evaluation["seed"]), [float(r) for r in evaluation["episode_returns"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is unreadable ({type(error).__name__}): package the agent again") from None
+
+
 def replay_first_episode(agent: str | Path) -> tuple[float, float]:
     """(stored return of episode 1, replayed return) of a packaged agent."""
-    agent = Path(agent)
-    try:
-        results = json.loads((agent / RESULTS).read_text())
-        expected = float(results["evaluation"]["episode_returns"][0])
-        seed = int(results["evaluation"]["seed"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        raise ValueError(f"{agent / RESULTS} is missing or unreadable ({type(error).__name__}): package the agent "
-                         "again") from None
-    return expected, evaluate_episodes(agent, 1, seed)[0]
+    stored = stored_evaluation(agent)
+    if stored is None or not stored[1]:
+        raise ValueError(f"{Path(agent) / RESULTS} is missing or unreadable (no stored episode): package the agent again")
+    seed, returns = stored
+    return returns[0], evaluate_episodes(Path(agent), 1, seed)[0]
 
 
 def _curve(run_dir: Path, title: str, path: Path) -> Path:

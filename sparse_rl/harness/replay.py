@@ -44,7 +44,7 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
         writer.write(venv.render())
 
     try:
-        writer = _Video(video, env) if video else None
+        writer = _Video(video, env, seed) if video else None
         return play(model, env, episodes, deterministic, seed=seed, max_total_steps=max_steps,
                     on_step=record if writer is not None else None)
     finally:
@@ -60,10 +60,11 @@ class _Video:
     :raises ValueError: when the env cannot render rgb frames, or OpenCV cannot write ``path`` (e.g. a ``.gif``)
     """
 
-    def __init__(self, path: str, env: Any) -> None:
+    def __init__(self, path: str, env: Any, seed: int) -> None:
         import cv2
 
-        env.reset()
+        env.reset()  # a first frame, for the size; it uses up the seeded reset, so the env is seeded again below
+        env.seed(seed)
         try:
             frame = env.render()
         except (ImportError, gym.error.DependencyNotInstalled) as error:  # e.g. pygame for classic control

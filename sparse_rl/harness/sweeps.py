@@ -48,6 +48,10 @@ class GridRun:
     def is_finished(self) -> bool:
         return any(self.folder.rglob("run.json")) if self.folder.exists() else False
 
+    def is_busy(self) -> bool:
+        """Whether another process (a sweep or benchmark over the same folder) is training this point now."""
+        return RunFolder(self.folder, self.env).is_locked()
+
     def settings(self) -> dict[str, Any]:
         """What the sweep file asks of this point beyond its name: ``n_timesteps`` and ``train_args``."""
         return {"n_timesteps": self.n_timesteps, "train_args": list(self.train_args)}
@@ -214,6 +218,18 @@ def run_one(run: GridRun) -> str:
     return run.name
 
 
+BUSY = "busy"
+
+
+def _run_or_busy(run: GridRun) -> str:
+    """:func:`run_one` for a Ray task: a point another process trains returns :data:`BUSY` instead of raising, so that
+    Ray neither retries it nor logs it as a failed task."""
+    try:
+        return run_one(run)
+    except RunLocked:
+        return BUSY
+
+
 def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = None, num_cpus: int | None = None) -> SweepResult:
     """Run the unfinished grid points as Ray tasks and wait for all of them.
 
@@ -237,21 +253,20 @@ def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = Non
     ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
              ignore_reinit_error=True, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(run_one)
+        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(_run_or_busy)
         pending = {task.remote(run): run for run in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             run = pending.pop(done[0])
             try:
-                ray.get(done[0])
+                if ray.get(done[0]) == BUSY:
+                    result.busy.append(run)
+                    print(f"busy {run.name}: trained by another process, left to it", flush=True)
+                    continue
                 result.finished.append(run)
                 print(f"finished {run.name}", flush=True)
             except Exception as error:  # a failed run is reported, the others go on
                 cause = getattr(error, "cause", None) or error
-                if isinstance(cause, RunLocked):
-                    result.busy.append(run)
-                    print(f"busy {run.name}: trained by another process, left to it", flush=True)
-                    continue
                 result.failed[run] = str(cause).strip().splitlines()[-1]
                 print(f"FAILED {run.name}: {result.failed[run]}", flush=True)
     finally:

@@ -64,7 +64,20 @@ def test_enjoy_on_an_agent_folder_reproduces_its_stored_returns_by_default(capsy
     assert enjoy_main([str(agent), "--episodes", "2"]) == 0
     out = capsys.readouterr().out
     seed = json.loads((agent / RESULTS).read_text())["evaluation"]["seed"]
-    assert f"seed: {seed} (the agent's stored evaluation seed)" in out and "(reproduced)" in out
+    assert f"seed: {seed} (the agent's stored evaluation seed)" in out and "first 2 episodes" in out
+    assert "(reproduced)" in out
+    # more episodes than stored: the stored ones are compared (this crashed after the replay)
+    assert enjoy_main([str(agent), "--episodes", "11"]) == 0
+    assert "first 10 episodes" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (AGENTS / "dqn/MinAtar-Breakout-v1/rigl90").is_dir(), reason="agent not shipped")
+def test_a_video_replay_plays_the_same_episodes(tmp_path, capsys):
+    """The video writer's first frame used up the seeded reset: episodes with --video differed from those without."""
+    agent = AGENTS / "dqn/MinAtar-Breakout-v1/rigl90"
+    assert enjoy_main([str(agent), "--episodes", "3", "--video", str(tmp_path / "a.mp4")]) == 0
+    out = capsys.readouterr().out
+    assert "(reproduced)" in out and (tmp_path / "a.mp4").stat().st_size > 0
 
 
 def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
@@ -85,6 +98,9 @@ def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     (agent / RESULTS).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         replay_first_episode(agent)
+    assert enjoy_main([str(agent), "--episodes", "1"]) == 2  # not a silent fallback to seed 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unreadable" in err and err.count("\n") == 1
 
 
 @pytest.mark.skipif(not (AGENTS / "sac/HalfCheetah-v4/rigl90").is_dir(), reason="agent not shipped")
@@ -96,7 +112,7 @@ def test_the_acting_profile_times_every_layer_acting_runs(tmp_path):
                            "--rounds", "1", "--calls", "3", "--out", str(out)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(out.with_suffix(".json").read_text())["results"][0]["rows"]
+    rows = json.loads(Path(f"{out}.json").read_text())["results"][0]["rows"]
     assert [r["part"] for r in rows] == ["predict", "policy forward", "actor.latent_pi.0", "actor.latent_pi.2",
                                          "actor.mu", "actor.log_std"]
     assert "SparseLinear 256x256" in rows[3]["sparse"] and rows[3]["dense"] == "Linear 256x256"

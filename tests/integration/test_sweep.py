@@ -70,7 +70,7 @@ def test_missing_ray_or_bad_file_gives_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: sweep file")
 
 
-def test_a_grid_point_is_never_trained_twice_at_once(tmp_path):
+def test_a_grid_point_is_never_trained_twice_at_once(tmp_path, monkeypatch):
     """Sweeps or benchmarks sharing a folder used to clear and retrain each other's grid points."""
     import threading
     import time
@@ -88,7 +88,9 @@ def test_a_grid_point_is_never_trained_twice_at_once(tmp_path):
     # a second benchmark driver over the same folder says it skips the run (it used to print FAILED)
     spec = importlib.util.spec_from_file_location("bench_learning", Path(__file__).resolve().parents[2] / "scripts"
                                                   / "bench_learning.py")
-    bench = sys.modules["bench_learning"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_learning", bench)  # its dataclasses look it up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts scripts/ on the path
     spec.loader.exec_module(bench)
     assert bench._attempt(run) == "skipped: another process trains it"
     first.join(timeout=600)
@@ -141,7 +143,7 @@ def test_dry_run_says_which_points_resume(tmp_path, capsys, monkeypatch):
     """A point interrupted after a checkpoint was listed as 'todo', as if it would train from scratch."""
     conf = _write(tmp_path / "sweep.yml", algo="sac", env="Pendulum-v1", sparsity=0.9, seed=[0, 1], n_timesteps=200,
                   train_args=TINY, log_folder=str(tmp_path / "sweep"))
-    [interrupted, _] = expand_grid(load_sweep(conf))
+    [interrupted, other] = expand_grid(load_sweep(conf))
     pointer = interrupted.folder / "sac" / "Pendulum-v1_1" / "checkpoints" / "latest.json"
     pointer.parent.mkdir(parents=True)
     pointer.write_text('{"step": 100, "path": "step_100"}')
@@ -151,6 +153,16 @@ def test_dry_run_says_which_points_resume(tmp_path, capsys, monkeypatch):
     assert lines[0].startswith("resume ") and lines[0].endswith(f"# continues {pointer.parent.parent} from its last "
                                                                  "checkpoint")
     assert lines[1].startswith("todo   ")
+    from sparse_rl.harness.runs import RunFolder
+
+    other.folder.mkdir(parents=True)
+    holder = RunFolder(other.folder, other.env)
+    holder.lock()  # another sweep or benchmark is training this point (flock: another open file holds it)
+    try:
+        assert sweep_main(["-conf", str(conf), "--dry-run"]) == 0
+    finally:
+        holder.unlock()
+    assert capsys.readouterr().out.splitlines()[1].startswith("busy   ")
 
 
 def test_a_sweep_leaves_a_point_another_process_trains_to_it(tmp_path):
@@ -184,3 +196,9 @@ def test_a_benchmark_report_of_another_step_budget_is_not_overwritten(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("error: --out") and "100,000 steps" in done.stderr
     assert json.loads(earlier.read_text()) == {"steps": 100000, "rows": {}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # nothing else written
+    for damaged in ("{not json", json.dumps({"rows": {}})):  # unreadable, or no step budget: not overwritten either
+        earlier.write_text(damaged)
+        done = subprocess.run([sys.executable, str(script), "--bench", "sac-pendulum", "--out", str(tmp_path / "bench"),
+                               "--log-folder", str(tmp_path / "logs"), "--report-only"], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith("error: --out") and earlier.read_text() == damaged

@@ -14,6 +14,7 @@ from sparse_rl.analysis.aggregate import (
     improvement_over_dense,
     interval_estimates,
     markdown_table,
+    performance_profiles,
     probability_of_improvement,
     score_kind,
     score_matrices,
@@ -189,3 +190,8 @@ def test_a_groups_interval_does_not_depend_on_the_other_groups():
     pairs = probability_of_improvement({"rigl": rigl, "dense": dense, "wide": wide}, [("wide", "dense"), ("rigl", "dense")],
                                        reps=200)
     assert pairs["rigl"] == pair["rigl"]
+    inside = np.array([[1.5], [6.0], [3.5], [4.0], [7.0]])  # within the others' range: the same taus
+    taus, _, alone_cis = performance_profiles({"dense": dense, "rigl": rigl}, reps=100)
+    taus_more, _, more_cis = performance_profiles({"inside": inside, "dense": dense, "rigl": rigl}, reps=100)
+    np.testing.assert_array_equal(taus, taus_more)
+    np.testing.assert_array_equal(alone_cis["rigl"], more_cis["rigl"])

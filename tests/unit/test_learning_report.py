@@ -74,4 +74,4 @@ def test_the_report_says_which_runs_predate_resume_records():
     summary = learning_report.summarize(records)
     assert summary["rows"]["dense"]["resumes_unrecorded"] == [0]
     assert "Written before runs recorded their resumes" in learning_report.markdown(summary, "# h")
-    assert "dense seeds 0." in learning_report.markdown(summary, "# h")
+    assert "dense seed 0." in learning_report.markdown(summary, "# h")
