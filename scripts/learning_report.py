@@ -24,6 +24,7 @@ from sparse_rl.analysis.aggregate import (
 from sparse_rl.analysis.report import format_interval, relative_to_dense
 
 REPS = 2000
+DORMANT_LAST = 3  # the dormant column averages each run's last measurements, then the runs
 TAU = 0.1
 
 
@@ -84,16 +85,16 @@ def summarize(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         estimates, improvement, over_baseline = {}, {}, {}
     dense_iqm = estimates.get("dense", {}).get("iqm", [float("nan")])[0]
     for name, runs in records.items():
-        final_dormant = defaultdict(list)
-        for run in runs:
+        end_dormant = defaultdict(list)
+        for run in runs:  # one measurement is noisy (PPO measures on the last rollout: half an episode)
             for network, curve in run["dormant"].items():
-                final_dormant[network].append(curve[-1][1])
+                end_dormant[network].append(float(np.mean([fraction for _, fraction in curve[-DORMANT_LAST:]])))
         iqm = estimates.get(name, {}).get("iqm")
         rows[name] = {
             "seeds_finished": sorted(r["seed"] for r in runs), "iqm": iqm, "mean": estimates.get(name, {}).get("mean"),
             "iqm_vs_dense": relative_to_dense(iqm[0], dense_iqm) if iqm and name != "dense" else None,
             "p_improvement_over_dense": improvement.get(name),
-            "dormant_final": {k: float(np.mean(v)) for k, v in final_dormant.items()},
+            "dormant_end": {k: float(np.mean(v)) for k, v in end_dormant.items()},
             "nnz": float(np.mean([r["nnz"] for r in runs])), "density": float(np.mean([r["density"] for r in runs])),
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in runs])),
             "steps_per_s": float(np.mean([r["steps_per_s"] for r in runs])),
@@ -181,10 +182,11 @@ def equal_wall_clock_markdown(result: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], header: str) -> str:
     lines = [header, "", f"Compared on seeds {summary['seeds_compared']} (finished by every configuration).", "",
-             "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | dormant (tau 0.1) | "
+             "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | "
+             f"dormant (tau {TAU}, mean of the last {DORMANT_LAST} measurements) | "
              "nnz | density | wall time (s) | steps/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in summary["rows"].items():
-        dormant = ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["dormant_final"].items())) or "n/a"
+        dormant = ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["dormant_end"].items())) or "n/a"
         ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
         lines.append(f"| {name} | {format_interval(row['iqm'])} | {format_interval(row['mean'])} | {ratio} | "
                      f"{format_interval(row['p_improvement_over_dense'], '{:.2f}')} | {dormant} | {row['nnz']:,.0f} | "

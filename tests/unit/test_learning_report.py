@@ -56,7 +56,7 @@ def test_ablations_are_compared_with_their_own_baseline():
 def test_the_report_lists_resumed_runs():
     """A benchmark run resumed at a session end left no trace in its record or the report."""
     row = {"iqm": [1.0, 0.5, 1.5], "mean": [1.0, 0.5, 1.5], "iqm_vs_dense": None, "p_improvement_over_dense": None,
-           "dormant_final": {}, "nnz": 10, "density": 1.0, "wall_time_s": 1.0, "steps_per_s": 1.0,
+           "dormant_end": {}, "nnz": 10, "density": 1.0, "wall_time_s": 1.0, "steps_per_s": 1.0,
            "per_seed": {0: 1.0, 1: 1.0}}
     summary = {"seeds_compared": [0, 1], "rows": {"dense": {**row, "resumes": {1: [
         {"step": 300000, "time": "t", "environments": "replayed"}]}}, "rigl90": dict(row)}}
@@ -75,3 +75,14 @@ def test_the_report_says_which_runs_predate_resume_records():
     assert summary["rows"]["dense"]["resumes_unrecorded"] == [0]
     assert "Written before runs recorded their resumes" in learning_report.markdown(summary, "# h")
     assert "dense seed 0." in learning_report.markdown(summary, "# h")
+
+
+def test_the_dormant_column_averages_the_last_measurements():
+    """One measurement is noisy (PPO measures on half an episode: one run read 0.05, 0.05, then 0.35 at the end), and
+    the table showed that last value alone."""
+    def run(seed, fractions):
+        return {"seed": seed, "final": 1.0, "resumes": [], "nnz": 1, "density": 1.0, "wall_time_s": 1.0,
+                "steps_per_s": 1.0, "dormant": {"pi": [(10 * (i + 1), f) for i, f in enumerate(fractions)]}}
+    summary = learning_report.summarize({"rigl90": [run(0, [0.9, 0.05, 0.05, 0.35]), run(1, [0.9, 0.1, 0.1, 0.1])]})
+    assert summary["rows"]["rigl90"]["dormant_end"]["pi"] == pytest.approx((0.15 + 0.1) / 2)
+    assert "mean of the last 3 measurements" in learning_report.markdown(summary, "# h")
