@@ -64,14 +64,24 @@ def main() -> int:
     text = ["# Trained agents", "",
             "The seed-0 run of each learning benchmark (`scripts/bench_learning.py`), packaged by "
             "`python scripts/package_agents.py --bench BENCH`. Replay one with `python -m sparse_rl.enjoy "
-            "agents/<algo>/<Env>/<config>`, evaluate them all with `python -m sparse_rl.evaluate --suite SUITE --runs "
-            "agents/`, load one without pickle: `sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')`, or "
-            "replay it with RL Zoo's own enjoy (the `<algo>` link in each agent folder is where it looks): "
+            "agents/<algo>/<Env>/<config>` (it seeds the env with the stored evaluation seed and says whether the "
+            "returns reproduce `results.json`); evaluate them with `python -m sparse_rl.evaluate --suite mujoco --runs "
+            "agents/ -o /tmp/agents_eval --seed 20000` (and `--suite minatar` for the DQN agents; `-o` keeps the "
+            "output out of agents/, `--seed 20000` is the stored evaluation seed); load one without pickle: "
+            "`sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')` (it takes raw observations: a PPO "
+            "agent's VecNormalize statistics are baked in, in float32, so its actions match SB3 + VecNormalize to "
+            "about 1e-7 and a MuJoCo episode's return to about 1 %, not exactly); or replay it with RL Zoo's own "
+            "enjoy (the `<algo>` link in each agent folder is where it looks): "
             "`python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 "
-            "--gym-packages sparse_rl.sb3 --deterministic --seed 20000` (the seed of the stored evaluation: its first "
-            "episode reproduces the first stored return). "
-            "`results.json` holds the numbers below (acting time vs dense: one `predict` call, batch 1, one thread, "
-            "on the packaging machine; below 1 is faster).", "", table(AGENTS) if AGENTS.exists() else "(none yet)\n",
+            "--gym-packages sparse_rl.sb3 --deterministic --seed 20000 --no-render` (`--no-render` on a machine "
+            "without a display; the seed of the stored evaluation: its first episode reproduces the first stored "
+            "return). With SB3 alone: `SAC.load` / `DQN.load` on `<agent>/<Env>.zip`; a PPO agent also needs its "
+            "observation statistics, `VecNormalize.load('<agent>/<Env>/vecnormalize.pkl', venv)` with "
+            "`training = False` and `norm_reward = False` (without them it scores about -130 instead of 5300). "
+            "`results.json` holds the numbers below (return: the seed-0 agent over 10 episodes, and \"vs dense\" "
+            "compares those, while the benchmark IQM is over all seeds; export: KiB of safetensors + JSON; acting "
+            "time vs dense: one `predict` call, batch 1, one thread, on the packaging machine; below 1 is faster).", "",
+            table(AGENTS) if AGENTS.exists() else "(none yet)\n",
             f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB."]
     AGENTS.mkdir(exist_ok=True)
     (AGENTS / "README.md").write_text("\n".join(text) + "\n")

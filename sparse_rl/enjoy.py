@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                              "results.json; else 0)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of deterministic ones")
     args = parser.parse_args(argv)
+    if not Path(args.run_dir).is_dir():
+        print(f"error: run_dir {args.run_dir}: no such folder (give a run or agent folder, e.g. "
+              "agents/sac/HalfCheetah-v4/rigl90)", file=sys.stderr)
+        return 2
     try:
         stored = stored_evaluation(args.run_dir)
     except ValueError as error:

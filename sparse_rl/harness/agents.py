@@ -213,6 +213,6 @@ def table(root: str | Path) -> str:
         lines.append(
             f"| `{r['algo']}/{env_name(r['env'])}/{r['config']}` | {r['evaluation']['mean']:.1f} +- "
             f"{r['evaluation']['std']:.1f} | {ratio} | {format_interval(iqm)} | "
-            f"{r['density']:.3f} | {r['stored_vs_dense']:.3f} | {r['export_bytes'] / 1024:.0f} KB | "
+            f"{r['density']:.3f} | {r['stored_vs_dense']:.3f} | {r['export_bytes'] / 1024:.0f} KiB | "
             f"{r['latency_vs_dense']:.2f} | {'yes' if r.get('sb3_zip') else 'no (size)'} |")
     return "\n".join(lines) + "\n"

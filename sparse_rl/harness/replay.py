@@ -21,6 +21,7 @@ from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 #: frames whose shorter side is below TINY_FRAME pixels (MinAtar: 10) are scaled up by a whole factor to at least
 #: MIN_VIDEO_SIDE; larger frames (and --video-size) are written as rendered
 TINY_FRAME, MIN_VIDEO_SIDE = 64, 160
+TRACKING_CAMERA = "track"  # the camera of the MuJoCo locomotion models that follows the body
 
 
 def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | None = None, seed: int = 0,
@@ -33,8 +34,11 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
         os.environ.setdefault("MUJOCO_GL", "egl")
     model, run, config = load_agent(Path(run_dir), best)
     env_kwargs = {"render_mode": "rgb_array"} if video else None
-    if video and video_size and "mujoco" in str(gym.registry[run.env].entry_point):
-        env_kwargs.update(width=video_size, height=video_size)
+    if video and "mujoco" in str(gym.registry[run.env].entry_point):
+        if video_size:
+            env_kwargs.update(width=video_size, height=video_size)
+        if _has_camera(run.env, TRACKING_CAMERA):  # the default camera stays put: a running agent leaves the frame
+            env_kwargs.update(camera_name=TRACKING_CAMERA)
     hyperparams = saved_hyperparams(config)  # env_kwargs: a mapping, or a string (older runs)
     env = evaluation_env(run.env, hyperparams, seed, RunFolder(run_dir, run.env).vecnormalize_path,
                          env_kwargs={**(hyperparams.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
@@ -50,6 +54,16 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
     finally:
         if writer is not None:
             writer.release()
+        env.close()
+
+
+def _has_camera(env_id: str, name: str) -> bool:
+    """Whether a MuJoCo env's model has a camera called ``name`` (HalfCheetah, Hopper, Walker2d, Ant: ``track``)."""
+    env = gym.make(env_id)
+    try:
+        model = env.unwrapped.model  # type: ignore[attr-defined]
+        return name in (model.camera(i).name for i in range(model.ncam))
+    finally:
         env.close()
 
 
@@ -77,7 +91,7 @@ class _Video:
         target = Path(path)
         existed = target.exists()
         target.parent.mkdir(parents=True, exist_ok=True)
-        fps = env.metadata.get("render_fps") or 30
+        fps = env.get_attr("metadata")[0].get("render_fps") or 30  # the env's own (HalfCheetah: 20), not the VecEnv's
         self.writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
         if not self.writer.isOpened():
             if target.exists() and not existed:

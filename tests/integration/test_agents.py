@@ -98,6 +98,9 @@ def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     (agent / RESULTS).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         replay_first_episode(agent)
+    assert enjoy_main([str(agent / "missing"), "--episodes", "1"]) == 2  # said it was not written by train
+    err = capsys.readouterr().err
+    assert err.startswith("error: run_dir") and "no such folder" in err and err.count("\n") == 1
     assert enjoy_main([str(agent), "--episodes", "1"]) == 2  # not a silent fallback to seed 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unreadable" in err and err.count("\n") == 1
@@ -117,3 +120,25 @@ def test_the_acting_profile_times_every_layer_acting_runs(tmp_path):
                                          "actor.mu", "actor.log_std"]
     assert "SparseLinear 256x256" in rows[3]["sparse"] and rows[3]["dense"] == "Linear 256x256"
     assert all(r["dense_us"] > 0 and r["sparse_us"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(not (AGENTS / "sac/HalfCheetah-v4/rigl90").is_dir(), reason="agent not shipped")
+def test_a_mujoco_video_follows_the_agent_at_the_envs_frame_rate(tmp_path, capsys):
+    """The default camera stayed put: the cheetah left the frame after ~1 s and 97 % of the video was an empty floor;
+    and the video played at 30 fps where HalfCheetah renders at 20."""
+    import cv2
+
+    video = tmp_path / "cheetah.mp4"
+    assert enjoy_main([str(AGENTS / "sac/HalfCheetah-v4/rigl90"), "--episodes", "1", "-n", "300", "--video", str(video),
+                       "--video-size", "64"]) == 0
+    capsys.readouterr()
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FPS) == 20
+    frames = []
+    ok, frame = capture.read()
+    while ok:
+        frames.append(frame.astype(np.int16))
+        ok, frame = capture.read()
+    assert len(frames) == 300
+    still = sum(int(np.abs(b - a).max() == 0) for a, b in zip(frames[200:], frames[201:]))
+    assert still < 10, f"{still} of the last 99 frames are identical to the one before: the agent left the frame"
