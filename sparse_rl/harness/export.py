@@ -213,7 +213,14 @@ class ExportedPolicy(nn.Module):
         return x, single
 
     def predict(self, observation: np.ndarray, deterministic: bool = True, **_: Any) -> tuple[np.ndarray, None]:
-        """The greedy / deterministic action for one observation or a batch (stochastic acting is not exported)."""
+        """The greedy / deterministic action for one observation or a batch (stochastic acting is not exported).
+
+        :raises ValueError: for ``deterministic=False``, which the export cannot honour (it used to act
+            deterministically without a word)
+        """
+        if not deterministic:
+            raise ValueError("deterministic=False: an export holds the deterministic policy only (greedy or mean "
+                             "action); sample stochastic actions with the SB3 model (Algo.load on the agent's zip)")
         x, single = self._preprocess(observation)
         with th.no_grad():
             out = self.net(x)

@@ -36,6 +36,8 @@ def test_agent_loads_three_ways(agent, capsys):
     if "obs_normalization" not in exported.config:  # with VecNormalize the SB3 model reads normalised observations
         np.testing.assert_allclose(exported.predict(observation)[0], model.predict(observation, deterministic=True)[0],
                                    rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="deterministic=False"):  # it acted deterministically without a word
+        exported.predict(observation, deterministic=False)
     assert enjoy_main([str(agent), "--episodes", "1", "-n", "50"]) == 0  # the replay command on the agent folder
     capsys.readouterr()
 
