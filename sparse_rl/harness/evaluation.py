@@ -305,7 +305,12 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     max_steps = max_episode_steps if max_episode_steps is not None else protocol.get("max_episode_steps")
     eps = float(protocol.get("epsilon", 0.0) if epsilon is None else epsilon)
     notes: list[str] = []
-    runs = select_runs(suite, runs_dir, env_id, say=lambda line: (print(line), notes.append(line)))
+
+    def say(line: str) -> None:  # printed now and kept in results.json
+        print(line)
+        notes.append(line)
+
+    runs = select_runs(suite, runs_dir, env_id, say=say)
     deterministic = bool(protocol.get("deterministic", True))
     print(f"protocol ({suite.name}'s{', with ' + ' '.join(overridden) if overridden else ''}): "
           f"{episodes} episodes per run, {'deterministic' if deterministic else 'stochastic'} actions, epsilon {eps:g}, "
@@ -314,8 +319,18 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     several = len({r.algo for r in runs}) > 1
     rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, deterministic, backend, latency_steps, seed,
                          group_name(run, several)) for run in runs]
+    for task in sorted({r["task"] for r in rows}):
+        references = sorted({(r["algo"], r["reference_name"], r["reference_high"]) for r in rows if r["task"] == task})
+        if len({name for _, name, _ in references}) > 1:
+            say(f"{task}: each algorithm is normalised against its own reference ("
+                + ", ".join(f"{algo}: {name} {high:g}" for algo, name, high in references if high is not None)
+                + "), so normalised scores do not compare across algorithms")
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "evaluation"
     summary = aggregate(rows, out, reps=reps, seed=seed, plots=plots)
+    few = sorted(group for group, values in summary.get("groups", {}).items() if values.get("runs", 3) < 3)
+    if few:
+        say(f"fewer than 3 runs in {', '.join(few)}: their 95 % CIs are bootstrap ranges of so few runs (a point for "
+            "one run), not intervals to judge by")
     extra = {"suite": suite.name, "tasks": suite.tasks, "protocol": {**protocol, "episodes": episodes,
              "max_episode_steps": max_steps, "epsilon": eps}, "model": "best" if best else "last", "aggregate": summary,
              "notes": notes}

@@ -144,3 +144,17 @@ def test_a_mujoco_video_follows_the_agent_at_the_envs_frame_rate(tmp_path, capsy
     assert len(frames) == 300
     still = sum(int(np.abs(b - a).max() == 0) for a, b in zip(frames[200:], frames[201:]))
     assert still < 10, f"{still} of the last 99 frames are identical to the one before: the agent left the frame"
+
+
+@pytest.mark.skipif(not (AGENTS / "ppo/HalfCheetah-v4/dense").is_dir() or not (AGENTS / "sac/HalfCheetah-v4").is_dir(),
+                    reason="agents not shipped")
+def test_evaluate_on_the_agents_says_the_algorithms_have_different_references(tmp_path, capsys):
+    """PPO (reference 5819) and SAC (9535) HalfCheetah agents were normalised side by side without a word."""
+    from sparse_rl.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--suite", "mujoco", "--runs", str(AGENTS), "-o", str(tmp_path / "eval"), "--episodes", "1",
+                          "--max-episode-steps", "20", "--latency-steps", "0", "--no-plots"]) == 0
+    notes = json.loads((tmp_path / "eval" / "results.json").read_text())["notes"]
+    assert any("each algorithm is normalised against its own reference" in note and "ppo" in note and "sac" in note
+               for note in notes)
+    capsys.readouterr()
