@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparse_rl.analysis import find_runs
 from sparse_rl.analysis.report import markdown_table, summary_rows, write_report
+from sparse_rl.analysis.runs import find_runs, print_and_keep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         notes: list[str] = []
-        runs = find_runs(args.log_dir, say=lambda line: (print(line), notes.append(line)))
+        runs = find_runs(args.log_dir, say=print_and_keep(notes))
         paths = write_report(runs, args.output or f"{args.log_dir.rstrip('/')}/report", notes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -234,6 +234,16 @@ def _values(values: set[str] | None) -> str:
     return "/".join(sorted(values or {"-"})).replace("'", "")
 
 
+def print_and_keep(notes: list[str]) -> Callable[[str], None]:
+    """A ``say`` for :func:`find_runs` and the notes after it: prints each line and appends it to ``notes`` (which
+    the caller writes into its report)."""
+    def say(line: str) -> None:
+        print(line)
+        notes.append(line)
+
+    return say
+
+
 def find_runs(root: str | Path, say: Callable[[str], Any] = print, keep: Callable[[Run], bool] | None = None
               ) -> list[Run]:
     """Every run folder (one holding ``run.json``) under ``root`` (those ``keep`` accepts), sorted by path, with

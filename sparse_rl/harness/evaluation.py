@@ -25,7 +25,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from sparse_rl.analysis.runs import Run, find_runs
+from sparse_rl.analysis.runs import Run, find_runs, print_and_keep
 from sparse_rl.harness.suites import Suite, load_suite
 from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
@@ -304,12 +304,8 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
         raise ValueError(f"--episodes must be positive, got {episodes}")
     max_steps = max_episode_steps if max_episode_steps is not None else protocol.get("max_episode_steps")
     eps = float(protocol.get("epsilon", 0.0) if epsilon is None else epsilon)
-    notes: list[str] = []
-
-    def say(line: str) -> None:  # printed now and kept in results.json
-        print(line)
-        notes.append(line)
-
+    notes: list[str] = []  # printed now and kept in results.json
+    say = print_and_keep(notes)
     runs = select_runs(suite, runs_dir, env_id, say=say)
     deterministic = bool(protocol.get("deterministic", True))
     print(f"protocol ({suite.name}'s{', with ' + ' '.join(overridden) if overridden else ''}): "
