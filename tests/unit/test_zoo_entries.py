@@ -58,10 +58,18 @@ def test_ppo_hopper_normalizes_as_rl_zoo_does():
     assert v5.normalize is not None and any("RL Zoo tunes Hopper-v4; its settings used for Hopper-v5" in n for n in v5.notes)
 
 
-def test_a2c_on_atari_takes_rl_zoos_atari_entry():
+def test_a2c_on_atari_keeps_rl_zoos_atari_settings_with_its_own_topology_interval():
     pytest.importorskip("ale_py")
     resolved = resolve(RunSpec(algo="a2c", env="BreakoutNoFrameskip-v4"))
-    assert resolved.hyperparams["policy"] == "SparseCnnPolicy" and resolved.hyperparams["n_envs"] == 16
+    zoo = yaml.safe_load(zoo_entries.rl_zoo_file("a2c").read_text())["atari"]
+    for key, value in zoo.items():
+        if key not in ("policy", "policy_kwargs"):
+            assert resolved.hyperparams[key] == value, key
+    assert resolved.hyperparams["policy"] == "SparseCnnPolicy"
+    assert "RMSpropTFLike" in str(resolved.hyperparams["policy_kwargs"])
+    # 16 envs x 5 steps = 80 env steps per gradient step: the default's 2048 env steps left 26 gradient steps between
+    # topology updates; the atari entry takes PPO's Atari interval (102 gradient steps)
+    assert resolved.topology["update_every"] == 8192 and resolved.entry.endswith("a2c.yml [atari]")
 
 
 def test_packaged_entries_come_first_and_the_generic_default_is_announced(tmp_path):
