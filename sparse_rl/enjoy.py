@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mean = f"{np.mean(returns):.2f}" if returns else "n/a"
     print(f"returns over {len(returns)} episodes: mean {mean}, each {[round(r, 2) for r in returns]}")
+    if len(returns) < args.episodes:  # only -n stops early
+        print(f"-n {args.max_steps}: stopped after {args.max_steps} steps with {len(returns)} of {args.episodes} "
+              "episodes finished (an unfinished episode's return is not counted)")
     if stored and args.seed == stored[0] and not (args.best or args.stochastic) and returns:
         _compare(returns, stored[1])
     if args.video:

@@ -153,7 +153,11 @@ class RunFolder:
     def agent_path(self, best: bool = False) -> Path:
         path = self.best_model_path if best else self.model_path
         if not path.is_file():
-            raise ValueError(f"{path} not found: train first, or use {'--last' if best else '--best'}")
+            other = self.model_path if best else self.best_model_path
+            hint = f"use {'--last' if best else '--best'} ({other.name} is there)" if other.is_file() else "train first"
+            if (self.path / "export").is_dir():
+                hint += f"; its export loads without SB3: sparse_rl.load_exported('{self.path / 'export'}')"
+            raise ValueError(f"{path} not found: {hint}")
         return path
 
     # ------------------------------------------------------------------------------------------------- files

@@ -39,7 +39,7 @@ def test_agent_loads_three_ways(agent, capsys):
     with pytest.raises(ValueError, match="deterministic=False"):  # it acted deterministically without a word
         exported.predict(observation, deterministic=False)
     assert enjoy_main([str(agent), "--episodes", "1", "-n", "50"]) == 0  # the replay command on the agent folder
-    capsys.readouterr()
+    assert "-n 50: stopped after 50 steps with 0 of 1 episodes finished" in capsys.readouterr().out  # said "0" only
 
 
 @pytest.mark.parametrize("agent", [a for a in SHIPPED if json.loads((a / RESULTS).read_text())["sb3_zip"]],
@@ -106,6 +106,10 @@ def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     assert enjoy_main([str(agent), "--episodes", "1"]) == 2  # not a silent fallback to seed 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unreadable" in err and err.count("\n") == 1
+    model.unlink()  # an agent has no best_model.zip: the hint sent users to --best
+    with pytest.raises(ValueError, match="not found: train first; its export loads without SB3") as error:
+        load_agent(agent)
+    assert "--best" not in str(error.value)
 
 
 @pytest.mark.skipif(not (AGENTS / "sac/HalfCheetah-v4/rigl90").is_dir(), reason="agent not shipped")
