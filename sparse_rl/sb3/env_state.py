@@ -1,10 +1,11 @@
 """Exact resumption of the training environments: each env's current episode is replayed from its start.
 
 A checkpoint cannot pickle a live environment (MuJoCo handles, the Monitor's open file), but the environments trained
-here are deterministic given their numpy random generators: an episode is fully determined by the generators' states at
-its ``reset`` and by the actions taken since. :class:`EpisodeRecorder`, the outermost wrapper of each training env,
-keeps both. A checkpoint stores them with the state of the VecEnv wrappers (VecNormalize's discounted returns,
-VecFrameStack's stack); a resume replays every env's episode through its wrappers (Monitor, TimeLimit, ...) and checks
+here are deterministic given their numpy random generators: an episode is fully determined by the generators' states and
+the env's numbers (what a ``reset`` may leave from the episode before) at its ``reset``, and by the actions taken
+since. :class:`EpisodeRecorder`, the outermost wrapper of each training env, keeps them. A checkpoint stores them with
+the state of the VecEnv wrappers (VecNormalize's discounted returns, VecFrameStack's stack); a resume replays every
+env's episode through its wrappers (Monitor, TimeLimit, ...) and checks
 that the replay ends on the observation the checkpoint recorded, so the resumed run continues the same episodes and
 its weights, evaluations and curves equal those of an uninterrupted run (tests/integration/test_resume.py).
 
@@ -23,26 +24,44 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 GENERATORS = (np.random.Generator, np.random.RandomState)
+SCALARS = (bool, int, float, np.number, np.bool_)
 #: VecEnv wrappers without state of their own between steps
 STATELESS = ("VecTransposeImage", "VecExtractDictObs", "VecCheckNan")
 
 
-def _generators(env: gym.Env) -> dict[str, Any]:
-    """The numpy generators an environment holds, by attribute path from the unwrapped env, three levels deep
-    (Gymnasium's ``_np_random``, its spaces' generators: BitFlippingEnv samples its observation space; MinAtar's
-    ``game.random`` and ``game.env.random``); a generator shared by several attributes appears under each path. The
-    agent samples a copy of the action space (``train`` gives it one), so env 0's generators are the env's alone."""
+def _attributes(env: gym.Env, kinds: tuple[type, ...]) -> dict[str, Any]:
+    """The attributes of ``kinds`` an environment holds, by attribute path from the unwrapped env, three levels deep;
+    an object held by several attributes appears under each path."""
     found: dict[str, Any] = {}
 
     def visit(obj: Any, prefix: str, depth: int) -> None:
         for name, value in sorted(getattr(obj, "__dict__", {}).items()):
-            if isinstance(value, GENERATORS):
+            if isinstance(value, kinds):
                 found[prefix + name] = value
-            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, type):
+            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (type, *GENERATORS)):
                 visit(value, f"{prefix}{name}.", depth - 1)
 
     visit(env.unwrapped, "", 2)
     return found
+
+
+def _generators(env: gym.Env) -> dict[str, Any]:
+    """The numpy generators an environment holds (Gymnasium's ``_np_random``, its spaces' generators: BitFlippingEnv
+    samples its observation space; MinAtar's ``game.random`` and ``game.env.random``). The agent samples a copy of the
+    action space (``train`` gives it one), so env 0's generators are the env's alone."""
+    return _attributes(env, GENERATORS)
+
+
+def _scalars(env: gym.Env) -> dict[str, Any]:
+    """The env's numbers and booleans (not its registry ``spec``'s): those a ``reset`` leaves as they are carry one
+    episode into the next (MinAtar's ``game.last_action``: a sticky first action repeats the previous episode's)."""
+    return {k: copy.deepcopy(v) for k, v in _attributes(env, SCALARS).items() if not k.startswith("spec.")}
+
+
+def _set_scalars(env: gym.Env, values: dict[str, Any]) -> None:
+    for path, value in values.items():
+        owner, name = _owner(env, path)
+        vars(owner)[name] = value  # read from the instance's __dict__, so written back there
 
 
 def _generator_states(env: gym.Env) -> list[tuple[list[str], str, Any]]:
@@ -102,7 +121,8 @@ class EpisodeRecorder(gym.Wrapper):
         self._last_obs: Any = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        self._episode = {"generators": _generator_states(self.env), "seed": seed, "options": options, "actions": []}
+        self._episode = {"generators": _generator_states(self.env), "scalars": _scalars(self.env), "seed": seed,
+                         "options": options, "actions": []}
         obs, info = self.env.reset(seed=seed, options=options)
         self._last_obs = obs
         return obs, info
@@ -123,6 +143,7 @@ class EpisodeRecorder(gym.Wrapper):
 
     def replay(self, episode: dict[str, Any]) -> str | None:
         """Play ``episode`` again from its reset; ``None`` when it ends on the recorded observation, else why not."""
+        _set_scalars(self.env, episode.get("scalars", {}))  # checkpoints before 2026-11-30 did not hold them
         _set_generator_states(self.env, episode["generators"])
         obs, _ = self.reset(seed=episode["seed"], options=episode["options"])
         for i, action in enumerate(episode["actions"]):

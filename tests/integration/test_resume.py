@@ -297,6 +297,31 @@ def test_a_replay_checks_the_generators_too():
     assert "random generators" in restore_env_state(training_env("MinAtar/Breakout-v1", {"n_envs": 1}, seed=5), broken)
 
 
+def test_a_replay_restores_what_a_reset_carries_over_from_the_episode_before():
+    """MinAtar's reset keeps ``game.last_action``, so a sticky first action repeats the previous episode's last one; a
+    fresh env has 0 there, and the replay of such an episode missed the recorded observation (a DQN SpaceInvaders resume
+    started new episodes). The recorder now keeps the env's plain values at reset."""
+    from sparse_rl.harness.envs import training_env
+    from sparse_rl.sb3.env_state import capture_env_state, restore_env_state
+
+    def env():  # every action sticky, so the episode is played by the action the episode before ended on
+        return training_env("MinAtar/SpaceInvaders-v1", {"n_envs": 1}, seed=5, env_kwargs={"sticky_action_prob": 1.0})
+
+    played = env()
+    played.envs[0].unwrapped.game.last_action = 3  # "r": the episode before ended moving right
+    played.reset()
+    for _ in range(3):
+        played.step([0])
+    state = capture_env_state(played)
+    assert state["episodes"][0]["scalars"]["game.last_action"] == 3
+    fresh = env()
+    assert restore_env_state(fresh, state) is None
+    for _ in range(20):
+        assert fresh.step([0])[0].tolist() == played.step([0])[0].tolist()
+    old = {**state, "episodes": [{k: v for k, v in state["episodes"][0].items() if k != "scalars"}]}
+    assert restore_env_state(env(), old) == "the replayed episode did not reach the recorded observation"
+
+
 def test_an_evaluation_interrupted_while_writing_leaves_the_last_complete_files(tmp_path, monkeypatch):
     """evaluations.npz and best_model.zip were written in place (SB3's EvalCallback): a process killed mid-write left
     a truncated file, and --resume then failed on it (EOFError) or reported success with an unloadable best model."""
