@@ -12,6 +12,7 @@ Layer names are the module paths inside the policy (``actor.latent_pi.0``, ``cri
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,8 +72,10 @@ class SparseConfig:
     init_scale: str = "sparse"
     #: final sparsity of every sparse layer (equal to its current sparsity unless ``start_dense``)
     target_sparsity: dict[str, float] = field(default_factory=dict, init=False, repr=False)
-    #: every candidate layer name seen while building (for validating ``dense_layers``)
+    #: every candidate layer name and sparsity group seen while building (for validating ``dense_layers`` and the
+    #: per-network overrides)
     seen_layers: set[str] = field(default_factory=set, init=False, repr=False)
+    seen_groups: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sparsity = _optional_sparsity(self.sparsity, "sparsity")  # type: ignore[assignment]
@@ -81,6 +84,9 @@ class SparseConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown distribution {self.distribution!r}; choose one of {list(DISTRIBUTIONS)}")
         backends.check_name(self.backend)
+        for name in ("constant_fan_in", "start_dense"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.init_scale not in INIT_SCALES:
             raise ValueError(f"init_scale must be one of {list(INIT_SCALES)}, got {self.init_scale!r}")
         if self.dense_layers is None:
@@ -105,8 +111,15 @@ class SparseConfig:
         override = {"actor": self.actor_sparsity, "critic": self.critic_sparsity}.get(group)
         return float(self.sparsity if override is None else override)
 
-    def check_dense_layers(self) -> None:
-        """Raise if a ``dense_layers`` entry matched no layer of the policy."""
+    def check_matched(self) -> None:
+        """Raise if a ``dense_layers`` entry matched no layer of the policy, or a per-network override
+        (``actor_sparsity``, ``critic_sparsity``) no network of it (DQN's q-network is a critic: it has no actor)."""
+        for group in ("actor", "critic"):
+            value = getattr(self, f"{group}_sparsity")
+            if value is not None and group not in self.seen_groups:
+                raise ValueError(f"{group}_sparsity={value}: this policy has no {group} network (its layers: "
+                                 f"{sorted(self.seen_groups)}); use sparsity, or "
+                                 f"{', '.join(f'{g}_sparsity' for g in sorted(self.seen_groups) if g != 'shared')}")
         aliases = {OUTPUT_ALIAS, INPUT_ALIAS}
         unknown = [
             n for n in self.dense_layers or () if n not in aliases and not any(_matches(n, s) for s in self.seen_layers)
@@ -220,9 +233,11 @@ def sparsify(
     config.seen_layers.update(candidates)
     groups: dict[float, dict[str, nn.Module]] = {}
     for name, module in candidates.items():
+        group = group_of(name, module) if group_of else "shared"
+        config.seen_groups.add(group)
         if _is_dense(name, config, heads, inputs):
             continue
-        sparsity = config.group_sparsity(group_of(name, module) if group_of else "shared")
+        sparsity = config.group_sparsity(group)
         if sparsity > 0:
             groups.setdefault(sparsity, {})[name] = module
     built: dict[str, SparseLayer] = {}
@@ -230,7 +245,12 @@ def sparsify(
         shapes = {name: _weight_shape(module) for name, module in layers.items()}
         nnz = layer_nnz(shapes, sparsity, config.distribution)
         if config.constant_fan_in:
-            nnz = constant_fan_in_nnz(shapes, nnz)
+            budget, nnz = sum(nnz.values()), constant_fan_in_nnz(shapes, nnz)
+            if sum(nnz.values()) != budget:
+                numel = sum(math.prod(shape) for shape in shapes.values())
+                warnings.warn(f"constant_fan_in: the {len(shapes)} layers at sparsity {sparsity:g} hold "
+                              f"{sum(nnz.values()):,} weights for a budget of {budget:,} (whole fan-ins per row): "
+                              f"sparsity {1 - sum(nnz.values()) / numel:.4f}", stacklevel=2)
         for name, module in layers.items():
             rows, cols = shapes[name][0], math.prod(shapes[name][1:])
             config.target_sparsity[name] = 1.0 - nnz[name] / (rows * cols)
@@ -282,16 +302,20 @@ def rebuild_sparse_layers(net: nn.Module, layout: dict[str, int], init_scale: st
     fuse_sequentials(net)
 
 
-def sparse_orthogonal_(layer: SparseLayer, gain: float = 1.0) -> None:
-    """Orthogonal-like init of a sparse layer: an orthogonal matrix restricted to the mask, each row rescaled by
-    ``1 / sqrt(row density)`` so that its norm matches the dense orthogonal init; the bias is zeroed."""
+def sparse_orthogonal_(layer: SparseLayer, gain: float = 1.0, init_scale: str = "sparse") -> None:
+    """Orthogonal-like init of a sparse layer: an orthogonal matrix restricted to the mask; with ``init_scale="sparse"``
+    each row is rescaled by ``1 / sqrt(row density)`` so that its norm matches the dense orthogonal init (``"dense"``:
+    not rescaled, the dense matrix's entries kept); the bias is zeroed."""
+    if init_scale not in INIT_SCALES:
+        raise ValueError(f"init_scale must be one of {list(INIT_SCALES)}, got {init_scale!r}")
     rows, cols = layer.matrix_shape
     with th.no_grad():
         weight = th.empty(rows, cols, device=layer.values.device, dtype=layer.values.dtype)
         nn.init.orthogonal_(weight, gain=gain)
         mask = layer.mask.reshape(rows, cols)
-        row_density = mask.sum(dim=1).clamp(min=1).to(weight.dtype) / cols
-        weight = weight / row_density.sqrt().unsqueeze(1)
+        if init_scale == "sparse":
+            row_density = mask.sum(dim=1).clamp(min=1).to(weight.dtype) / cols
+            weight = weight / row_density.sqrt().unsqueeze(1)
         layer.values.copy_(weight[mask])
         if getattr(layer, "bias", None) is not None:
             layer.bias.zero_()

@@ -117,6 +117,8 @@ def on_policy_loss(model: OnPolicyAlgorithm) -> th.Tensor:
     advantages = rollout_data.advantages
     entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
     if not hasattr(model, "clip_range"):  # A2C
+        if model.normalize_advantage:  # as A2C.train (no size check, unlike PPO's)
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(advantages * log_prob).mean()
         value_loss = F.mse_loss(rollout_data.returns, values)
         return policy_loss + model.ent_coef * entropy_loss + model.vf_coef * value_loss

@@ -126,7 +126,7 @@ class SparsePolicyMixin:
 
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)  # type: ignore[misc]
-        self.sparse_config.check_dense_layers()
+        self.sparse_config.check_matched()
         for _, target in target_pairs(self):  # SB3's polyak_update writes them through .data: no stale cached weight
             target.frozen_weight_cache = False
 
@@ -246,10 +246,10 @@ class SparseActorCriticPolicy(SparsePolicyMixin, ActorCriticPolicy):
         if built:
             if self.ortho_init:
                 for name, layer in built.items():
-                    sparse_orthogonal_(layer, gain=_ppo_gain(name))
+                    sparse_orthogonal_(layer, gain=_ppo_gain(name), init_scale=self.sparse_config.init_scale)
             # Recreate the optimizer on the sparse parameters (no step has been taken yet).
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
-        self.sparse_config.check_dense_layers()
+        self.sparse_config.check_matched()
 
     @staticmethod
     def init_weights(module: nn.Module, gain: float = 1) -> None:

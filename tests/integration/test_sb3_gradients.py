@@ -166,6 +166,19 @@ def test_on_policy_dense_grads_from_rollout_loss(algo: Any) -> None:
     assert_rollout_dense_grads_equal(model, on_policy_loss)
 
 
+@pytest.mark.parametrize("normalize_advantage", [False, True])
+def test_a2c_grows_by_the_loss_a2c_trains_on(normalize_advantage: bool) -> None:
+    """RigL's A2C loss left the advantages unnormalised under normalize_advantage=True: another loss than A2C.train's.
+    With learning rate 0 the loss A2C logged for its last rollout is the loss at the current weights."""
+    model = A2C(SparseActorCriticPolicy, "CartPole-v1", seed=0, n_steps=8, learning_rate=0.0,
+                normalize_advantage=normalize_advantage, policy_kwargs=dict(sparsity=0.8, net_arch=[32, 32]))
+    model.learn(8)
+    logged = model.logger.name_to_value
+    trained = logged["train/policy_loss"] + model.ent_coef * logged["train/entropy_loss"] + \
+        model.vf_coef * logged["train/value_loss"]
+    assert on_policy_loss(model).item() == pytest.approx(trained, rel=1e-6)
+
+
 def assert_rollout_dense_grads_equal(model: Any, loss: Any) -> None:
     """compute_dense_gradients at rollout end gives the gradient of ``loss`` on a dense copy (same minibatch: seed 5),
     and leaves no ``.grad`` behind."""

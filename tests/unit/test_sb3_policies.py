@@ -134,10 +134,31 @@ def test_dense_layers_aliases_and_prefixes() -> None:
     (dict(actor_sparsity=1.5), "actor_sparsity"), (dict(critic_sparsity=1.0), "critic_sparsity"),
     (dict(sparsity=0.9, distribution="gaussian"), "distribution"), (dict(sparsity=0.9, backend="cuda-magic"), "backend"),
     (dict(sparsity=0.9, init_scale="big"), "init_scale"),
+    (dict(start_dense="False"), "start_dense must be True or False"),  # built fully dense
+    (dict(constant_fan_in="no"), "constant_fan_in must be True or False"),  # built constant fan-in
 ])
 def test_bad_policy_kwargs(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         sac(**kwargs)
+
+
+def test_an_override_for_a_network_the_policy_lacks_is_an_error() -> None:
+    """DQN's q-network is its critic: actor_sparsity was accepted and ignored."""
+    with pytest.raises(ValueError, match=r"actor_sparsity=0.5: this policy has no actor network .* critic_sparsity"):
+        SparseDQNPolicy(BOX_OBS, DISCRETE, lr, actor_sparsity=0.5)
+    assert SparseDQNPolicy(BOX_OBS, DISCRETE, lr, critic_sparsity=0.5).sparse_config.critic_sparsity == 0.5
+
+
+@pytest.mark.parametrize("net_arch, sparsity", [([64, 64], 0.9), ([32, 32], 0.95), ([64, 64], 0.99)])
+def test_constant_fan_in_says_when_whole_fan_ins_miss_the_sparsity(net_arch, sparsity) -> None:
+    """Each layer's fan-in was rounded on its own and nothing was said: [64, 64] at 99 % held 3x the budget."""
+    with pytest.warns(UserWarning, match=r"constant_fan_in: the \d+ layers at sparsity") as caught:
+        policy = sac(net_arch=net_arch, sparsity=sparsity, constant_fan_in=True)
+    nnz, numel = total_of(policy, "actor")
+    assert f"sparsity {1 - nnz / numel:.4f}" in str(caught[0].message)  # the actor's group is built first
+    for layer in sparse_layers(policy).values():  # every row keeps the same fan-in
+        rows = layer.mask.reshape(layer.matrix_shape).sum(dim=1)
+        assert th.all(rows == rows[0])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -204,6 +225,15 @@ def test_ppo_orthogonal_init_on_sparse_layers() -> None:
     bound = 1.0 / math.sqrt(128 * layer.density)
     assert layer.values.abs().max().item() <= bound + 1e-6
     assert layer.values.abs().max().item() > 0.5 * bound
+    # init_scale="dense" under ortho_init: the dense orthogonal matrix's entries, not rescaled by the row density
+    # (it was ignored: both scales gave the same weights)
+    norms = {}
+    for scale in ("sparse", "dense"):
+        th.manual_seed(0)
+        built = SparseActorCriticPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, init_scale=scale, net_arch=[128, 128])
+        norms[scale] = sparse_row_norms(built.mlp_extractor.policy_net[2]).mean().item()
+    assert norms["sparse"] == pytest.approx(math.sqrt(2), rel=0.35)
+    assert norms["dense"] == pytest.approx(math.sqrt(2) * math.sqrt(0.1), rel=0.35)
     # SB3's init_weights hook handles sparse layers too
     SparseActorCriticPolicy.init_weights(layer, gain=1.0)
     assert th.all(layer.bias == 0)

@@ -160,7 +160,7 @@ class _SparseOnPolicyMixin(SparsePolicyMixin):
         if built:
             if self.ortho_init:  # type: ignore[attr-defined]
                 for name, layer in built.items():
-                    sparse_orthogonal_(layer, gain=_ppo_gain(name))
+                    sparse_orthogonal_(layer, gain=_ppo_gain(name), init_scale=self.sparse_config.init_scale)
             self._new_optimizer(lr_schedule(1))
 
     def _new_optimizer(self, lr: float) -> None:
@@ -183,7 +183,7 @@ class SparseRecurrentActorCriticPolicy(_SparseOnPolicyMixin, RecurrentActorCriti
                         inputs={"critic"}):
                 self.critic = holder.critic
                 self._new_optimizer(self.optimizer.param_groups[0]["lr"])
-        self.sparse_config.check_dense_layers()
+        self.sparse_config.check_matched()
 
     def _layer_group(self, name: str, module: nn.Module | None) -> str:
         if name.split(".", 1)[0] in ("critic", "lstm_critic"):
@@ -226,7 +226,7 @@ class SparseMaskableActorCriticPolicy(_SparseOnPolicyMixin, MaskableActorCriticP
     def _build(self, lr_schedule: Schedule) -> None:
         MaskableActorCriticPolicy._build(self, lr_schedule)
         self._make_sparse(lr_schedule)
-        self.sparse_config.check_dense_layers()
+        self.sparse_config.check_matched()
 
 
 class SparseMaskableActorCriticCnnPolicy(SparseMaskableActorCriticPolicy):
