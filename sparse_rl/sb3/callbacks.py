@@ -70,7 +70,8 @@ class TopologyCallback(BaseCallback):
     :param method: ``"rigl"``, ``"set"``, ``"static"``, ``"srigl"`` (needs ``policy_kwargs=dict(constant_fan_in=True)``)
         or ``"gmp"`` (needs ``policy_kwargs=dict(start_dense=True)``; prunes to the policy's ``sparsity``)
     :param update_every: environment steps (``model.num_timesteps``) between topology updates
-    :param drop_fraction: fraction of each layer's connections replaced at the first update
+    :param drop_fraction: fraction of each layer's connections replaced at ``start``, decayed from there by
+        ``drop_schedule`` (so under cosine or linear the first update already replaces a little less)
     :param drop_schedule: decay of the drop fraction: ``"cosine"``, ``"constant"`` or ``"linear"``
     :param start: first step of the schedule (default: ``learning_starts``, 0 for on-policy algorithms)
     :param end: last step at which an update may fire: an absolute step, or a fraction (float <= 1) of the total
@@ -103,6 +104,11 @@ class TopologyCallback(BaseCallback):
                          drop_fraction=drop_fraction, drop_schedule=drop_schedule)
         if not 0.0 <= ablation_threshold <= 1.0:
             raise ValueError(f"ablation_threshold must lie in [0, 1], got {ablation_threshold!r}")
+        if ablation_threshold and method != "srigl":
+            raise ValueError(f"ablation_threshold={ablation_threshold} is SRigL's neuron ablation: method='srigl' uses it, "
+                             f"method={method!r} has none")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.method = method
         self.update_every = update_every
         self.drop_fraction = drop_fraction
@@ -154,7 +160,9 @@ class TopologyCallback(BaseCallback):
         # Fractions resolve against this learn call's end (with reset_num_timesteps=False: the steps already done plus
         # the new ones), like SB3's own learning-rate schedules.
         self.total_steps = int(self.model._total_timesteps)
-        self.updater = create_updater(self.method, **self._updater_kwargs(policy))
+        with warnings.catch_warnings():  # said below in this callback's own words
+            warnings.filterwarnings("ignore", message=".*no update fits the schedule")
+            self.updater = create_updater(self.method, **self._updater_kwargs(policy))
         if updater_state:
             self.updater.load_state_dict(updater_state)
         self.next_update_step = self._first_update_step(clock, saved, last)
@@ -167,6 +175,7 @@ class TopologyCallback(BaseCallback):
             advice = "move end after start" if self._inverted else "lower update_every or train longer"
             stays = "the network stays dense" if self.method == "gmp" else "the topology stays as initialised"
             print(f"TopologyCallback: no {self.method} update fits this run ({why}): {stays}; {advice}")
+        self._announce_shared_checks(clock)
         self._save_state()
         self.sparsity_log = SparsityLog(self.layers)
 
@@ -175,8 +184,9 @@ class TopologyCallback(BaseCallback):
         start = resolve_step(self.start if self.start is not None else getattr(self.model, "learning_starts", 0),
                              self.total_steps, "start")
         end = resolve_step(self.end, self.total_steps, "end")
-        self._inverted = (f"the schedule ends (end={self.end} -> step {end}) before it starts (step {start}, "
-                          f"learning_starts by default)") if end < start and UPDATERS[self.method].rewires else ""
+        origin = "learning_starts by default" if self.start is None else "start"
+        self._inverted = (f"the schedule ends (end={self.end} -> step {end}) before it starts (step {start}, {origin})"
+                          if end < start and UPDATERS[self.method].rewires else "")
         kwargs: dict[str, Any] = dict(update_every=self.update_every, start=start, end=max(end, start),
                                       drop_fraction=self.drop_fraction, drop_schedule=self.drop_schedule,
                                       total_steps=self.total_steps, seed=self.seed)
@@ -223,6 +233,30 @@ class TopologyCallback(BaseCallback):
         elif old is not None and old != new:
             print(f"TopologyCallback: continuing at step {clock} with this callback's schedule ({_describe(new)}; saved: "
                   f"{_describe(old)}): next update at step {self.next_update_step}")
+
+    def _announce_shared_checks(self, clock: int) -> None:
+        """One line when scheduled updates fall closer together than the clock is checked, so that fewer run: PPO/A2C
+        check at rollout ends (every ``n_steps * n_envs`` env steps), off-policy algorithms every ``n_envs``."""
+        assert self.updater is not None
+        on_policy = isinstance(self.model, OnPolicyAlgorithm)
+        every = self.model.n_envs * (self.model.n_steps if on_policy else 1)
+        first, schedule = self.next_update_step, self.updater.schedule
+        if every <= 1 or first is None:
+            return
+        scheduled = (schedule.end_step - first) // schedule.update_every + 1
+        last_check = clock + -(-(self.total_steps - clock) // every) * every
+        run, due = 0, first
+        while due is not None:
+            check = clock + -(-(due - clock) // every) * every  # the first check at or after the scheduled step
+            if check > last_check:
+                break
+            run, due = run + 1, schedule.next_update_step(check)
+        if run < scheduled:
+            where = (f"at rollout ends (every {every} env steps: n_steps {self.model.n_steps} x n_envs "
+                     f"{self.model.n_envs})" if on_policy else f"every {every} env steps (n_envs)")
+            print(f"TopologyCallback: {type(self.model).__name__} checks the schedule {where}: {run} of the {scheduled} "
+                  f"updates scheduled ({_describe(self.resolved_schedule())}) run, scheduled steps within one check "
+                  f"sharing an update; make update_every a multiple of {every} to run them all")
 
     def _on_training_start(self) -> None:
         self.sparsity_log.record(self.logger, self.model)

@@ -33,10 +33,12 @@ def resolve_step(point: int | float, total_steps: int | None, what: str) -> int:
     :param point: a step (int, or a float above 1), or a fraction of training (float in [0, 1])
     :param total_steps: length of training in steps, needed for a fraction
     :param what: the name of the quantity, for the error messages
-    :raises ValueError: for a negative or non-numeric point, or a fraction without ``total_steps``
+    :raises ValueError: for a negative or non-numeric point, a float above 1 with a fractional part (``1.5``: neither
+        a fraction nor a step), or a fraction without ``total_steps``
     """
-    if isinstance(point, bool) or not isinstance(point, (int, float)) or point < 0:
-        raise ValueError(f"{what} must be a non-negative step or a fraction in [0, 1], got {point!r}")
+    if isinstance(point, bool) or not isinstance(point, (int, float)) or not point >= 0 or \
+            (isinstance(point, float) and point > 1.0 and not point.is_integer()):
+        raise ValueError(f"{what} must be a whole number of steps or a fraction in [0, 1], got {point!r}")
     if isinstance(point, float) and point <= 1.0:
         if total_steps is None:
             raise ValueError(f"{what}={point} is a fraction of training: give total_steps to resolve it")
@@ -54,7 +56,8 @@ class TopologySchedule:
     :param update_every: steps between topology updates (> 0)
     :param start: first step from which updates are counted (absolute, or fraction of ``total_steps``)
     :param end: last step at which an update may fire (absolute, or fraction of ``total_steps``)
-    :param drop_fraction: fraction of each layer's connections replaced at the first update, in [0, 1]
+    :param drop_fraction: fraction of each layer's connections replaced at ``start``, in [0, 1], decayed from there
+        by ``drop_schedule`` (the first update, ``update_every`` later, replaces a little less unless constant)
     :param drop_schedule: ``"constant"``, ``"cosine"`` or ``"linear"`` decay of the drop fraction from start to end
     :param total_steps: length of training in steps, needed when ``start`` or ``end`` is a fraction
     :param drop_decay: former name of ``drop_schedule`` (deprecated: it warns, and goes in the next release)
@@ -94,8 +97,15 @@ class TopologySchedule:
             raise ValueError(f"drop_fraction must lie in [0, 1], got {self.drop_fraction!r}")
         if self.drop_schedule not in DROP_SCHEDULES:
             raise ValueError(f"unknown drop_schedule {self.drop_schedule!r}; choose one of {list(DROP_SCHEDULES)}")
-        if self.total_steps is not None and self.end_step < self.start_step:
+        for name in ("start", "end"):  # checked now; a fraction resolves once total_steps is known
+            resolve_step(getattr(self, name), 1 if self.total_steps is None else self.total_steps, name)
+        if self.resolvable and self.end_step < self.start_step:
             raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
+
+    @property
+    def resolvable(self) -> bool:
+        """Whether ``start`` and ``end`` are absolute steps (given as such, or through ``total_steps``)."""
+        return self.total_steps is not None or not any(isinstance(p, float) and p <= 1.0 for p in (self.start, self.end))
 
     @property
     def drop_decay(self) -> DropSchedule:

@@ -22,6 +22,7 @@ constant (GMP excepted). Steps are the schedule's clock: environment steps under
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -75,8 +76,14 @@ class BaseUpdater:
     constant_fan_in: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         seed = self.seed if self.seed is not None else int(th.randint(0, 2**62, (1,)).item())
         self.generator = th.Generator().manual_seed(seed)
+        schedule = self.schedule
+        if self.rewires and schedule.resolvable and schedule.next_update_step(schedule.start_step) is None:
+            warnings.warn(f"{self.name}: no update fits the schedule (every {schedule.update_every} steps from step "
+                          f"{schedule.start_step} to {schedule.end_step}): the layers stay as they are", stacklevel=3)
 
     # -------------------------------------------------------------------------------------------------- scores
     def drop_scores(self, layer: SparseLayer) -> th.Tensor:
@@ -99,7 +106,8 @@ class BaseUpdater:
         :param step: the current step, in the schedule's clock (sets the decayed drop fraction)
         :param optimizers: optimizers holding the layers' ``values`` (their per-weight state is remapped)
         :return: what changed (nothing for methods that do not rewire)
-        :raises RuntimeError: for RigL-type methods when no dense gradient was captured
+        :raises RuntimeError: for RigL-type methods when no dense gradient was captured since the last update (an
+            update uses up the captured gradient)
         """
         if not self.rewires:
             return UpdateStats(step=step, drop_fraction=0.0,
@@ -107,6 +115,9 @@ class BaseUpdater:
         optimizers = list(optimizers)
         fraction = self.schedule.drop_fraction_at(step)
         changes = {name: self._update_layer(layer, fraction, step, optimizers) for name, layer in layers.items()}
+        if self.needs_dense_grad:  # used up: it scored the old topology, so the next update needs a new capture
+            for layer in layers.values():
+                layer.dense_grad = None
         self.num_updates += 1
         self.last_update_step = step
         return UpdateStats(step=step, drop_fraction=fraction, layers=changes)

@@ -156,3 +156,21 @@ def test_a_schedule_that_ends_before_it_starts_is_said_once(capsys) -> None:
     assert lines == ["TopologyCallback: no rigl update fits this run (the schedule ends (end=0.5 -> step 150) before it "
                      "starts (step 500, learning_starts by default)): the topology stays as initialised; move end "
                      "after start"]
+
+
+def test_updates_that_share_a_rollout_are_announced(capsys) -> None:
+    """PPO checks the schedule once per rollout: scheduled steps closer than one rollout collapsed into one update
+    without a word (update_every=100 with 128-step rollouts ran 8 of 10 updates; PPO's default n_steps=2048 with the
+    callback's update_every=1000 runs half)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = PPO("SparseMlpPolicy", make_vec_env("CartPole-v1", 2), n_steps=64, batch_size=64, n_epochs=1, seed=0,
+                policy_kwargs=dict(net_arch=[16]))
+    callback = TopologyCallback("set", update_every=100, end=1.0)
+    model.learn(1000, callback=callback)
+    assert callback.updater.num_updates == 8
+    assert ("TopologyCallback: PPO checks the schedule at rollout ends (every 128 env steps: n_steps 64 x n_envs 2): 8 "
+            "of the 10 updates scheduled") in capsys.readouterr().out
+    model.learn(1024, callback=TopologyCallback("set", update_every=256, end=1.0))  # a multiple: all run, nothing said
+    assert "checks the schedule" not in capsys.readouterr().out

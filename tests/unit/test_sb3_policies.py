@@ -164,6 +164,9 @@ def test_constant_fan_in_says_when_whole_fan_ins_miss_the_sparsity(net_arch, spa
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="magic"), "method"), (dict(drop_schedule="exp"), "drop_schedule"), (dict(update_every=0), "update_every"),
     (dict(drop_fraction=1.5), "drop_fraction"),
+    # accepted, then failed inside learn() or did something else (end=1.5 meant step 1; ablation_threshold is SRigL's)
+    (dict(start=-1), "start must be a whole number"), (dict(end="0.8"), "end must be"), (dict(end=1.5), "end must be"),
+    (dict(seed="a"), "seed must be an integer"), (dict(ablation_threshold=0.5), "method='rigl' has none"),
 ])
 def test_bad_callback_args(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):

@@ -49,6 +49,9 @@ def test_cubic_sparsity_ramp():
     (dict(update_every=0), "update_every"), (dict(update_every=2.5), "update_every"),
     (dict(drop_fraction=1.2), "drop_fraction"), (dict(drop_schedule="exp"), "drop_schedule"),
     (dict(start=500, end=100, total_steps=1000), "must not come before"),
+    (dict(start=500, end=200), "must not come before"),  # absolute steps: checked without total_steps too
+    (dict(end=1.5), "whole number of steps or a fraction"), (dict(start=-1), "whole number"),
+    (dict(end="0.8"), "whole number"), (dict(end=float("nan")), "whole number"),
 ])
 def test_bad_schedules(kwargs, match):
     with pytest.raises(ValueError, match=match):

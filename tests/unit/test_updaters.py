@@ -117,6 +117,25 @@ def test_rigl_without_gradient_says_what_to_do():
         create_updater("rigl", update_every=1, end=10).update({"l": layer}, 1)
 
 
+def test_an_update_uses_up_the_captured_gradient():
+    """A second RigL update without a new capture scored growth by the gradient of the topology before."""
+    layer = SparseLinear(4, 4, sparsity=0.5, backend="reference")
+    updater = create_updater("rigl", update_every=1, end=10)
+    with capture_dense_grad([layer]):
+        layer(th.randn(3, 4)).sum().backward()
+    updater.update({"l": layer}, 1)
+    assert layer.dense_grad is None
+    with pytest.raises(RuntimeError, match="capture_dense_grad"):
+        updater.update({"l": layer}, 2)
+
+
+def test_a_schedule_without_updates_says_so_and_bad_seeds_are_errors():
+    with pytest.warns(UserWarning, match=r"rigl: no update fits the schedule \(every 1000 steps from step 0 to 800\)"):
+        create_updater("rigl", update_every=1000, end=800)
+    with pytest.raises(ValueError, match="seed must be an integer or None, got 'a'"):
+        create_updater("set", seed="a")
+
+
 def test_set_is_reproducible_under_a_seed():
     def masks(seed):
         th.manual_seed(0)
