@@ -334,14 +334,17 @@ def sparse_layers(policy: nn.Module) -> dict[str, SparseLayer]:
     }
 
 
+def target_networks(policy: nn.Module) -> Iterable[tuple[nn.Module, nn.Module]]:
+    """(online, target) networks of the policy: ``critic`` and ``critic_target``, ``q_net`` and ``q_net_target``..."""
+    for attr, target in policy.named_children():
+        online = getattr(policy, attr[: -len("_target")], None) if attr.endswith("_target") else None
+        if online is not None:
+            yield online, target
+
+
 def target_pairs(policy: nn.Module) -> Iterable[tuple[SparseLayer, SparseLayer]]:
     """(online, target) sparse layer pairs for every ``*_target`` network of the policy."""
-    for attr, target in policy.named_children():
-        if not attr.endswith("_target"):
-            continue
-        online = getattr(policy, attr[: -len("_target")], None)
-        if online is None:
-            continue
+    for online, target in target_networks(policy):
         for name, layer in target.named_modules():
             if isinstance(layer, SparseLayer):
                 yield online.get_submodule(name), layer
@@ -353,7 +356,8 @@ def same_topology(a: SparseLayer, b: SparseLayer) -> bool:
 
 def sync_targets(policy: nn.Module) -> int:
     """Give every target layer its online layer's mask; kept target weights keep their (Polyak-averaged) values,
-    new connections start at 0 like in the online network, and pruned weights are not stored (so they are 0).
+    new connections take the online network's value (0 for connections grown by a topology update; the loaded value
+    when the online network was loaded alone), and pruned weights are not stored (so they are 0).
 
     :return: number of target layers changed
     """
@@ -363,8 +367,11 @@ def sync_targets(policy: nn.Module) -> int:
             continue
         with th.no_grad():
             old = target.dense_weight().detach().reshape(-1).clone()
+            had = target.mask.reshape(-1).clone()
             target.copy_topology_from(online)
-            target.values.copy_(old[target.flat_indices()])
+            positions = target.flat_indices()
+            fresh = online.dense_weight().detach().reshape(-1)[positions]
+            target.values.copy_(th.where(had[positions], old[positions], fresh))
         changed += 1
     return changed
 

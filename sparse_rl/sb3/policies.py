@@ -47,7 +47,15 @@ from stable_baselines3.td3.policies import TD3Policy
 from torch import nn
 
 from sparse_rl.nn.layers import SparseLayer
-from sparse_rl.sb3.builders import DEFAULT_SPARSITY, SparseConfig, sparse_orthogonal_, sparsify, target_pairs
+from sparse_rl.sb3.builders import (
+    DEFAULT_SPARSITY,
+    SparseConfig,
+    sparse_orthogonal_,
+    sparsify,
+    sync_targets,
+    target_networks,
+    target_pairs,
+)
 from sparse_rl.sb3.networks import SparseContinuousCritic, SparseQNetwork, SparseSACActor, SparseTD3Actor
 from sparse_rl.sb3.policy_state import pop_topology_state, restate_sparsity, write_topology_state
 
@@ -129,6 +137,14 @@ class SparsePolicyMixin:
         self.sparse_config.check_matched()
         for _, target in target_pairs(self):  # SB3's polyak_update writes them through .data: no stale cached weight
             target.frozen_weight_cache = False
+        for online, _ in target_networks(self):  # an online network loaded alone passes its masks to its target
+            online.register_load_state_dict_post_hook(self._sync_targets_after_load)
+
+    def _sync_targets_after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
+        """``load_state_dict`` post-hook of the online networks (``critic.load_state_dict(...)``, ``set_parameters``
+        with the critic's keys only): the target took the new weights slot by slot in SB3's Polyak update, on its old
+        mask. A whole policy loads its targets after their online networks, so its saved targets are what remains."""
+        sync_targets(self)
 
 
 class _SparseActorCriticOffPolicyMixin(SparsePolicyMixin):

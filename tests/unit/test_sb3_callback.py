@@ -174,3 +174,31 @@ def test_updates_that_share_a_rollout_are_announced(capsys) -> None:
             "of the 10 updates scheduled") in capsys.readouterr().out
     model.learn(1024, callback=TopologyCallback("set", update_every=256, end=1.0))  # a multiple: all run, nothing said
     assert "checks the schedule" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("load", ["critic", "set_parameters"])
+def test_an_online_network_loaded_alone_passes_its_masks_to_its_target(load) -> None:
+    """The target kept its old mask, and SB3's Polyak update averaged the new critic's values slot by slot into other
+    connections: the target held weights outside the online mask."""
+    from sparse_rl.sb3.builders import same_topology, target_pairs
+
+    a, b = (SAC("SparseMlpPolicy", "Pendulum-v1", learning_starts=10, batch_size=8, buffer_size=100, seed=seed,
+                policy_kwargs=dict(net_arch=[32, 32])) for seed in (0, 1))
+    before = [(target.mask.clone(), target.dense_weight().detach().clone()) for _, target in target_pairs(b.policy)]
+    if load == "critic":
+        b.critic.load_state_dict(a.critic.state_dict())
+    else:
+        b.set_parameters({"policy": {k: v for k, v in a.policy.state_dict().items() if k.startswith("critic.")}},
+                         exact_match=False)
+    for (online, target), (had, old) in zip(target_pairs(b.policy), before):
+        assert same_topology(online, target)
+        weight, new = target.dense_weight().detach(), online.mask & ~had
+        assert th.equal(weight[new], online.dense_weight().detach()[new])  # new to the target: the loaded value
+        assert th.equal(weight[online.mask & had], old[online.mask & had])  # kept: the target's own
+    b.learn(40)
+    for online, target in target_pairs(b.policy):
+        assert same_topology(online, target)
+    full = SAC("SparseMlpPolicy", "Pendulum-v1", seed=2, policy_kwargs=dict(net_arch=[32, 32]))
+    full.policy.load_state_dict(a.policy.state_dict())  # a whole policy: its own saved targets
+    for (_, target), (_, saved) in zip(target_pairs(full.policy), target_pairs(a.policy)):
+        assert th.equal(target.values, saved.values) and same_topology(target, saved)
