@@ -34,14 +34,15 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser.add_argument("--seed", type=int, default=0, help="random seed (evaluations use seed + 10000)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="environment steps (default: config)")
     parser.add_argument("-conf", "--conf-file", default=None, help="RL-Zoo-style YAML (default: configs/<algo>.yml)")
-    parser.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE",
+    parser.add_argument("-params", "--hyperparams", nargs="+", action="extend", default=[], metavar="KEY:VALUE",
                         help="override hyperparameters, e.g. -params learning_rate:0.001 buffer_size:10000 "
-                             "(a *_kwargs value is merged into the config's, other keys replace theirs)")
+                             "(a *_kwargs value is merged into the config's, other keys replace theirs; -params may "
+                             "be given several times)")
     parser.add_argument("-f", "--log-folder", default="logs", help="runs go to <folder>/<algo>/<Env>_<n>")
     parser.add_argument("-tb", "--tensorboard-log", default=None, help="TensorBoard log directory")
-    parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (-1: never)")
+    parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every N env steps (0 or -1: never)")
     parser.add_argument("--eval-episodes", type=int, default=5, help="deterministic episodes per evaluation")
-    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N env steps (-1: never)")
+    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every N env steps (0 or -1: never)")
     parser.add_argument("--save-replay-buffer", action="store_true", help="include the replay buffer in checkpoints")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue RUN_DIR from its last complete checkpoint up to -n (or its original) steps")
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: SB3's training table")
     args = parser.parse_args(argv)
+    if args.resume:
+        _check_resume_flags(parser, argv)
     return RunSpec(
         algo=args.algo or ("" if args.resume else "sac"), env=args.env or ("" if args.resume else "Pendulum-v1"),
         sparsity=_parse_sparsity(args.sparsity), method=args.method, seed=args.seed,
@@ -63,6 +66,23 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
         backend=args.backend, distribution=args.distribution, progress=args.progress, verbose=args.verbose,
         resume=args.resume, save_replay_buffer=args.save_replay_buffer, threads=args.threads,
     )
+
+
+#: the flags that may come with --resume (the run's own settings cannot change; --algo/--env must name the run's)
+RESUME_OPTIONS = ("resume", "n_timesteps", "progress", "threads", "verbose", "device", "algo", "env")
+
+
+def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Every flag typed with ``--resume`` other than :data:`RESUME_OPTIONS` is an error, also one whose value equals
+    the default (``--seed 0`` on a seed-3 run was silently ignored: the harness compares values, not what was typed)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    typed = vars(parser.parse_args(argv))
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    fixed = [flags[dest] for dest in typed if dest not in RESUME_OPTIONS]
+    if fixed:
+        raise ValueError(f"--resume continues the run with its own settings; these flags cannot change it: "
+                         f"{', '.join(fixed)} (only -n, --progress, --threads, -v and --device can)")
 
 
 def _parse_sparsity(text: str | None) -> float | None:

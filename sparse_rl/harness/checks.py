@@ -120,6 +120,17 @@ def _origin(sources: Mapping[str, str], key: str) -> str:
     return f" (from {sources[key]})" if key in sources else ""
 
 
+def whole_numbers_as_ints(hyperparams: dict[str, Any], notes: list[str]) -> None:
+    """Integer settings given as whole floats (``-params buffer_size:1e4`` reads 10000.0, YAML ``!!float 1e6``) become
+    ints, with a note: SB3 fails on a float batch size deep inside sampling, or names neither the key nor the value."""
+    for key, value in hyperparams.items():
+        check = CHECKS.get(key)
+        if check is not None and "integer" in check[1] and isinstance(value, float) and value.is_integer():
+            hyperparams[key] = int(value)
+            if key != "n_timesteps":  # RL Zoo's own configs write it !!float 1e6
+                notes.append(f"{key}: {value!r} taken as the integer {int(value)}")
+
+
 def check_value(key: str, value: Any, sources: Mapping[str, str] | None = None) -> None:
     """Raise a one-line ``ValueError`` if ``value`` is not allowed for ``key`` (unknown keys pass)."""
     check = CHECKS.get(key)
@@ -191,6 +202,12 @@ def check_policy_kwargs(policy_kwargs: Mapping[str, Any], policy_class: type, so
     for key in policy_kwargs:
         if key not in allowed:
             raise _unknown(key, allowed, f"policy_kwargs key for {policy_class.__name__}", origin)
+    net_arch = policy_kwargs.get("net_arch")
+    widths = [w for part in net_arch.values() for w in part] if isinstance(net_arch, Mapping) else net_arch
+    if net_arch is not None and not (isinstance(widths, (list, tuple)) and all(_is_int(w) and w >= 1 for w in widths)):
+        raise ValueError(f"policy_kwargs net_arch={net_arch!r}{_origin(origin, 'net_arch')} is not allowed: net_arch "
+                         "must be a list of layer widths >= 1, or a dict of such lists (e.g. dict(pi=[64, 64], "
+                         "vf=[64, 64]))")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -129,12 +129,13 @@ def acting_latency(policy: Any, observation: Any, steps: int = 100, rounds: int 
 
 
 # ------------------------------------------------------------------------------------------------ playing episodes
-def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int) -> Any:
-    """The run's evaluation VecEnv for ``env_id`` (Atari: full episodes, unclipped), with its VecNormalize statistics."""
+def build_eval_env(run: Run, hyperparams: dict[str, Any], env_id: str, seed: int, best: bool = False) -> Any:
+    """The run's evaluation VecEnv for ``env_id`` (Atari: full episodes, unclipped), with the VecNormalize statistics of
+    its final model (``best``: of ``best_model.zip``)."""
     from sparse_rl.harness.envs import evaluation_env
     from sparse_rl.harness.runs import RunFolder, saved_hyperparams
 
-    return evaluation_env(env_id, saved_hyperparams(hyperparams), seed, RunFolder(run.path, run.env).vecnormalize_path)
+    return evaluation_env(env_id, saved_hyperparams(hyperparams), seed, RunFolder(run.path, run.env).statistics_path(best))
 
 
 def play(model: Any, env: Any, episodes: int, deterministic: bool = True, epsilon: float = 0.0,
@@ -197,7 +198,7 @@ def evaluate_run(run: Run, suite: Suite, episodes: int, best: bool = False, env_
     model, _, hyperparams = load_agent(run.path, best)
     if backend is not None:
         set_backend(model.policy, backend)
-    env = build_eval_env(run, hyperparams, env_id, seed)
+    env = build_eval_env(run, hyperparams, env_id, seed, best)
     try:
         try:
             check_for_correct_spaces(env, model.observation_space, model.action_space)

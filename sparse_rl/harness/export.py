@@ -273,7 +273,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False, fmt
 
     run_dir = Path(run_dir)
     model, run, _ = load_agent(run_dir, best)
-    stats = RunFolder(run_dir, run.env).vecnormalize_path
+    stats = RunFolder(run_dir, run.env).statistics_path(best)
     obs_rms, clip_obs, epsilon = None, 10.0, 1e-8
     if stats.is_file():
         import pickle

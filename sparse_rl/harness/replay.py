@@ -40,7 +40,7 @@ def replay(run_dir: Path, episodes: int = 3, best: bool = False, video: str | No
         if _has_camera(run.env, TRACKING_CAMERA):  # the default camera stays put: a running agent leaves the frame
             env_kwargs.update(camera_name=TRACKING_CAMERA)
     hyperparams = saved_hyperparams(config)  # env_kwargs: a mapping, or a string (older runs)
-    env = evaluation_env(run.env, hyperparams, seed, RunFolder(run_dir, run.env).vecnormalize_path,
+    env = evaluation_env(run.env, hyperparams, seed, RunFolder(run_dir, run.env).statistics_path(best),
                          env_kwargs={**(hyperparams.get("env_kwargs") or {}), **(env_kwargs or {})} or None)
     writer: _Video | None = None
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparse_rl.harness import hyperparams as hp
-from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device
+from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device, whole_numbers_as_ints
 from sparse_rl.harness.envs import check_env_id, is_atari
 from sparse_rl.harness.schedule import topology_schedule
 from sparse_rl.harness.zoo_entries import config_entry
@@ -111,15 +111,19 @@ class Resolved:
             lines.append(f"  topology: {self.topology}")
         if self.schedule is not None:
             sched = self.schedule
-            when = (f"{sched['updates']} updates, every {sched['update_every']} env steps from step {sched['first_update']}"
+            between = sched.get("gradient_steps_between")
+            every = f"{sched['update_every']} env steps" + (f" (= {between:g} gradient steps)" if between else "")
+            when = (f"{sched['updates']} updates, every {every} from step {sched['first_update']}"
                     f" to {sched['last_update']}" if sched["updates"] else
                     "none (static masks)" if self.method == "static" else "no update fits")
             if sched.get("merged"):
                 when += (f" ({sched['merged']} scheduled steps fall between two checks of the clock, every "
                          f"{sched['check_every']} env steps, and merge into the next update)")
             defaults = sched["defaults"]
-            lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; drop fraction "
-                         f"{sched['drop_fraction']} {sched['drop_schedule']}); defaults used: {', '.join(defaults) or 'none'}")
+            drop = ("pruning on the cubic sparsity ramp" if self.method == "gmp" else
+                    f"drop fraction {sched['drop_fraction']} {sched['drop_schedule']}")
+            lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; {drop}); defaults "
+                         f"used: {', '.join(defaults) or 'none'}")
         shown = ("policy", "policy_kwargs", "n_timesteps", "normalize", "callback")
         others = ", ".join(f"{k}={_plain(v)!r}" if not isinstance(v, (int, float, str)) else f"{k}={v}"
                            for k, v in hyper.items() if k not in shown or (k == "callback" and v))
@@ -225,6 +229,14 @@ def _flags_against_settings(spec: RunSpec, policy_kwargs: dict[str, Any], topolo
               for key in ("sparsity", "distribution", "backend")]
     checks.append(("--method", spec.method, (topology or {}).get("method"), params_topology is not None
                    and "method" in params_topology, "TopologyCallback method"))
+    params_sparsity = from_params.get("sparsity")
+    if spec.method == "dense" and params_sparsity:
+        raise ValueError(f"--method dense trains the dense baseline, but -params policy_kwargs sparsity "
+                         f"{params_sparsity!r} asks for a sparse network: give one of the two")
+    if (spec.sparsity == 0 or spec.method == "dense") and params_topology is not None:
+        flag = "--sparsity 0" if spec.sparsity == 0 else "--method dense"
+        raise ValueError(f"{flag} trains the dense baseline, but -params callback gives a TopologyCallback "
+                         f"(method {params_topology.get('method', 'rigl')}): give one of the two")
     for flag, value, current, in_params, what in checks:
         if value is None or current is None or value == current or (flag == "--method" and value == "dense"):
             continue
@@ -249,9 +261,12 @@ def resolve(spec: RunSpec) -> Resolved:
     sources.update(dict.fromkeys(spec.hyperparams, "-params"))
     for key, flag, value in (("n_timesteps", "-n", spec.n_timesteps), ("n_envs", "--n-envs", spec.n_envs)):
         if value is not None:
+            if key in spec.hyperparams and spec.hyperparams[key] != value:
+                raise ValueError(f"{flag} {value} contradicts -params {key}:{spec.hyperparams[key]!r}: give one of the two")
             if key in merged and merged[key] != value:
-                notes.append(f"{key}: {flag} replaces {merged[key]!r} with {value!r}")
+                notes.append(f"{key}: {flag} replaces {merged[key]!r} of {origin} with {value!r}")
             merged[key], sources[key] = value, flag
+    whole_numbers_as_ints(merged, notes)
     if "n_timesteps" not in merged:
         raise ValueError(f"no n_timesteps in {origin}: pass -n STEPS")
     policy_kwargs = hp.policy_kwargs_dict(merged.get("policy_kwargs"))
@@ -261,7 +276,7 @@ def resolve(spec: RunSpec) -> Resolved:
     method = _method(spec, sparsity, topology)
     _flags_against_settings(spec, policy_kwargs, topology, origin, notes)
     if (sparsity > 0 and method != "dense" and sources.get("policy") == "-params" and policy in SPARSE_ALIASES
-            and spec.sparsity is None and sources.get("policy_kwargs") != "-params"):
+            and spec.sparsity is None and "sparsity" not in hp.policy_kwargs_dict(spec.hyperparams.get("policy_kwargs"))):
         raise ValueError(f"-params policy:{policy} asks for SB3's dense policy, but {origin} trains at sparsity "
                          f"{sparsity:g}: for the dense baseline pass --sparsity 0; for a sparse run drop "
                          f"policy:{policy} (or use {SPARSE_ALIASES[policy]})")
@@ -274,10 +289,13 @@ def resolve(spec: RunSpec) -> Resolved:
             if policy_kwargs.get(key) is not None and policy_kwargs[key] != sparsity:
                 notes.append(f"{key}: the {network} trains at {policy_kwargs[key]:g}, not {sparsity:g} (the run's name "
                              f"and labels give sparsity {sparsity:g})")
-        if method == "srigl":
-            policy_kwargs["constant_fan_in"] = True
-        if method == "gmp":
-            policy_kwargs["start_dense"] = True
+        for needs, key in (("srigl", "constant_fan_in"), ("gmp", "start_dense")):
+            if method == needs and policy_kwargs.get(key) is not True:
+                if key in policy_kwargs:
+                    raise ValueError(f"method {method} needs policy_kwargs {key}=True, but {key}={policy_kwargs[key]!r} "
+                                     f"was given ({sources.get('policy_kwargs', origin)}): drop it")
+                notes.append(f"policy_kwargs {key}: True (method {method} needs it)")
+                policy_kwargs[key] = True
         if topology is None:
             notes.append("callback: the config has no TopologyCallback: its defaults apply")
         topology = {**(topology or {}), "method": method}
@@ -343,6 +361,10 @@ def _check(resolved: Resolved, algo: Any) -> None:
 
         fields = set(SparseConfig.__dataclass_fields__)
         SparseConfig(**{k: v for k, v in hyper["policy_kwargs"].items() if k in fields})
+        if hyper["policy_kwargs"].get("start_dense") and resolved.method != "gmp":  # it failed at step 0, folder written
+            raise ValueError(f"policy_kwargs start_dense=True builds the sparse layers dense for gmp to prune, but the "
+                             f"method is {resolved.method}, which keeps the nonzero count: drop start_dense, or use "
+                             "--method gmp")
         _check_backend(str(hyper["policy_kwargs"].get("backend", "auto")), resolved.spec.device)
         try:
             TopologyCallback(**resolved.topology)

@@ -142,6 +142,18 @@ class RunFolder:
     def vecnormalize_path(self) -> Path:
         return self.params_dir / "vecnormalize.pkl"
 
+    def statistics_path(self, best: bool = False) -> Path:
+        """The VecNormalize statistics of the final model, or of ``best_model.zip`` (saved with it; a run written
+        before that holds only the final ones, which the best model is then paired with: said in one line)."""
+        from sparse_rl.sb3.eval_callback import BEST_STATISTICS
+
+        if best and self.vecnormalize_path.is_file():
+            if (self.path / BEST_STATISTICS).is_file():
+                return self.path / BEST_STATISTICS
+            print(f"note: {self.path} has no {BEST_STATISTICS} (written before it was saved): best_model.zip is "
+                  "paired with the final model's VecNormalize statistics")
+        return self.vecnormalize_path
+
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
@@ -201,6 +213,20 @@ class RunFolder:
         """Rewrite ``args.yml`` with ``changes`` (a resumed run's new ``-n`` becomes its target)."""
         args = {**self.read_args(), **changes}
         _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
+
+    def update_target(self, n_timesteps: int, schedule: dict[str, Any] | None) -> None:
+        """A resumed run's new ``-n``: its target in ``args.yml``, ``config.yml`` and ``resolved.yml`` (with the topology
+        schedule resolved against it), so that the saved settings describe the run that trains."""
+        self.update_args(n_timesteps=n_timesteps)
+        config = self.read_config()
+        config["n_timesteps"] = n_timesteps
+        _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(config.items()))))
+        resolved = self.read_resolved()
+        if resolved:
+            resolved.setdefault("hyperparams", {})["n_timesteps"] = n_timesteps
+            if schedule is not None:
+                resolved["topology_schedule"] = schedule
+            _atomic_text(self.params_dir / "resolved.yml", yaml.safe_dump(resolved, sort_keys=False))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_text(self.summary_path, json.dumps(summary, indent=2))

@@ -51,7 +51,33 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
         if not ticks or at > ticks[-1]:
             ticks.append(at)
         step = schedule.next_update_step(step)
+    per_step = _gradient_steps_per_env_step(hyperparams, algo, n_envs, tick)
     return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
             "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,
             "last_update": ticks[-1] if ticks else None, "updates": len(ticks), "merged": scheduled - len(ticks),
-            "check_every": tick, "defaults": defaults}
+            "check_every": tick, "defaults": defaults,
+            "gradient_steps_between": None if per_step is None else round(full["update_every"] * per_step, 1)}
+
+
+def _gradient_steps_per_env_step(hyperparams: dict[str, Any], algo: Any, n_envs: int, rollout: int) -> float | None:
+    """Gradient steps per environment step (``None`` when episodes set the pace: ``train_freq`` in episodes), so a
+    schedule in env steps can be read in gradient steps: ``--n-envs 4`` makes SAC's 1000 env steps 250 gradient
+    steps."""
+    import inspect
+
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    def value(key: str, fallback: Any) -> Any:
+        default = inspect.signature(algo.__init__).parameters.get(key)
+        return hyperparams.get(key, default.default if default is not None else fallback)
+
+    if issubclass(algo, OnPolicyAlgorithm):  # PPO: epochs x minibatches per rollout; A2C: one step per rollout
+        epochs = value("n_epochs", None)
+        per_rollout = 1 if epochs is None else int(epochs) * -(-rollout // int(value("batch_size", rollout)))
+        return per_rollout / rollout
+    frequency, gradient_steps = value("train_freq", 1), int(value("gradient_steps", 1))
+    if isinstance(frequency, (list, tuple)):
+        if frequency[1] != "step":
+            return None
+        frequency = frequency[0]
+    return 1.0 if gradient_steps == -1 else gradient_steps / (int(frequency) * n_envs)

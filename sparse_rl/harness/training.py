@@ -20,6 +20,7 @@ from sparse_rl.harness.checks import run_device
 from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
 from sparse_rl.harness.runs import RunFolder, run_summary, saved_hyperparams
+from sparse_rl.harness.schedule import topology_schedule
 
 #: flags a resumed run takes from this invocation; every other flag comes from the run's own args.yml
 RESUME_FLAGS = ("n_timesteps", "progress", "threads", "verbose", "device", "resume")
@@ -178,6 +179,9 @@ def _check_flags(spec: RunSpec) -> None:
             raise ValueError(f"{flag} must be at least {low}, got {value}")
     if spec.seed < 0:
         raise ValueError(f"--seed must be 0 or more (Gymnasium seeds), got {spec.seed}")
+    if spec.save_replay_buffer and spec.save_freq <= 0:
+        raise ValueError(f"--save-replay-buffer stores the replay buffer in checkpoints, but --save-freq {spec.save_freq} "
+                         "writes none: pass --save-freq N as well")
     run_device(spec.device)
     if spec.backend is not None:
         from sparse_rl.nn import backends
@@ -263,7 +267,9 @@ def resolved_from_folder(spec: RunSpec, folder: RunFolder) -> Resolved:
     method = topology["method"] if topology is not None else "dense"
     sparsity = float(saved.get("sparsity", hyper["policy_kwargs"].get("sparsity", 0.0))) if topology is not None else 0.0
     distribution = str(saved.get("distribution", hyper["policy_kwargs"].get("distribution", "erk")))
-    return Resolved(spec, hyper, topology, method, sparsity, distribution if topology is not None else "none", notes, {})
+    schedule = topology_schedule(topology, hyper, algo_class(spec.algo)) if topology is not None else None
+    return Resolved(spec, hyper, topology, method, sparsity, distribution if topology is not None else "none", notes, {},
+                    schedule=schedule)
 
 
 def _resume(spec: RunSpec) -> Path:
@@ -287,12 +293,18 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
     if summary is not None and summary["n_timesteps"] >= total and folder.model_path.is_file():
         print(f"nothing to do: {folder.path} already reached {summary['n_timesteps']} of {total} env steps")
         return folder.path
+    _latest_checkpoint(folder)  # no checkpoint: an error before any file of the run changes
+    record = checkpoint_record(folder.checkpoints)
+    if total < int(record.get("step", 0)):
+        raise ValueError(f"-n {total}: the last checkpoint of {folder.path} is at step {record.get('step')}; a resume "
+                         "continues from there, so give -n at or above it")
     for line in resolved.describe():
         print(line)
-    _latest_checkpoint(folder)  # no checkpoint: an error before any file of the run changes
     if int(folder.read_args().get("n_timesteps") or 0) != total:  # the run's target is now this -n
-        folder.update_args(n_timesteps=total)
-    record = checkpoint_record(folder.checkpoints)
+        folder.update_target(total, resolved.schedule)
+        if resolved.schedule is not None:
+            print(f"note: the topology schedule now resolves against n_timesteps {total} (above); the updates before "
+                  f"step {record.get('step')} followed the run's earlier target")
     if summary is not None and int(record.get("step", 0)) < int(summary["n_timesteps"]):
         print(f"note: {folder.path} finished at step {summary['n_timesteps']}, but its last checkpoint is at step "
               f"{record.get('step')}: training continues from there, so the steps in between are trained again, under "

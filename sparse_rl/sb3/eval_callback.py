@@ -23,6 +23,9 @@ from stable_baselines3.common.callbacks import EvalCallback
 
 from sparse_rl.sb3.checkpoints import atomic_save
 
+#: the VecNormalize statistics saved with ``best_model.zip`` (beside it)
+BEST_STATISTICS = "best_vecnormalize.pkl"
+
 
 class TrainingClock:
     """Seconds spent training (evaluations excluded), starting from ``offset`` (a resumed run's earlier time)."""
@@ -108,6 +111,11 @@ class GridEvalCallback(EvalCallback):
                 os.replace(tmp, f"{log_path}.npz")
             if best_dir is not None and self.best_mean_reward > best:
                 atomic_save(self.model, Path(best_dir) / "best_model.zip")
+                statistics = self.model.get_vec_normalize_env()
+                if statistics is not None:  # the best model reads observations normalised by these, not the final ones
+                    tmp = Path(best_dir) / f".{BEST_STATISTICS}.{os.getpid()}.tmp"
+                    statistics.save(str(tmp))
+                    os.replace(tmp, Path(best_dir) / BEST_STATISTICS)
         return continue_training
 
     def _on_step(self) -> bool:

@@ -81,11 +81,39 @@ def test_sigkill_then_resume_finishes_at_the_requested_step(tmp_path, during_wri
     assert episodes["t"].is_monotonic_increasing
 
 
-def test_resume_errors(tmp_path):
+def test_resume_errors(tmp_path, capsys):
     assert train_main(["--algo", "sac", "--resume", str(tmp_path / "nothing")]) == 2
     assert train_main(_argv(tmp_path, "-n", "150", "--save-freq", "100")) == 0
     run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
     assert train_main(["--algo", "td3", "--resume", str(run_dir)]) == 2
+    capsys.readouterr()
+    # a flag typed with its default value was ignored without a word (--seed 0 on a seed-7 run)
+    assert train_main(["--resume", str(run_dir), "--seed", "0", "--eval-freq", "10000", "-n", "300"]) == 2
+    assert "these flags cannot change it: --seed, --eval-freq" in capsys.readouterr().err
+    # -n below the last checkpoint of an interrupted run: it "finished" at the checkpoint's step
+    (run_dir / "run.json").unlink()
+    assert train_main(["--resume", str(run_dir), "-n", "50"]) == 2
+    assert "-n 50: the last checkpoint of" in capsys.readouterr().err
+    assert train_main(_argv(tmp_path, "-n", "150", "--save-replay-buffer")) == 2  # no checkpoint to hold it
+    assert "--save-replay-buffer stores the replay buffer in checkpoints, but --save-freq -1" in capsys.readouterr().err
+
+
+def test_a_resume_with_a_new_target_rewrites_the_saved_settings(tmp_path, capsys):
+    """resolved.yml and config.yml kept the old n_timesteps and topology schedule (a second resume said '-n replaces
+    1000' although the target was 2000)."""
+    import yaml
+
+    assert train_main(_argv(tmp_path, "-n", "300", "--save-freq", "100")) == 0
+    run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
+    (run_dir / "run.json").unlink()  # as a crash after the last checkpoint would leave it
+    capsys.readouterr()
+    assert train_main(["--resume", str(run_dir), "-n", "600", "-v", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "topology schedule:" in out and "the topology schedule now resolves against n_timesteps 600" in out
+    resolved = yaml.safe_load((run_dir / "Pendulum-v1" / "resolved.yml").read_text())
+    assert resolved["hyperparams"]["n_timesteps"] == 600 and resolved["topology_schedule"]["end"] == 480
+    config = yaml.load((run_dir / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert config["n_timesteps"] == 600
 
 
 def test_same_seed_same_masks_and_weights(tmp_path):

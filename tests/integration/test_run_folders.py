@@ -113,7 +113,7 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"nothing to do: {run_dir} already reached 200 of 200 env steps"]
     assert train_main(["--algo", "sac", "--resume", str(run_dir), "--sparsity", "0.5"]) == 2
-    assert "these flags cannot change: sparsity" in capsys.readouterr().err
+    assert "these flags cannot change it: --sparsity" in capsys.readouterr().err
 
 
 def test_resume_needs_no_algo_and_reads_classes_in_policy_kwargs(tmp_path, capsys):

@@ -115,6 +115,30 @@ def test_normalize_true_without_gamma_trains_with_vecnormalize(tmp_path):
     assert config["normalize"] == "dict()"
 
 
+def test_the_best_model_keeps_the_statistics_it_was_evaluated_with(tmp_path, capsys):
+    """export/enjoy/evaluate --best paired best_model.zip with the final model's VecNormalize statistics."""
+    import pickle
+
+    from sparse_rl.harness.runs import RunFolder
+
+    conf = tmp_path / "norm.yml"
+    conf.write_text("Pendulum-v1:\n  policy: SparseMlpPolicy\n  learning_starts: 50\n  normalize: true\n"
+                    "  policy_kwargs: dict(net_arch=[16, 16])\n")
+    assert train_main(["-n", "300", "-f", str(tmp_path / "logs"), "-conf", str(conf), "--eval-freq", "100",
+                       "--eval-episodes", "1", "-v", "0", "--seed", "2"]) == 0  # seed 2: the best model is step 100's
+    folder = RunFolder(tmp_path / "logs" / "sac" / "Pendulum-v1_1", "Pendulum-v1")
+    best = folder.statistics_path(best=True)
+    assert best.name == "best_vecnormalize.pkl" and folder.statistics_path() == folder.vecnormalize_path
+    evaluations = np.load(folder.path / "evaluations.npz")
+    best_step = int(evaluations["timesteps"][np.argmax(evaluations["results"].mean(axis=1))])
+    with open(best, "rb") as f, open(folder.vecnormalize_path, "rb") as g:  # one observation per step, plus the reset
+        assert (round(pickle.load(f).obs_rms.count), round(pickle.load(g).obs_rms.count)) == (best_step + 1, 301)
+    best.unlink()  # a run written before they were saved: said
+    capsys.readouterr()
+    assert folder.statistics_path(best=True) == folder.vecnormalize_path
+    assert "best_model.zip is paired with the final model's VecNormalize statistics" in capsys.readouterr().out
+
+
 def test_cli_exit_code_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparse_rl.train", "--algo", "nope"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)

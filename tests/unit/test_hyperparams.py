@@ -163,8 +163,11 @@ def test_policy_kwargs_strings_and_schedules():
 
 
 def test_a_repeated_params_key_merges_kwargs_and_rejects_others():
-    """-params 'policy_kwargs:...' 'policy_kwargs:...' silently dropped the first one."""
+    """-params 'policy_kwargs:...' 'policy_kwargs:...' silently dropped the first one; so did a second -params flag."""
     from sparse_rl.train import parse_args
+
+    spec = parse_args(["-params", "learning_rate:0.0005", "-params", "policy_kwargs:dict(net_arch=[32, 32])"])
+    assert spec.hyperparams == {"learning_rate": 0.0005, "policy_kwargs": "dict(net_arch=[32, 32])"}
 
     spec = parse_args(["-params", "policy_kwargs:dict(net_arch=[32, 32])", "policy_kwargs:dict(sparsity=0.5)"])
     assert resolve(spec).hyperparams["policy_kwargs"] == {"sparsity": 0.5, "distribution": "erk", "net_arch": [32, 32]}
@@ -201,6 +204,19 @@ def test_a_topology_callback_with_a_dense_policy_is_an_error_unless_dense_was_as
     (dict(sparsity=0.8, hyperparams={"policy_kwargs": "dict(sparsity=0.5)"}),
      "--sparsity 0.8 contradicts -params policy_kwargs sparsity 0.5"),
     (dict(backend="triton"), "backend 'triton' cannot run on cpu"),
+    # found by a new-user review of the command line: each trained the dense baseline or forced a value with a note
+    (dict(method="dense", hyperparams={"policy_kwargs": "dict(sparsity=0.8)"}),
+     "--method dense trains the dense baseline, but -params policy_kwargs sparsity 0.8"),
+    (dict(sparsity=0.0, hyperparams={"callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set"}}]}),
+     "--sparsity 0 trains the dense baseline, but -params callback gives a TopologyCallback"),
+    (dict(n_timesteps=300, hyperparams={"n_timesteps": 1000}), "-n 300 contradicts -params n_timesteps:1000"),
+    (dict(method="srigl", hyperparams={"policy_kwargs": "dict(constant_fan_in=False)"}),
+     "method srigl needs policy_kwargs constant_fan_in=True, but constant_fan_in=False was given"),
+    (dict(hyperparams={"policy_kwargs": "dict(start_dense=True)"}),  # failed at step 0, after writing the folder
+     "start_dense=True builds the sparse layers dense for gmp to prune, but the method is rigl"),
+    (dict(hyperparams={"policy": "MlpPolicy", "policy_kwargs": "dict(net_arch=[32, 32])"}),  # trained sparse
+     "-params policy:MlpPolicy asks for SB3's dense policy"),
+    (dict(hyperparams={"policy_kwargs": "dict(net_arch=[0])"}), "net_arch must be a list of layer widths >= 1"),
 ])
 def test_flags_that_would_be_silently_dropped_or_overruled_are_errors(spec, match):
     if spec.get("backend") == "triton":
@@ -235,9 +251,10 @@ def test_the_topology_schedule_is_resolved_in_env_steps_printed_and_saved():
     assert resolved.schedule == {"update_every": 1000, "start": 10_000, "end": 120_000, "drop_fraction": 0.5,
                                  "drop_schedule": "cosine", "first_update": 11_000, "last_update": 120_000,
                                  "updates": 110, "merged": 0, "check_every": 1,
-                                 "defaults": ["start = learning_starts"]}  # the config's learning_starts
-    assert any("110 updates, every 1000 env steps from step 11000 to 120000" in line and "start = learning_starts" in line
-               for line in resolved.describe())
+                                 "defaults": ["start = learning_starts"],  # the config's learning_starts
+                                 "gradient_steps_between": 1000.0}
+    assert any("110 updates, every 1000 env steps (= 1000 gradient steps) from step 11000 to 120000" in line
+               and "start = learning_starts" in line for line in resolved.describe())
     assert resolved.saved()["topology_schedule"]["updates"] == 110
     assert resolve(RunSpec(algo="sac", env="HalfCheetah-v4", sparsity=0.0)).schedule is None
 
@@ -268,3 +285,16 @@ def test_the_schedule_counts_updates_at_the_clocks_checks():
     schedule = resolved.schedule
     assert (schedule["updates"], schedule["first_update"], schedule["last_update"]) == (15, 256, 3840)
     assert schedule["merged"] == 3 and schedule["check_every"] == 256 and "start = 0" in schedule["defaults"]
+
+
+def test_whole_floats_for_integer_settings_are_ints_and_the_schedule_is_read_in_gradient_steps():
+    """-params batch_size:64.0 crashed in SB3's sampling after the run folder was written; --n-envs 4 made SAC's 1000
+    env steps between topology updates 250 gradient steps without a word."""
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", n_envs=4,
+                               hyperparams={"batch_size": 64.0, "buffer_size": 1e4}))
+    assert resolved.hyperparams["batch_size"] == 64 and isinstance(resolved.hyperparams["buffer_size"], int)
+    assert "batch_size: 64.0 taken as the integer 64" in resolved.notes
+    assert resolved.schedule["gradient_steps_between"] == resolved.schedule["update_every"] / 4
+    assert f"(= {resolved.schedule['update_every'] / 4:g} gradient steps)" in "\n".join(resolved.describe())
+    ppo = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4"))  # 512-step rollouts, 10 epochs of 8 minibatches
+    assert ppo.schedule["gradient_steps_between"] == 320
