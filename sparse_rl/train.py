@@ -55,8 +55,12 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: SB3's training table")
     args = parser.parse_args(argv)
+    typed = _typed(parser, argv)
     if args.resume:
-        _check_resume_flags(parser, argv)
+        _check_resume_flags(typed)
+    if "eval_episodes" in typed and args.eval_freq <= 0:
+        raise ValueError(f"--eval-episodes {args.eval_episodes} has no effect: --eval-freq {args.eval_freq} never "
+                         "evaluates; drop one of the two")
     return RunSpec(
         algo=args.algo or ("" if args.resume else "sac"), env=args.env or ("" if args.resume else "Pendulum-v1"),
         sparsity=_parse_sparsity(args.sparsity), method=args.method, seed=args.seed,
@@ -72,14 +76,19 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
 RESUME_OPTIONS = ("resume", "n_timesteps", "progress", "threads", "verbose", "device", "algo", "env")
 
 
-def _check_resume_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
-    """Every flag typed with ``--resume`` other than :data:`RESUME_OPTIONS` is an error, also one whose value equals
-    the default (``--seed 0`` on a seed-3 run was silently ignored: the harness compares values, not what was typed)."""
+def _typed(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, str]:
+    """The flags typed on the command line (dest -> option string), whatever their values: parsed again with every
+    default suppressed (the parser is not used afterwards)."""
     for action in parser._actions:
         action.default = argparse.SUPPRESS
-    typed = vars(parser.parse_args(argv))
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    fixed = [flags[dest] for dest in typed if dest not in RESUME_OPTIONS]
+    return {dest: flags[dest] for dest in vars(parser.parse_args(argv)) if dest in flags}
+
+
+def _check_resume_flags(typed: dict[str, str]) -> None:
+    """Every flag typed with ``--resume`` other than :data:`RESUME_OPTIONS` is an error, also one whose value equals
+    the default (``--seed 0`` on a seed-3 run was silently ignored: the harness compares values, not what was typed)."""
+    fixed = [flag for dest, flag in typed.items() if dest not in RESUME_OPTIONS]
     if fixed:
         raise ValueError(f"--resume continues the run with its own settings; these flags cannot change it: "
                          f"{', '.join(fixed)} (only -n, --progress, --threads, -v and --device can)")

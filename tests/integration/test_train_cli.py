@@ -74,6 +74,8 @@ def test_compare_report(runs, tmp_path, capsys):
     (["-params", "policy:MlpPolicy"], "-params policy:MlpPolicy asks for SB3's dense policy, but"),
     (["--device", "foo"], "--device 'foo' is not a torch device"),  # was a traceback
     (["--seed", "-1"], "--seed must be 0 or more"),  # was a traceback
+    (["--eval-episodes", "3", "--eval-freq", "-1"], "--eval-episodes 3 has no effect: --eval-freq -1"),  # ignored
+    (["-params", "batch_size:64", "-params", "batch_size:32"], "-params sets 'batch_size' twice"),  # the last won
     *([(["--device", "cuda"], "this machine has no CUDA device")] if not th.cuda.is_available() else []),  # was CPU
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
