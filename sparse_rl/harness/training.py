@@ -300,11 +300,13 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
                          "continues from there, so give -n at or above it")
     for line in resolved.describe():
         print(line)
-    if int(folder.read_args().get("n_timesteps") or 0) != total:  # the run's target is now this -n
+    if int(saved_hyperparams(folder.read_config())["n_timesteps"]) != total:  # the run's target is now this -n
         folder.update_target(total, resolved.schedule)
         if resolved.schedule is not None:
             print(f"note: the topology schedule now resolves against n_timesteps {total} (above); the updates before "
                   f"step {record.get('step')} followed the run's earlier target")
+    elif int(folder.read_args().get("n_timesteps") or 0) != total:
+        folder.update_args(n_timesteps=total)
     if summary is not None and int(record.get("step", 0)) < int(summary["n_timesteps"]):
         print(f"note: {folder.path} finished at step {summary['n_timesteps']}, but its last checkpoint is at step "
               f"{record.get('step')}: training continues from there, so the steps in between are trained again, under "

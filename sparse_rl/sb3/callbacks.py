@@ -44,6 +44,7 @@ clock on:
 from __future__ import annotations
 
 import warnings
+from numbers import Integral
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
@@ -107,8 +108,9 @@ class TopologyCallback(BaseCallback):
         if ablation_threshold and method != "srigl":
             raise ValueError(f"ablation_threshold={ablation_threshold} is SRigL's neuron ablation: method='srigl' uses it, "
                              f"method={method!r} has none")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        seed = None if seed is None else int(seed)
         self.method = method
         self.update_every = update_every
         self.drop_fraction = drop_fraction
@@ -243,11 +245,11 @@ class TopologyCallback(BaseCallback):
         first, schedule = self.next_update_step, self.updater.schedule
         if every <= 1 or first is None:
             return
-        scheduled = (schedule.end_step - first) // schedule.update_every + 1
         last_check = clock + -(-(self.total_steps - clock) // every) * every
+        scheduled = max(0, (min(schedule.end_step, last_check) - first) // schedule.update_every + 1)  # in this call
         run, due = 0, first
-        while due is not None:
-            check = clock + -(-(due - clock) // every) * every  # the first check at or after the scheduled step
+        while due is not None:  # the first check at or after the scheduled step (a pending one: the first check)
+            check = max(clock + -(-(due - clock) // every) * every, clock + every)
             if check > last_check:
                 break
             run, due = run + 1, schedule.next_update_step(check)

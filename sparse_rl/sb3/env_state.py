@@ -60,8 +60,12 @@ def _scalars(env: gym.Env) -> dict[str, Any]:
 
 def _set_scalars(env: gym.Env, values: dict[str, Any]) -> None:
     for path, value in values.items():
-        owner, name = _owner(env, path)
-        vars(owner)[name] = value  # read from the instance's __dict__, so written back there
+        try:
+            owner, name = _owner(env, path)
+        except AttributeError:  # a part built at reset (None in a fresh env): the reset sets its numbers
+            continue
+        if hasattr(owner, "__dict__"):
+            vars(owner)[name] = value  # read from the instance's __dict__, so written back there
 
 
 def _generator_states(env: gym.Env) -> list[tuple[list[str], str, Any]]:
@@ -213,7 +217,10 @@ def restore_env_state(venv: Any, state: dict[str, Any]) -> str | None:
         if not isinstance(env, EpisodeRecorder):
             return "the environments were not built with an EpisodeRecorder"
         if episode is not None:
-            reason = env.replay(episode)
+            try:
+                reason = env.replay(episode)
+            except Exception as error:  # an env this replay does not know: new episodes, said, not a crash
+                reason = f"the replay failed ({type(error).__name__}: {error})"
             if reason is not None:
                 return reason
     for wrapper, (_, saved) in zip(wrappers, state["wrappers"]):

@@ -110,11 +110,14 @@ class GridEvalCallback(EvalCallback):
                          ep_lengths=self.evaluations_length, walltime_s=self.walltimes, **extra)
                 os.replace(tmp, f"{log_path}.npz")
             if best_dir is not None and self.best_mean_reward > best:
-                atomic_save(self.model, Path(best_dir) / "best_model.zip")
+                # the best model reads observations normalised by these statistics, not the final ones: both files
+                # are written first and replaced one right after the other
                 statistics = self.model.get_vec_normalize_env()
-                if statistics is not None:  # the best model reads observations normalised by these, not the final ones
-                    tmp = Path(best_dir) / f".{BEST_STATISTICS}.{os.getpid()}.tmp"
+                tmp = Path(best_dir) / f".{BEST_STATISTICS}.{os.getpid()}.tmp"
+                if statistics is not None:
                     statistics.save(str(tmp))
+                atomic_save(self.model, Path(best_dir) / "best_model.zip")
+                if statistics is not None:
                     os.replace(tmp, Path(best_dir) / BEST_STATISTICS)
         return continue_training
 

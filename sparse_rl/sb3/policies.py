@@ -34,6 +34,7 @@ This module path is imported by saved models: keep ``sparse_rl.sb3.policies`` im
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import MutableMapping, Sequence
 from typing import Any, ClassVar
 
@@ -69,6 +70,31 @@ __all__ = [
 def _restate_after_load(module: nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: the sparsity config states the sparsity of the loaded layers."""
     restate_sparsity(module)
+
+
+class _SyncTargetsAfterLoad:
+    """``load_state_dict`` post-hook of a policy's online networks (``critic.load_state_dict(...)``, ``set_parameters``
+    with the critic's keys only): the target kept its old mask, and SB3's Polyak update averaged the loaded values
+    slot by slot into other connections. A whole policy loads its targets after their online networks, so its saved
+    targets are what remains.
+
+    The policy is held weakly: a copy of the online network alone (``deepcopy``, ``pickle``) does not carry the whole
+    policy along, and its hook does nothing; a deep copy of the whole policy gets a hook on the copy."""
+
+    def __init__(self, policy: nn.Module | None) -> None:
+        self.policy = weakref.ref(policy) if policy is not None else None
+
+    def __call__(self, module: nn.Module, incompatible_keys: Any) -> None:
+        policy = self.policy() if self.policy is not None else None
+        if policy is not None:
+            sync_targets(policy)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SyncTargetsAfterLoad:
+        policy = self.policy() if self.policy is not None else None
+        return _SyncTargetsAfterLoad(memo.get(id(policy)))
+
+    def __reduce__(self) -> tuple[Any, tuple[None]]:
+        return _SyncTargetsAfterLoad, (None,)
 
 
 class SparsePolicyMixin:
@@ -138,13 +164,7 @@ class SparsePolicyMixin:
         for _, target in target_pairs(self):  # SB3's polyak_update writes them through .data: no stale cached weight
             target.frozen_weight_cache = False
         for online, _ in target_networks(self):  # an online network loaded alone passes its masks to its target
-            online.register_load_state_dict_post_hook(self._sync_targets_after_load)
-
-    def _sync_targets_after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
-        """``load_state_dict`` post-hook of the online networks (``critic.load_state_dict(...)``, ``set_parameters``
-        with the critic's keys only): the target took the new weights slot by slot in SB3's Polyak update, on its old
-        mask. A whole policy loads its targets after their online networks, so its saved targets are what remains."""
-        sync_targets(self)
+            online.register_load_state_dict_post_hook(_SyncTargetsAfterLoad(self))
 
 
 class _SparseActorCriticOffPolicyMixin(SparsePolicyMixin):

@@ -157,27 +157,18 @@ def layer_nnz(
 
 
 def constant_fan_in_nnz(shapes: Shapes, nnz: Mapping[str, int]) -> dict[str, int]:
-    """Round each layer's nonzero count to a multiple of its rows (every output keeps the same fan-in), keeping the
-    total as close to ``sum(nnz)`` as whole fan-ins allow.
+    """Round each layer's nonzero count to a multiple of its rows (every output keeps the same fan-in).
 
-    Each layer's fan-in is rounded on its own first; then, while it brings the total closer, one layer's fan-in moves
-    by one (the move that brings it closest). The total can still miss ``sum(nnz)`` by up to half the largest row
-    count, and by more when a fan-in of 1 already holds more than the budget (a 64 x 64 layer at 99 %):
-    callers compare the total and say so.
+    Layers are rounded one by one (layers of one shape, such as twin critics, get the same fan-in), so the total can
+    miss ``sum(nnz)``: by up to half a row count per layer, and by more when a fan-in of 1 already holds more than the
+    budget (a 64 x 64 layer at 99 %). Callers compare the total and say so.
 
     :param shapes: layer name -> weight shape
     :param nnz: layer name -> nonzero count (e.g. from :func:`layer_nnz`)
     :return: layer name -> ``rows * fan_in``, ``1 <= fan_in <= cols``
     """
-    rows = {name: shapes[name][0] for name in nnz}
-    cols = {name: math.prod(shapes[name][1:]) for name in nnz}
-    fan_in = {name: min(cols[name], max(1, round(count / rows[name]))) for name, count in nnz.items()}
-    target = sum(nnz.values())
-    while True:
-        missing = target - sum(rows[n] * fan_in[n] for n in nnz)
-        moves = [(abs(missing - step * rows[n]), n, step) for n in nnz for step in (1, -1)
-                 if 1 <= fan_in[n] + step <= cols[n]]
-        best = min(moves, default=None)
-        if best is None or best[0] >= abs(missing):
-            return {name: rows[name] * fan_in[name] for name in nnz}
-        fan_in[best[1]] += best[2]
+    result = {}
+    for name, count in nnz.items():
+        rows, cols = shapes[name][0], math.prod(shapes[name][1:])
+        result[name] = rows * min(cols, max(1, round(count / rows)))
+    return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from numbers import Integral
 from typing import Any, ClassVar, Literal
 
 import torch as th
@@ -76,9 +77,9 @@ class BaseUpdater:
     constant_fan_in: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, Integral)):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
-        seed = self.seed if self.seed is not None else int(th.randint(0, 2**62, (1,)).item())
+        seed = int(self.seed) if self.seed is not None else int(th.randint(0, 2**62, (1,)).item())
         self.generator = th.Generator().manual_seed(seed)
         schedule = self.schedule
         if self.rewires and schedule.resolvable and schedule.next_update_step(schedule.start_step) is None:

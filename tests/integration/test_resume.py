@@ -103,10 +103,16 @@ def test_a_resume_with_a_new_target_rewrites_the_saved_settings(tmp_path, capsys
     1000' although the target was 2000)."""
     import yaml
 
-    assert train_main(_argv(tmp_path, "-n", "300", "--save-freq", "100")) == 0
+    conf = sac_pendulum_config(tmp_path / "short.yml", 300, net_arch=[32, 32])  # the length from the config
+    assert train_main(["--algo", "sac", "--env", "Pendulum-v1", "-conf", str(conf), "--save-freq", "100", "-f",
+                       str(tmp_path / "logs"), "--eval-freq", "200", "--eval-episodes", "1", "-v", "0"]) == 0
     run_dir = tmp_path / "logs" / "sac" / "Pendulum-v1_1"
     (run_dir / "run.json").unlink()  # as a crash after the last checkpoint would leave it
+    (run_dir / "Pendulum-v1.zip").unlink()
     capsys.readouterr()
+    assert train_main(["--resume", str(run_dir), "-v", "0"]) == 0  # the same target: no note (args.yml held None)
+    assert "now resolves against" not in capsys.readouterr().out
+    (run_dir / "run.json").unlink()
     assert train_main(["--resume", str(run_dir), "-n", "600", "-v", "0"]) == 0
     out = capsys.readouterr().out
     assert "topology schedule:" in out and "the topology schedule now resolves against n_timesteps 600" in out
@@ -348,6 +354,44 @@ def test_a_replay_restores_what_a_reset_carries_over_from_the_episode_before():
         assert fresh.step([0])[0].tolist() == played.step([0])[0].tolist()
     old = {**state, "episodes": [{k: v for k, v in state["episodes"][0].items() if k != "scalars"}]}
     assert restore_env_state(env(), old) == "the replayed episode did not reach the recorded observation"
+
+
+def test_a_replay_that_fails_starts_new_episodes_instead_of_a_crash():
+    """Numbers of a part an env builds at reset (None in a fresh env) made the restore raise: --resume crashed."""
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sparse_rl.sb3.env_state import EpisodeRecorder, capture_env_state, restore_env_state
+
+    class Board:
+        def __init__(self):
+            self.count = 0
+
+    class BoardEnv(gym.Env):
+        observation_space, action_space = gym.spaces.Box(0, 9, (1,)), gym.spaces.Discrete(2)
+
+        def __init__(self):
+            self.board = None
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.board = Board()
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            self.board.count += int(action)
+            return np.full(1, self.board.count, np.float32), 0.0, False, False, {}
+
+    played = DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())])
+    played.reset()
+    played.step([1])
+    played.reset()  # the recorder keeps board.count of the first episode's board
+    state = capture_env_state(played)
+    assert "board.count" in state["episodes"][0]["scalars"]
+    assert restore_env_state(DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())]), state) is None
+    broken = {**state, "episodes": [{**state["episodes"][0], "actions": [object()]}]}
+    reason = restore_env_state(DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())]), broken)
+    assert reason.startswith("the replay failed (")
 
 
 def test_an_evaluation_interrupted_while_writing_leaves_the_last_complete_files(tmp_path, monkeypatch):

@@ -174,6 +174,9 @@ def test_updates_that_share_a_rollout_are_announced(capsys) -> None:
             "of the 10 updates scheduled") in capsys.readouterr().out
     model.learn(1024, callback=TopologyCallback("set", update_every=256, end=1.0))  # a multiple: all run, nothing said
     assert "checks the schedule" not in capsys.readouterr().out
+    # an absolute end past this call's steps (a continued-run pattern): only this call's updates count ("4 of 1562")
+    model.learn(512, callback=TopologyCallback("set", update_every=128, end=100_000))
+    assert "checks the schedule" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("load", ["critic", "set_parameters"])
@@ -198,6 +201,17 @@ def test_an_online_network_loaded_alone_passes_its_masks_to_its_target(load) -> 
     b.learn(40)
     for online, target in target_pairs(b.policy):
         assert same_topology(online, target)
+    import copy
+    import pickle
+
+    other = SAC("SparseMlpPolicy", "Pendulum-v1", seed=3, policy_kwargs=dict(net_arch=[32, 32]))
+    kept = [t.indices.clone() for _, t in target_pairs(a.policy)]
+    twin = copy.deepcopy(a.policy)  # the copy's hooks sync the copy ...
+    twin.critic.load_state_dict(other.critic.state_dict())
+    assert all(same_topology(o, t) for o, t in target_pairs(twin))
+    assert all(th.equal(t.indices, k) for (_, t), k in zip(target_pairs(a.policy), kept))  # ... not the original
+    # the hook holds its policy weakly: a network copied or pickled alone does not carry the whole policy along
+    assert len(pickle.dumps(a.policy.critic)) < 0.5 * len(pickle.dumps(a.policy))
     full = SAC("SparseMlpPolicy", "Pendulum-v1", seed=2, policy_kwargs=dict(net_arch=[32, 32]))
     full.policy.load_state_dict(a.policy.state_dict())  # a whole policy: its own saved targets
     for (_, target), (_, saved) in zip(target_pairs(full.policy), target_pairs(a.policy)):
