@@ -229,14 +229,6 @@ def _flags_against_settings(spec: RunSpec, policy_kwargs: dict[str, Any], topolo
               for key in ("sparsity", "distribution", "backend")]
     checks.append(("--method", spec.method, (topology or {}).get("method"), params_topology is not None
                    and "method" in params_topology, "TopologyCallback method"))
-    params_sparsity = from_params.get("sparsity")
-    if spec.method == "dense" and params_sparsity:
-        raise ValueError(f"--method dense trains the dense baseline, but -params policy_kwargs sparsity "
-                         f"{params_sparsity!r} asks for a sparse network: give one of the two")
-    if (spec.sparsity == 0 or spec.method == "dense") and params_topology is not None:
-        flag = "--sparsity 0" if spec.sparsity == 0 else "--method dense"
-        raise ValueError(f"{flag} trains the dense baseline, but -params callback gives a TopologyCallback "
-                         f"(method {params_topology.get('method', 'rigl')}): give one of the two")
     for flag, value, current, in_params, what in checks:
         if value is None or current is None or value == current or (flag == "--method" and value == "dense"):
             continue

@@ -205,10 +205,6 @@ def test_a_topology_callback_with_a_dense_policy_is_an_error_unless_dense_was_as
      "--sparsity 0.8 contradicts -params policy_kwargs sparsity 0.5"),
     (dict(backend="triton"), "backend 'triton' cannot run on cpu"),
     # found by a new-user review of the command line: each trained the dense baseline or forced a value with a note
-    (dict(method="dense", hyperparams={"policy_kwargs": "dict(sparsity=0.8)"}),
-     "--method dense trains the dense baseline, but -params policy_kwargs sparsity 0.8"),
-    (dict(sparsity=0.0, hyperparams={"callback": [{"sparse_rl.sb3.TopologyCallback": {"method": "set"}}]}),
-     "--sparsity 0 trains the dense baseline, but -params callback gives a TopologyCallback"),
     (dict(n_timesteps=300, hyperparams={"n_timesteps": 1000}), "-n 300 contradicts -params n_timesteps:1000"),
     (dict(method="srigl", hyperparams={"policy_kwargs": "dict(constant_fan_in=False)"}),
      "method srigl needs policy_kwargs constant_fan_in=True, but constant_fan_in=False was given"),
@@ -298,3 +294,13 @@ def test_whole_floats_for_integer_settings_are_ints_and_the_schedule_is_read_in_
     assert f"(= {resolved.schedule['update_every'] / 4:g} gradient steps)" in "\n".join(resolved.describe())
     ppo = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4"))  # 512-step rollouts, 10 epochs of 8 minibatches
     assert ppo.schedule["gradient_steps_between"] == 320
+
+
+def test_the_dense_baseline_of_a_shared_command_drops_its_sparse_settings_with_a_note():
+    """A sweep over sparsity (or methods) shares one command: its dense baseline drops the -params sparse settings,
+    and says so (it is not an error: the same command with --sparsity 0 is the baseline)."""
+    callback = [{"sparse_rl.sb3.TopologyCallback": {"method": "set"}}]
+    for spec in (dict(sparsity=0.0, hyperparams={"callback": callback}),
+                 dict(method="dense", hyperparams={"policy_kwargs": "dict(sparsity=0.8)", "callback": callback})):
+        resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", **spec))
+        assert not resolved.sparse and any(n.startswith("dense baseline:") and "dropped" in n for n in resolved.notes)
