@@ -357,40 +357,16 @@ def test_a_replay_restores_what_a_reset_carries_over_from_the_episode_before():
 
 
 def test_a_replay_that_fails_starts_new_episodes_instead_of_a_crash():
-    """Numbers of a part an env builds at reset (None in a fresh env) made the restore raise: --resume crashed."""
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    """An env this replay does not know (here: an action it refuses) made the restore raise: --resume crashed."""
+    from sparse_rl.harness.envs import training_env
+    from sparse_rl.sb3.env_state import capture_env_state, restore_env_state
 
-    from sparse_rl.sb3.env_state import EpisodeRecorder, capture_env_state, restore_env_state
-
-    class Board:
-        def __init__(self):
-            self.count = 0
-
-    class BoardEnv(gym.Env):
-        observation_space, action_space = gym.spaces.Box(0, 9, (1,)), gym.spaces.Discrete(2)
-
-        def __init__(self):
-            self.board = None
-
-        def reset(self, *, seed=None, options=None):
-            super().reset(seed=seed)
-            self.board = Board()
-            return np.zeros(1, np.float32), {}
-
-        def step(self, action):
-            self.board.count += int(action)
-            return np.full(1, self.board.count, np.float32), 0.0, False, False, {}
-
-    played = DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())])
-    played.reset()
-    played.step([1])
-    played.reset()  # the recorder keeps board.count of the first episode's board
-    state = capture_env_state(played)
-    assert "board.count" in state["episodes"][0]["scalars"]
-    assert restore_env_state(DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())]), state) is None
-    broken = {**state, "episodes": [{**state["episodes"][0], "actions": [object()]}]}
-    reason = restore_env_state(DummyVecEnv([lambda: EpisodeRecorder(BoardEnv())]), broken)
+    env = training_env("CartPole-v1", {"n_envs": 1}, seed=0)
+    env.reset()
+    env.step([1])
+    state = capture_env_state(env)
+    broken = {**state, "episodes": [{**state["episodes"][0], "actions": ["left"]}]}
+    reason = restore_env_state(training_env("CartPole-v1", {"n_envs": 1}, seed=0), broken)
     assert reason.startswith("the replay failed (")
 
 
