@@ -40,17 +40,8 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     n_envs = int(hyperparams.get("n_envs", 1))
     n_steps = hyperparams.get("n_steps", getattr(inspect.signature(algo.__init__).parameters.get("n_steps"), "default", 1))
     tick = n_envs * (int(n_steps) if issubclass(algo, OnPolicyAlgorithm) else 1)
-    limit = -(-total // tick) * tick  # SB3 stops at the first check at or after n_timesteps
-    ticks, scheduled = [], 0
-    step = schedule.next_update_step(start - 1) if end >= start and rewires else None
-    while step is not None and step <= total:
-        scheduled += 1
-        at = -(-step // tick) * tick
-        if at > limit:
-            break
-        if not ticks or at > ticks[-1]:
-            ticks.append(at)
-        step = schedule.next_update_step(step)
+    first = schedule.next_update_step(start - 1) if end >= start and rewires else None
+    ticks, scheduled = schedule.updates_at_checks(first, 0, tick, total)  # SB3 stops at the first check >= n_timesteps
     per_step = _gradient_steps_per_env_step(hyperparams, algo, n_envs, tick)
     return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
             "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,

@@ -242,21 +242,13 @@ class TopologyCallback(BaseCallback):
         assert self.updater is not None
         on_policy = isinstance(self.model, OnPolicyAlgorithm)
         every = self.model.n_envs * (self.model.n_steps if on_policy else 1)
-        first, schedule = self.next_update_step, self.updater.schedule
-        if every <= 1 or first is None:
+        if every <= 1 or self.next_update_step is None:
             return
-        last_check = clock + -(-(self.total_steps - clock) // every) * every
-        scheduled = max(0, (min(schedule.end_step, last_check) - first) // schedule.update_every + 1)  # in this call
-        run, due = 0, first
-        while due is not None:  # the first check at or after the scheduled step (a pending one: the first check)
-            check = max(clock + -(-(due - clock) // every) * every, clock + every)
-            if check > last_check:
-                break
-            run, due = run + 1, schedule.next_update_step(check)
-        if run < scheduled:
+        runs, scheduled = self.updater.schedule.updates_at_checks(self.next_update_step, clock, every, self.total_steps)
+        if len(runs) < scheduled:
             where = (f"at rollout ends (every {every} env steps: n_steps {self.model.n_steps} x n_envs "
                      f"{self.model.n_envs})" if on_policy else f"every {every} env steps (n_envs)")
-            print(f"TopologyCallback: {type(self.model).__name__} checks the schedule {where}: {run} of the {scheduled} "
+            print(f"TopologyCallback: {type(self.model).__name__} checks the schedule {where}: {len(runs)} of the {scheduled} "
                   f"updates scheduled ({_describe(self.resolved_schedule())}) run, scheduled steps within one check "
                   f"sharing an update; make update_every a multiple of {every} to run them all")
 

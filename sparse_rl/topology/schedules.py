@@ -136,6 +136,25 @@ class TopologySchedule:
         candidate = start + k * self.update_every
         return candidate if candidate <= self.end_step else None
 
+    def updates_at_checks(self, first: int | None, clock: int, every: int, total: int) -> tuple[list[int], int]:
+        """The steps at which updates run when the clock is checked every ``every`` steps after ``clock`` until the
+        first check at or after ``total`` (SB3's loop: each env step of the vector env, on-policy each rollout end),
+        and how many scheduled steps fall in that span. An update runs at the first check at or after its scheduled
+        step (one already due: the first check); scheduled steps passed by one check share its update.
+
+        :param first: the first scheduled step still to run (``None``: none)
+        """
+        last = clock + -(-(total - clock) // every) * every
+        runs: list[int] = []
+        due, scheduled = first, 0
+        while due is not None and due <= last:
+            scheduled += 1
+            at = max(clock + -(-(due - clock) // every) * every, clock + every)
+            if not runs or at > runs[-1]:
+                runs.append(at)
+            due = self.next_update_step(due)
+        return runs, scheduled
+
     def progress(self, step: int) -> float:
         """Fraction of the way from ``start`` to ``end``, clipped to [0, 1]."""
         start, end = self.start_step, self.end_step
