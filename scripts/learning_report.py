@@ -288,6 +288,15 @@ def merge(records: dict[str, list[dict[str, Any]]], saved: dict[str, list[dict[s
     return {name: sorted(runs, key=lambda r: r["seed"]) for name, runs in merged.items()}
 
 
+def partial_note(records: dict[str, list[dict[str, Any]]], expected: int) -> str:
+    """A line for a report some of whose runs have not finished (``""`` when all have): its table is not the result."""
+    finished = sum(len(runs) for runs in records.values())
+    if finished >= expected:
+        return ""
+    return (f"**Partial: {finished} of {expected} runs finished; the others are still training, so this is not the "
+            "benchmark's result yet.**\n\n")
+
+
 def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]], root: Path, command: str, out: str,
                  results: Path) -> list[Path]:
     records = merge(load(config_runs), saved_records(results / f"{out}.json", bench.steps))
@@ -295,6 +304,7 @@ def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]]
         return []
     summary = summarize(records)
     header = (f"# {bench_name}: {bench.algo.upper()} on {bench.env}, {bench.steps:,} env steps per run\n\n"
+              f"{partial_note(records, len(config_runs))}"
               f"Command: `{command}`. {bench.note[:1].upper() + bench.note[1:] + '. ' if bench.note else ''}Final score: "
               "mean return of the final "
               f"evaluation ({records[next(iter(records))][0]['episodes']} deterministic episodes) at the last step. Wall "
@@ -305,7 +315,8 @@ def write_report(bench_name: str, bench: Any, config_runs: list[tuple[Any, Any]]
     md.write_text(markdown(summary, header) + ablation_markdown(summary)
                   + (equal_wall_clock_markdown(wall_clock) if wall_clock else ""))
     js = results / f"{out}.json"
-    js.write_text(json.dumps({"bench": bench_name, "command": command, "steps": bench.steps, **summary,
+    js.write_text(json.dumps({"bench": bench_name, "command": command, "steps": bench.steps,
+                              "runs_expected": len(config_runs), **summary,
                               **({"equal_wall_clock": wall_clock} if wall_clock else {}), "records": records},
                              indent=1, default=float))
     png = plot(records, f"{bench.algo.upper()} {bench.env}", results / f"{out}.png")

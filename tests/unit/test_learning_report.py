@@ -86,3 +86,10 @@ def test_the_dormant_column_averages_the_last_measurements():
     summary = learning_report.summarize({"rigl90": [run(0, [0.9, 0.05, 0.05, 0.35]), run(1, [0.9, 0.1, 0.1, 0.1])]})
     assert summary["rows"]["rigl90"]["dormant_end"]["pi"] == pytest.approx((0.15 + 0.1) / 2)
     assert "mean of the last 3 measurements" in learning_report.markdown(summary, "# h")
+
+
+def test_a_report_of_unfinished_runs_says_it_is_partial():
+    """A partial report (committed at a session end) read like the benchmark's result."""
+    records = {"dense": [_record(0, [1.0], 10.0), _record(1, [2.0], 10.0)], "rigl90": [_record(0, [1.0], 10.0)]}
+    assert learning_report.partial_note(records, 4).startswith("**Partial: 3 of 4 runs finished")
+    assert learning_report.partial_note(records, 3) == ""
