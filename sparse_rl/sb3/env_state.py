@@ -31,44 +31,52 @@ CARRIED = ("game.last_action",)
 STATELESS = ("VecTransposeImage", "VecExtractDictObs", "VecCheckNan")
 
 
-def _attributes(env: gym.Env, kinds: tuple[type, ...]) -> dict[str, Any]:
-    """The attributes of ``kinds`` an environment holds, by attribute path from the unwrapped env, three levels deep;
-    an object held by several attributes appears under each path."""
+def _generators(env: gym.Env) -> dict[str, Any]:
+    """The numpy generators an environment holds, by attribute path from the unwrapped env, three levels deep
+    (Gymnasium's ``_np_random``, its spaces' generators: BitFlippingEnv samples its observation space; MinAtar's
+    ``game.random`` and ``game.env.random``); a generator shared by several attributes appears under each path. The
+    agent samples a copy of the action space (``train`` gives it one), so env 0's generators are the env's alone."""
     found: dict[str, Any] = {}
 
     def visit(obj: Any, prefix: str, depth: int) -> None:
         for name, value in sorted(getattr(obj, "__dict__", {}).items()):
-            if isinstance(value, kinds):
+            if isinstance(value, GENERATORS):
                 found[prefix + name] = value
-            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (type, *GENERATORS)):
+            elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, type):
                 visit(value, f"{prefix}{name}.", depth - 1)
 
     visit(env.unwrapped, "", 2)
     return found
 
 
-def _generators(env: gym.Env) -> dict[str, Any]:
-    """The numpy generators an environment holds (Gymnasium's ``_np_random``, its spaces' generators: BitFlippingEnv
-    samples its observation space; MinAtar's ``game.random`` and ``game.env.random``). The agent samples a copy of the
-    action space (``train`` gives it one), so env 0's generators are the env's alone."""
-    return _attributes(env, GENERATORS)
+def _find(env: gym.Env, path: str) -> tuple[Any, str] | None:
+    """The object holding the attribute at ``path`` and its name (``None``: the env has no such part, or the part is
+    built at reset and is still ``None`` in a fresh env)."""
+    try:
+        owner, name = _owner(env, path)
+    except AttributeError:
+        return None
+    return (owner, name) if hasattr(owner, "__dict__") else None
 
 
 def _scalars(env: gym.Env) -> dict[str, Any]:
     """The numbers a ``reset`` leaves as they are, so that they carry one episode into the next (:data:`CARRIED`:
     MinAtar's ``game.last_action``, which a sticky first action repeats). Only those known: restoring every number of
     an env before its reset made a PPO CartPole resume differ now and then in the full test suite (not understood)."""
-    return {k: copy.deepcopy(v) for k, v in _attributes(env, SCALARS).items() if k in CARRIED}
+    values = {}
+    for path in CARRIED:
+        found = _find(env, path)
+        value = vars(found[0]).get(found[1]) if found is not None else None
+        if isinstance(value, SCALARS):
+            values[path] = copy.deepcopy(value)
+    return values
 
 
 def _set_scalars(env: gym.Env, values: dict[str, Any]) -> None:
     for path, value in values.items():
-        try:
-            owner, name = _owner(env, path)
-        except AttributeError:  # a part built at reset (None in a fresh env): the reset sets its numbers
-            continue
-        if hasattr(owner, "__dict__"):
-            vars(owner)[name] = value  # read from the instance's __dict__, so written back there
+        found = _find(env, path)
+        if found is not None:
+            vars(found[0])[found[1]] = value  # read from the instance's __dict__, so written back there
 
 
 def _generator_states(env: gym.Env) -> list[tuple[list[str], str, Any]]:
