@@ -19,7 +19,7 @@ from typing import Any
 from sparse_rl.harness.checks import DefaultsHelpFormatter
 from sparse_rl.harness.hyperparams import merge_overrides, parse_value
 from sparse_rl.harness.resolve import ALGOS, METHODS, RunSpec
-from sparse_rl.harness.training import train
+from sparse_rl.harness.training import RESUME_FLAGS, train
 
 
 def parse_args(argv: list[str] | None = None) -> RunSpec:
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
 
 
 #: the flags that may come with --resume (the run's own settings cannot change; --algo/--env must name the run's)
-RESUME_OPTIONS = ("resume", "n_timesteps", "progress", "threads", "verbose", "device", "algo", "env")
+RESUME_OPTIONS = (*RESUME_FLAGS, "algo", "env")
 
 
 def _typed(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, str]:
