@@ -44,7 +44,6 @@ clock on:
 from __future__ import annotations
 
 import warnings
-from numbers import Integral
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
@@ -55,7 +54,7 @@ from sparse_rl.sb3.report import sparsity_report
 from sparse_rl.sb3.tensorboard import SparsityLog
 from sparse_rl.topology import SPARSE_METHODS, DropSchedule, Method
 from sparse_rl.topology.schedules import DROP_SCHEDULES, TopologySchedule, resolve_step
-from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, create_updater
+from sparse_rl.topology.updaters import UPDATERS, BaseUpdater, check_seed, create_updater
 
 METHODS = SPARSE_METHODS  # the topology methods a sparse policy trains with (the updater registry, but "dense")
 
@@ -108,9 +107,7 @@ class TopologyCallback(BaseCallback):
         if ablation_threshold and method != "srigl":
             raise ValueError(f"ablation_threshold={ablation_threshold} is SRigL's neuron ablation: method='srigl' uses it, "
                              f"method={method!r} has none")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        seed = None if seed is None else int(seed)
+        seed = check_seed(seed)
         self.method = method
         self.update_every = update_every
         self.drop_fraction = drop_fraction
@@ -290,9 +287,7 @@ class TopologyCallback(BaseCallback):
             from sparse_rl.sb3.losses import compute_dense_gradients
 
             compute_dense_gradients(self.model, self.layers)
-        stats = self.updater.update(self.layers, scheduled, find_optimizers(self.model))
-        for layer in self.layers.values():
-            layer.dense_grad = None
+        stats = self.updater.update(self.layers, scheduled, find_optimizers(self.model))  # uses up the dense gradients
         sync_targets(self.model.policy)
         self.next_update_step = self.updater.schedule.next_update_step(step)
         self._save_state()

@@ -46,6 +46,16 @@ Method = Literal["dense", "static", "set", "rigl", "srigl", "gmp"]
 Layers = Mapping[str, SparseLayer]
 
 
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as an int (numpy integers too), or ``None``.
+
+    :raises ValueError: for anything else (``"a"``, ``True``, ``1.5``)
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral)):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
 @dataclass
 class BaseUpdater:
     """Drop the lowest :meth:`drop_scores`, grow the highest :meth:`grow_scores`; subclasses override the scores.
@@ -77,9 +87,8 @@ class BaseUpdater:
     constant_fan_in: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, Integral)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
-        seed = int(self.seed) if self.seed is not None else int(th.randint(0, 2**62, (1,)).item())
+        self.seed = check_seed(self.seed)
+        seed = self.seed if self.seed is not None else int(th.randint(0, 2**62, (1,)).item())
         self.generator = th.Generator().manual_seed(seed)
         schedule = self.schedule
         if self.rewires and schedule.resolvable and schedule.next_update_step(schedule.start_step) is None:
