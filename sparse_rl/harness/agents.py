@@ -33,7 +33,7 @@ import numpy as np
 
 from sparse_rl.analysis.report import format_interval
 from sparse_rl.harness.envs import env_name, evaluation_env
-from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
+from sparse_rl.harness.runs import RunFolder, config_record, load_agent, saved_hyperparams
 
 RESULTS = "results.json"
 #: SB3 zips above this size are not shipped (the compact export always is)
@@ -160,6 +160,7 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
     for path in source.params_dir.iterdir():
         shutil.copy2(path, out_dir / source.name / path.name)
     _env_kwargs_as_mapping(RunFolder(out_dir, run.env))
+    print(complete_resolved(RunFolder(out_dir, run.env)) or "", end="")
     zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
     if zipped:
         shutil.copy2(source.model_path, out_dir / source.model_path.name)
@@ -186,6 +187,33 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
     (out_dir / RESULTS).write_text(json.dumps(results, indent=1))
     _curve(run_dir, f"{run.algo.upper()} {run.env} {config}, seed {run.seed}", out_dir / "curve.png")
     return results
+
+
+def complete_resolved(agent: RunFolder) -> str | None:
+    """Write ``resolved.yml`` into a folder of a run that predates it, resolved again from its ``args.yml`` by this
+    version, only when the result's ``config.yml`` record equals the saved one (else nothing is written). A note in the
+    file says it was reconstructed. Returns one line saying what was done, ``None`` for a folder that has the file.
+    """
+    import yaml
+
+    from sparse_rl.harness.resolve import RunSpec, resolve
+
+    path = agent.params_dir / "resolved.yml"
+    if path.is_file():
+        return None
+    args = agent.read_args()
+    resolved = resolve(RunSpec(**{k: v for k, v in args.items() if k in RunSpec.__dataclass_fields__}))
+    saved = saved_hyperparams(agent.read_config())  # expressions read back (RL Zoo wrote "{}" where we write "dict()")
+    again = saved_hyperparams(config_record(resolved.hyperparams, resolved.topology))
+    differ = sorted(k for k in saved.keys() | again.keys() if saved.get(k) != again.get(k))
+    if differ:
+        return (f"{path}: not reconstructed: the run predates resolved.yml and resolving its args.yml again gives other "
+                f"settings than its config.yml ({', '.join(differ)})\n")
+    record = resolved.saved()
+    record["notes"].append("reconstructed when packaged: the run predates resolved.yml; resolved again from args.yml "
+                           "by this version, whose config.yml record equals the run's own")
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
+    return f"{path}: reconstructed (the run predates resolved.yml; config.yml agrees with it)\n"
 
 
 def _env_kwargs_as_mapping(agent: RunFolder) -> None:

@@ -125,7 +125,7 @@ class Resolved:
             lines.append(f"  topology schedule: {when} (start {sched['start']}, end {sched['end']}; {drop}); defaults "
                          f"used: {', '.join(defaults) or 'none'}")
         shown = ("policy", "policy_kwargs", "n_timesteps", "normalize", "callback")
-        others = ", ".join(f"{k}={_plain(v)!r}" if not isinstance(v, (int, float, str)) else f"{k}={v}"
+        others = ", ".join(f"{k}={yaml_plain(v)!r}" if not isinstance(v, (int, float, str)) else f"{k}={v}"
                            for k, v in hyper.items() if k not in shown or (k == "callback" and v))
         lines.append(f"  hyperparameters{f' ({self.entry})' if self.entry else ''}: {others or 'SB3 defaults'}")
         lines.append(f"  policy_kwargs: {hyper['policy_kwargs']}")
@@ -140,16 +140,16 @@ class Resolved:
         if self.topology is not None:
             hyper["callback"] = [*hyper.get("callback", []), {hp.TOPOLOGY_CALLBACK: self.topology}]
         return {"method": self.method, "sparsity": self.sparsity, "distribution": self.distribution,
-                "topology": self.topology, "topology_schedule": self.schedule, "hyperparams": _plain(hyper),
+                "topology": self.topology, "topology_schedule": self.schedule, "hyperparams": yaml_plain(hyper),
                 "notes": self.notes, "sources": self.sources, "entry": self.entry}
 
 
-def _plain(value: Any) -> Any:
+def yaml_plain(value: Any) -> Any:
     """``value`` with only YAML-safe types (tuples as lists, anything else as a Python expression string)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): yaml_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [yaml_plain(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return hp.to_expression(value)

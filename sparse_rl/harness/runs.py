@@ -176,18 +176,9 @@ class RunFolder:
     def write_run_files(self, spec: Any, hyperparams: dict[str, Any], topology: dict[str, Any] | None,
                         resolved: dict[str, Any]) -> None:
         """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``."""
-        from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, TOPOLOGY_CALLBACK, normalizes, to_expression
-
         self.params_dir.mkdir(parents=True, exist_ok=True)
-        saved = {k: v for k, v in hyperparams.items() if not callable(v)}
-        for key in EXPRESSION_KEYS:  # as strings, as RL Zoo saves them; env_kwargs stays a mapping (RL Zoo reads it so)
-            if isinstance(saved.get(key), dict) and key != "env_kwargs":
-                saved[key] = to_expression(saved[key])
-        saved["policy_kwargs"] = to_expression(hyperparams.get("policy_kwargs") or {})
-        saved["normalize"] = to_expression(hyperparams["normalize"]) if normalizes(hyperparams.get("normalize")) else False
-        if topology is not None:
-            saved["callback"] = [*hyperparams.get("callback", []), {TOPOLOGY_CALLBACK: topology}]
-        _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(saved.items()))))
+        config = config_record(hyperparams, topology)
+        _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(config.items()))))
         args = asdict(spec) | {"env_kwargs": spec.env_kwargs, "folder": spec.log_folder}
         _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
         _atomic_text(self.params_dir / "resolved.yml", yaml.safe_dump(resolved, sort_keys=False))
@@ -282,6 +273,22 @@ def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> 
         raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}): the file is damaged or not an "
                          f"SB3 {run.algo.upper()} model") from None
     return model, run, folder.read_config()
+
+
+def config_record(hyperparams: dict[str, Any], topology: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``config.yml`` record of resolved hyperparameters, as RL Zoo saves them: ``*_kwargs`` and ``normalize`` as
+    expression strings (``env_kwargs`` stays a mapping: RL Zoo reads it so), the TopologyCallback in ``callback``."""
+    from sparse_rl.harness.hyperparams import EXPRESSION_KEYS, TOPOLOGY_CALLBACK, normalizes, to_expression
+
+    saved = {k: v for k, v in hyperparams.items() if not callable(v)}
+    for key in EXPRESSION_KEYS:
+        if isinstance(saved.get(key), dict) and key != "env_kwargs":
+            saved[key] = to_expression(saved[key])
+    saved["policy_kwargs"] = to_expression(hyperparams.get("policy_kwargs") or {})
+    saved["normalize"] = to_expression(hyperparams["normalize"]) if normalizes(hyperparams.get("normalize")) else False
+    if topology is not None:
+        saved["callback"] = [*hyperparams.get("callback", []), {TOPOLOGY_CALLBACK: topology}]
+    return saved
 
 
 def saved_hyperparams(config: dict[str, Any]) -> dict[str, Any]:

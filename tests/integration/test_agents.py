@@ -12,8 +12,9 @@ import pytest
 
 from sparse_rl import load_exported
 from sparse_rl.enjoy import main as enjoy_main
-from sparse_rl.harness.agents import RESULTS, replay_first_episode
-from sparse_rl.harness.runs import load_agent
+from sparse_rl.harness.agents import RESULTS, complete_resolved, replay_first_episode
+from sparse_rl.harness.resolve import yaml_plain
+from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
 AGENTS = Path(__file__).resolve().parents[2] / "agents"
 SHIPPED = sorted(p.parent for p in AGENTS.rglob(RESULTS)) if AGENTS.exists() else []
@@ -80,6 +81,37 @@ def test_a_video_replay_plays_the_same_episodes(tmp_path, capsys):
     assert enjoy_main([str(agent), "--episodes", "3", "--video", str(tmp_path / "a.mp4")]) == 0
     out = capsys.readouterr().out
     assert "(reproduced)" in out and (tmp_path / "a.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("agent", SHIPPED, ids=lambda p: str(p.relative_to(AGENTS)))
+def test_agent_ships_its_resolved_settings_and_command(agent):
+    """The SAC dense agent predated resolved.yml and shipped without it (the issue asks for the resolved config)."""
+    results = json.loads((agent / RESULTS).read_text())
+    folder = RunFolder(agent, results["env"])
+    resolved = folder.read_resolved()
+    assert resolved, f"{folder.params_dir / 'resolved.yml'} missing"
+    assert yaml_plain(saved_hyperparams(folder.read_config())) == resolved["hyperparams"]  # the same settings
+    assert f"--seed {results['seed']}" in (agent / "command.txt").read_text()
+
+
+def test_resolved_settings_are_reconstructed_only_when_they_match_the_run(tmp_path):
+    source = AGENTS / "sac/HalfCheetah-v4/dense/HalfCheetah-v4"
+    if not source.is_dir():
+        pytest.skip("agent not shipped")
+    params = tmp_path / "HalfCheetah-v4"
+    params.mkdir()
+    for name in ("args.yml", "config.yml"):
+        shutil.copy2(source / name, params / name)
+    folder = RunFolder(tmp_path, "HalfCheetah-v4")
+    config = (params / "config.yml").read_text()
+    (params / "config.yml").write_text(config.replace("10000", "20000"))  # learning_starts the run did not train with
+    assert "not reconstructed" in complete_resolved(folder) and "learning_starts" in complete_resolved(folder)
+    assert not (params / "resolved.yml").exists()
+    (params / "config.yml").write_text(config)
+    assert "reconstructed" in complete_resolved(folder)
+    assert folder.read_resolved()["hyperparams"]["learning_starts"] == 10000
+    assert "reconstructed when packaged" in folder.read_resolved()["notes"][-1]
+    assert complete_resolved(folder) is None  # a folder with the file is left alone
 
 
 def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
