@@ -79,7 +79,8 @@ def main() -> int:
             "observation statistics, `VecNormalize.load('<agent>/<Env>/vecnormalize.pkl', venv)` with "
             "`training = False` and `norm_reward = False` (without them it scores about -130 instead of 5300). "
             "`results.json` holds the numbers below (return: the seed-0 agent over 10 episodes, and \"vs dense\" "
-            "compares those, while the benchmark IQM is over all seeds; export: KiB of safetensors + JSON; acting "
+            "compares those with the dense agent of the same budget, while the benchmark IQM and \"IQM vs dense\" "
+            "are over all seeds of the agent's own benchmark; export: KiB of safetensors + JSON; acting "
             "time vs dense: one `predict` call, batch 1, one thread, on the packaging machine; below 1 is faster).", "",
             table(AGENTS) if AGENTS.exists() else "(none yet)\n",
             f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB."]

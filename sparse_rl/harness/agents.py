@@ -230,17 +230,20 @@ def _env_kwargs_as_mapping(agent: RunFolder) -> None:
 def table(root: str | Path) -> str:
     """The markdown table of every agent under ``root`` (return, vs dense, density, bytes, latency)."""
     rows = [json.loads(p.read_text()) for p in sorted(Path(root).rglob(RESULTS))]
-    # "vs dense" against the dense agent of the same budget (a benchmark's 100k-step agent is not compared with 150k)
+    # "vs dense" against the dense agent of the same budget (a benchmark's 100k-step agent is not compared with 150k);
+    # "IQM vs dense" against the dense configuration of the agent's own benchmark, over all its seeds
     dense = {(r["algo"], r["env"], r.get("n_timesteps")): r["evaluation"]["mean"] for r in rows if r["config"] == "dense"}
-    lines = ["| agent | return (10 episodes) | vs dense | benchmark IQM over seeds | density | stored vs dense | "
-             "export | acting time vs dense | SB3 zip |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| agent | return (10 episodes) | vs dense | benchmark IQM over seeds | IQM vs dense | density | "
+             "stored vs dense | export | acting time vs dense | SB3 zip |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = dense.get((r["algo"], r["env"], r.get("n_timesteps")))
         ratio = f"{1 + (r['evaluation']['mean'] - base) / abs(base):.3f}" if base else "n/a"
-        iqm = r.get("benchmark", {}).get("iqm")
+        benchmark = r.get("benchmark", {})
+        iqm_ratio = 1.0 if r["config"] == "dense" and benchmark else benchmark.get("iqm_vs_dense")
         lines.append(
             f"| `{r['algo']}/{env_name(r['env'])}/{r['config']}` | {r['evaluation']['mean']:.1f} +- "
-            f"{r['evaluation']['std']:.1f} | {ratio} | {format_interval(iqm)} | "
+            f"{r['evaluation']['std']:.1f} | {ratio} | {format_interval(benchmark.get('iqm'))} | "
+            f"{'n/a' if iqm_ratio is None else f'{iqm_ratio:.3f}'} | "
             f"{r['density']:.3f} | {r['stored_vs_dense']:.3f} | {r['export_bytes'] / 1024:.0f} KiB | "
             f"{r['latency_vs_dense']:.2f} | {'yes' if r.get('sb3_zip') else 'no (size)'} |")
     return "\n".join(lines) + "\n"
