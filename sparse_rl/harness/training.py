@@ -108,6 +108,7 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
                  *hp.build_callbacks(hyper["callback"])]
     topology = TopologyCallback(**resolved.topology) if resolved.topology is not None else None
     if topology is not None:
+        topology.announce_shared_checks = False  # the printed topology schedule says how many updates run
         callbacks.append(topology)
     if spec.eval_freq > 0:  # the comparable scalars and dormant fractions are recorded just before each evaluation
         callbacks.append(ComparisonCallback(every=spec.eval_freq, topology=topology, clock=clock))

@@ -80,7 +80,12 @@ class TopologyCallback(BaseCallback):
     :param seed: seed of the random grow criterion (SET) and tie-breaking
     :param ablation_threshold: SRigL's neuron ablation threshold (0 disables it)
     :param verbose: 1 prints a line per update
+
+    ``announce_shared_checks`` (default ``True``): print one line at the start of ``learn`` when scheduled updates fall
+    closer together than the clock is checked (fewer run); the CLI sets it ``False``, its schedule line says so already.
     """
+
+    announce_shared_checks = True
 
     def __init__(
         self,
@@ -239,7 +244,7 @@ class TopologyCallback(BaseCallback):
         assert self.updater is not None
         on_policy = isinstance(self.model, OnPolicyAlgorithm)
         every = self.model.n_envs * (self.model.n_steps if on_policy else 1)
-        if every <= 1 or self.next_update_step is None:
+        if every <= 1 or self.next_update_step is None or not self.announce_shared_checks:
             return
         runs, scheduled = self.updater.schedule.updates_at_checks(self.next_update_step, clock, every, self.total_steps)
         if len(runs) < scheduled:

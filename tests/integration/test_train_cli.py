@@ -141,6 +141,15 @@ def test_the_best_model_keeps_the_statistics_it_was_evaluated_with(tmp_path, cap
     assert "best_model.zip is paired with the final model's VecNormalize statistics" in capsys.readouterr().out
 
 
+def test_updates_sharing_a_rollout_are_said_once(tmp_path, capsys):
+    """The harness's schedule line and the TopologyCallback's own note both said it (two lines, the same news)."""
+    assert train_main(["--algo", "ppo", "--env", "CartPole-v1", "--sparsity", "0.9", "-n", "8192", "-params",
+                       "n_steps:512", "-f", str(tmp_path), "--eval-freq", "-1", "-v", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("1 scheduled steps fall between two checks of the clock") == 1
+    assert "checks the schedule at rollout ends" not in out
+
+
 def test_cli_exit_code_in_a_subprocess(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparse_rl.train", "--algo", "nope"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
