@@ -51,6 +51,7 @@ from sparse_rl.nn.layers import SparseLayer
 from sparse_rl.sb3.builders import (
     DEFAULT_SPARSITY,
     SparseConfig,
+    sparse_layers,
     sparse_orthogonal_,
     sparsify,
     sync_targets,
@@ -279,17 +280,18 @@ class SparseActorCriticPolicy(SparsePolicyMixin, ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         ActorCriticPolicy._build(self, lr_schedule)
         built = sparsify(self, "", self.sparse_config, group_of=self._layer_group)
+        if self.ortho_init:  # the layers built here and any supplied sparse (SB3's static init_weights has no init_scale)
+            for name, layer in sparse_layers(self).items():
+                sparse_orthogonal_(layer, gain=_ppo_gain(name), init_scale=self.sparse_config.init_scale)
         if built:
-            if self.ortho_init:
-                for name, layer in built.items():
-                    sparse_orthogonal_(layer, gain=_ppo_gain(name), init_scale=self.sparse_config.init_scale)
             # Recreate the optimizer on the sparse parameters (no step has been taken yet).
             self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
         self.sparse_config.check_matched()
 
     @staticmethod
     def init_weights(module: nn.Module, gain: float = 1) -> None:
-        """SB3's orthogonal init, extended to sparse layers (orthogonal-like, see :func:`sparse_orthogonal_`)."""
+        """SB3's orthogonal init, extended to sparse layers (orthogonal-like, see :func:`sparse_orthogonal_`, with the
+        sparse fan-in scale; ``_build`` initialises every sparse layer again with the policy's ``init_scale``)."""
         if isinstance(module, SparseLayer):
             sparse_orthogonal_(module, gain=gain)
         else:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.sac.policies import SACPolicy
 from stable_baselines3.td3.policies import TD3Policy
@@ -245,6 +246,30 @@ def test_ppo_orthogonal_init_on_sparse_layers() -> None:
     # SB3's init_weights hook handles sparse layers too
     SparseActorCriticPolicy.init_weights(layer, gain=1.0)
     assert th.all(layer.bias == 0)
+
+
+class _SparseExtractor(BaseFeaturesExtractor):
+    """A user's own features extractor built from a sparse layer (SB3's orthogonal init reaches it through
+    ``init_weights``)."""
+
+    def __init__(self, observation_space: gym.Space) -> None:
+        super().__init__(observation_space, features_dim=128)
+        self.net = nn.Sequential(nn.Linear(11, 128), nn.ReLU(), SparseLinear(128, 128, sparsity=0.9), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.net(observations)
+
+
+def test_init_scale_reaches_a_users_sparse_features_extractor() -> None:
+    """SB3's static init_weights hook rescaled a supplied sparse layer by the sparse row density whatever init_scale."""
+    norms = {}
+    for scale in ("sparse", "dense"):
+        th.manual_seed(0)
+        policy = SparseActorCriticPolicy(BOX_OBS, DISCRETE, lr, sparsity=0.9, init_scale=scale, net_arch=[64],
+                                         features_extractor_class=_SparseExtractor)
+        norms[scale] = sparse_row_norms(policy.features_extractor.net[2]).mean().item()
+    assert norms["sparse"] == pytest.approx(math.sqrt(2), rel=0.35)
+    assert norms["dense"] == pytest.approx(math.sqrt(2) * math.sqrt(0.1), rel=0.35)
 
 
 def test_sparsity_report() -> None:
