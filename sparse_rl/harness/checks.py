@@ -112,6 +112,8 @@ CHECKS: dict[str, tuple[Check, str]] = {
     "optimize_memory_usage": ((lambda v: isinstance(v, bool)), "true or false"),
     "policy": ((lambda v: isinstance(v, str) or isinstance(v, type)), "a policy name such as 'SparseMlpPolicy'"),
 }
+#: the integer settings, told by their checks: a whole float passes, a fraction does not
+INTEGER_KEYS = frozenset(key for key, (check, _) in CHECKS.items() if check(2.0) and not check(2.5))
 #: set by the command line, never by a config entry
 COMMAND_LINE_KEYS = ("env", "seed", "verbose", "device", "tensorboard_log", "_init_setup_model")
 
@@ -124,8 +126,7 @@ def whole_numbers_as_ints(hyperparams: dict[str, Any], notes: list[str]) -> None
     """Integer settings given as whole floats (``-params buffer_size:1e4`` reads 10000.0, YAML ``!!float 1e6``) become
     ints, with a note: SB3 fails on a float batch size deep inside sampling, or names neither the key nor the value."""
     for key, value in hyperparams.items():
-        check = CHECKS.get(key)
-        if check is not None and "integer" in check[1] and isinstance(value, float) and value.is_integer():
+        if key in INTEGER_KEYS and isinstance(value, float) and value.is_integer():
             hyperparams[key] = int(value)
             if key != "n_timesteps":  # RL Zoo's own configs write it !!float 1e6
                 notes.append(f"{key}: {value!r} taken as the integer {int(value)}")

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from sparse_rl.harness import hyperparams as hp
+from sparse_rl.harness.checks import INTEGER_KEYS
 from sparse_rl.harness.resolve import RunSpec, resolve
 
 
@@ -294,6 +295,10 @@ def test_whole_floats_for_integer_settings_are_ints_and_the_schedule_is_read_in_
     assert f"(= {resolved.schedule['update_every'] / 4:g} gradient steps)" in "\n".join(resolved.describe())
     ppo = resolve(RunSpec(algo="ppo", env="HalfCheetah-v4"))  # 512-step rollouts, 10 epochs of 8 minibatches
     assert ppo.schedule["gradient_steps_between"] == 320
+    # the integer settings come from what their checks accept, not from a word in the checks' descriptions
+    assert INTEGER_KEYS >= {"batch_size", "buffer_size", "learning_starts", "n_steps", "n_epochs", "train_freq",
+                            "gradient_steps", "target_update_interval", "n_envs", "n_timesteps"}
+    assert not INTEGER_KEYS & {"learning_rate", "gamma", "tau", "ent_coef", "clip_range", "policy"}
 
 
 def test_the_dense_baseline_of_a_shared_command_drops_its_sparse_settings_with_a_note():
