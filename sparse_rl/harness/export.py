@@ -17,8 +17,10 @@ scaling inside the graph (see :mod:`sparse_rl.sb3.onnx_export`; needs ``pip inst
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +132,13 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out_dir / "policy.safetensors", 0o666 & ~umask)  # safetensors writes 0600; match the other files
+    config["tensors_sha256"] = _sha256(out_dir / "policy.safetensors")  # damaged weights are found, not acted on
     (out_dir / "policy.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: str) -> SparseLayer:
@@ -139,6 +146,10 @@ def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: st
     indptr, indices = tensors[f"{key}.indptr"].long(), tensors[f"{key}.indices"].long()
     rows = len(indptr) - 1
     cols = int(np.prod(shape[1:]))
+    nnz = len(tensors[f"{key}.values"])
+    if (rows != shape[0] or int(indptr[0]) != 0 or int(indptr[-1]) != nnz or len(indices) != nnz
+            or bool((indptr[1:] < indptr[:-1]).any()) or (nnz and not 0 <= int(indices.min()) <= int(indices.max()) < cols)):
+        raise ValueError(f"{key} is not a valid {shape[0]}x{cols} CSR matrix")
     mask = th.zeros(rows, cols, dtype=th.bool)
     mask[th.repeat_interleave(th.arange(rows), indptr[1:] - indptr[:-1]), indices] = True
     if op["type"] == "sparse_linear":
@@ -191,6 +202,8 @@ class ExportedPolicy(nn.Module):
         self.obs_var = tensors.get("obs_var")
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
+        """The network alone on observations already preprocessed (normalised, channels first, scaled): Q-values,
+        logits or the pre-squash mean, not actions; act with :meth:`predict`, which preprocesses and maps to actions."""
         return self.net(obs)
 
     def _preprocess(self, obs: np.ndarray) -> tuple[th.Tensor, bool]:
@@ -198,6 +211,9 @@ class ExportedPolicy(nn.Module):
         obs = np.asarray(obs)
         shape = tuple(self.config["observation_shape"])
         channels_last = len(shape) == 3 and obs.shape[-3:] == (shape[1], shape[2], shape[0]) and obs.shape[-3:] != shape
+        if obs.ndim not in (len(shape), len(shape) + 1) or (obs.shape[-len(shape):] != shape and not channels_last):
+            raise ValueError(f"observation of shape {obs.shape}: this policy reads {shape} (or a batch of them, "
+                             f"(n, {', '.join(map(str, shape))}))")
         single = obs.ndim == len(shape)
         if single:
             obs = obs[None]
@@ -237,7 +253,12 @@ class ExportedPolicy(nn.Module):
 
 
 def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
-    """Load an export written by :func:`export_policy` (no pickle: safetensors + JSON only)."""
+    """Load an export written by :func:`export_policy` (no pickle: safetensors + JSON only).
+
+    :raises ValueError: (one line) a folder without the two files, unreadable or truncated files, weights whose SHA-256
+        differs from the one ``policy.json`` records, or tensors that do not fit ``policy.json`` (e.g. CSR indices out
+        of range); an export without a recorded SHA-256 (written before it was) loads with a warning
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -252,10 +273,21 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
                          "export the run again") from None
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"export format version {config.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    expected = config.get("tensors_sha256")
+    if expected is None:
+        warnings.warn(f"{path / 'policy.json'} has no tensors_sha256 (an export written before it was recorded): "
+                      "damaged weights cannot be told from trained ones; export the run again", stacklevel=2)
+    elif _sha256(path / "policy.safetensors") != expected:
+        raise ValueError(f"{path / 'policy.safetensors'} does not match the SHA-256 in policy.json: the file is damaged or "
+                         "was changed; export the run again")
     try:
         return ExportedPolicy(config, tensors, backend).eval()
     except KeyError as error:
         raise ValueError(f"the export in {path} lacks the tensor {error}: the files are damaged; export again") from None
+    except (ValueError, IndexError, RuntimeError) as error:  # shapes or CSR structure that do not fit policy.json
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"the export in {path} is inconsistent ({type(error).__name__}: {first}): the files are damaged; "
+                         "export again") from None
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, best: bool = False, fmt: str = "safetensors") -> Path:

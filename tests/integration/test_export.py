@@ -83,3 +83,52 @@ def test_an_unsupported_agent_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="cannot export a TQC agent"):
         export_policy(tqc, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_damaged_weights_are_found_not_acted_on(tmp_path):
+    """Flipped bytes in policy.safetensors loaded silently and acted wrongly; CSR indices out of range gave a raw
+    IndexError; an observation of the wrong shape a raw torch error."""
+    import hashlib
+    import json
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    model = SAC("SparseMlpPolicy", "Pendulum-v1", buffer_size=100, policy_kwargs=dict(sparsity=0.9), seed=0)
+    export_policy(model, tmp_path)
+    tensors_file, config_file = tmp_path / "policy.safetensors", tmp_path / "policy.json"
+    good = tensors_file.read_bytes()
+    damaged = bytearray(good)
+    damaged[-400:] = bytes(b ^ 0xFF for b in damaged[-400:])  # inside the last tensor's values
+    tensors_file.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="does not match the SHA-256 in policy.json") as error:
+        load_exported(tmp_path)
+    assert "\n" not in str(error.value)
+    # a well-formed file whose CSR indices point outside the matrix (its checksum recorded): one line
+    tensors_file.write_bytes(good)
+    tensors = load_file(str(tensors_file))
+    key = next(k for k in tensors if k.endswith(".indices"))
+    tensors[key] = tensors[key] + 1000
+    save_file(tensors, str(tensors_file))
+    config = json.loads(config_file.read_text())
+    config["tensors_sha256"] = hashlib.sha256(tensors_file.read_bytes()).hexdigest()
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a valid .* CSR matrix") as error:
+        load_exported(tmp_path)
+    assert "\n" not in str(error.value)
+    # an export written before the checksum was recorded loads, with a warning
+    export_policy(model, tmp_path)
+    config = json.loads(config_file.read_text())
+    del config["tensors_sha256"]
+    config_file.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="no tensors_sha256"):
+        policy = load_exported(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_policy(model, tmp_path)
+        policy = load_exported(tmp_path)
+    with pytest.raises(ValueError, match=r"observation of shape \(2,\): this policy reads \(3,\)"):
+        policy.predict(np.zeros(2))
+    with pytest.raises(ValueError, match=r"observation of shape \(1, 1, 3\)"):
+        policy.predict(np.zeros((1, 1, 3)))
+    assert policy.predict(np.zeros((5, 3)))[0].shape == (5, 1)
