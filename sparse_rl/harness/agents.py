@@ -12,9 +12,9 @@ needs to run, inspect and check it. It keeps the run folder's own layout, so ``p
   ``evaluation_seed``), the benchmark's aggregate over all seeds, density, nnz, stored bytes and inference FLOPs vs
   dense, acting latency vs dense on the packaging machine, training wall time and the library versions;
 - ``curve.png``: the run's learning curve;
-- ``<algo>``, a link to the folder itself, so that RL Zoo's enjoy finds the model where it looks with ``--exp-id -1``
-  (``<folder>/<algo>/<Env>.zip``): ``python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f
-  agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 --gym-packages sparse_rl.sb3 --deterministic --seed 20000``.
+- ``<algo>/``, links to the zip and its settings folder, so that RL Zoo's enjoy finds the model where it looks with
+  ``--exp-id -1`` (``<folder>/<algo>/<Env>.zip``, :func:`zoo_links`): ``python -m rl_zoo3.enjoy --algo sac --env
+  HalfCheetah-v4 -f agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 --gym-packages sparse_rl.sb3 --deterministic --seed 20000``.
 
 :func:`replay_first_episode` replays episode 1 with the stored seed, which must reproduce the stored return.
 """
@@ -164,7 +164,7 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
     zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
     if zipped:
         shutil.copy2(source.model_path, out_dir / source.model_path.name)
-        (out_dir / run.algo).symlink_to(".", target_is_directory=True)  # RL Zoo's enjoy reads <folder>/<algo>/
+        zoo_links(RunFolder(out_dir, run.env), run.algo)
     export_run(run_dir, out_dir / "export")
     returns = evaluate_episodes(run_dir, episodes, seed)
     report = sparsity_report(model)["total"]
@@ -214,6 +214,21 @@ def complete_resolved(agent: RunFolder) -> str | None:
                            "by this version, whose config.yml record equals the run's own")
     path.write_text(yaml.safe_dump(record, sort_keys=False))
     return f"{path}: reconstructed (the run predates resolved.yml; config.yml agrees with it)\n"
+
+
+def zoo_links(agent: RunFolder, algo: str) -> Path:
+    """``<agent>/<algo>/``: where RL Zoo's enjoy looks with ``--exp-id -1`` (``<folder>/<algo>/<Env>.zip`` and its
+    ``<Env>/`` settings), as two relative links to the agent's own files. Not one link ``<algo> -> .``, which made the
+    folder contain itself: copying an agent with ``shutil.copytree`` or ``cp -rL`` recursed until it failed."""
+    zoo = agent.path / algo
+    if zoo.is_symlink():  # the self-link of agents packaged before
+        zoo.unlink()
+    zoo.mkdir(exist_ok=True)
+    for name, is_dir in ((agent.model_path.name, False), (agent.params_dir.name, True)):
+        if (zoo / name).is_symlink():
+            (zoo / name).unlink()
+        (zoo / name).symlink_to(Path("..") / name, target_is_directory=is_dir)
+    return zoo
 
 
 def _env_kwargs_as_mapping(agent: RunFolder) -> None:

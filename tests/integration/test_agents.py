@@ -114,6 +114,15 @@ def test_resolved_settings_are_reconstructed_only_when_they_match_the_run(tmp_pa
     assert complete_resolved(folder) is None  # a folder with the file is left alone
 
 
+@pytest.mark.parametrize("agent", SHIPPED, ids=lambda p: str(p.relative_to(AGENTS)))
+def test_an_agent_copies_with_plain_copytree(agent, tmp_path):
+    """The RL Zoo link was ``<algo> -> .``: the folder contained itself, and shutil.copytree (following links, its
+    default) copied dqn/dqn/dqn/... until it failed."""
+    copy = shutil.copytree(agent, tmp_path / "copy")
+    assert sum(1 for _ in copy.rglob("*.zip")) <= 2  # the zip and, in <algo>/, RL Zoo's copy of it
+    assert load_agent(copy)[1].name == json.loads((agent / RESULTS).read_text())["name"]
+
+
 def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     if not SHIPPED:
         pytest.skip("no agent shipped yet")
