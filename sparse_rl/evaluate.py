@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default=None, help="sparse kernel backend to act with (default: each layer's own)")
     parser.add_argument("--latency-steps", type=int, default=100, help="predict calls per timing round (0: no timing)")
     parser.add_argument("--reps", type=int, default=2000, help="stratified-bootstrap resamples for the rliable CIs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation envs and the bootstrap")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the evaluation envs and the bootstrap (default: for packaged agents their stored "
+                             "evaluation seed, so their returns compare with results.json; else 0)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return parser.parse_args(argv)
 

@@ -79,8 +79,17 @@ def load_run(path: Path) -> Run:
     path = Path(path)
     summary_file = path / RUN_SUMMARY
     if not summary_file.is_file():
-        raise ValueError(f"{path} has no {RUN_SUMMARY}: it was not written by python -m sparse_rl.train")
-    summary = json.loads(summary_file.read_text())
+        inside = sorted(str(p.parent) for p in path.glob(f"*/*/{RUN_SUMMARY}")) + sorted(
+            str(p.parent) for p in path.glob(f"*/{RUN_SUMMARY}"))
+        if inside:  # the -f folder of train holds <algo>/<Env>_<n> run folders
+            raise ValueError(f"{path} is a log folder, not a run folder: its runs are {', '.join(inside[:4])}"
+                             f"{' ...' if len(inside) > 4 else ''}")
+        raise ValueError(f"{path} has no {RUN_SUMMARY}: it was not written by python -m sparse_rl.train, or its training "
+                         "did not finish (--resume finishes it)")
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{summary_file} is unreadable ({type(error).__name__}: {error}): the file is damaged") from None
     evaluations = path / "evaluations.npz"
     walltime = None
     if evaluations.is_file():

@@ -106,6 +106,15 @@ def stored_evaluation(agent: str | Path) -> tuple[int, list[float]] | None:
         raise ValueError(f"{path} is unreadable ({type(error).__name__}): package the agent again") from None
 
 
+def compare_with_stored(returns: list[float], stored: list[float]) -> tuple[bool, str]:
+    """Whether replayed episodes reproduce an agent's stored ones (the first ``min`` of both, to 1e-6), and one line
+    saying so."""
+    n = min(len(returns), len(stored))
+    same = bool(np.allclose(returns[:n], stored[:n], rtol=1e-6, atol=1e-6))
+    return same, (f"results.json, first {n} episodes: {[round(r, 2) for r in stored[:n]]} "
+                  f"({'reproduced' if same else 'NOT reproduced'})")
+
+
 def replay_first_episode(agent: str | Path) -> tuple[float, float]:
     """(stored return of episode 1, replayed return) of a packaged agent."""
     stored = stored_evaluation(agent)

@@ -26,6 +26,7 @@ import torch as th
 from torch import nn
 
 from sparse_rl.analysis.runs import Run, find_runs, print_and_keep
+from sparse_rl.harness.agents import compare_with_stored, stored_evaluation
 from sparse_rl.harness.suites import Suite, load_suite
 from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
@@ -275,13 +276,16 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path, extra: dict[str, An
 def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | None = None, episodes: int | None = None,
                    best: bool = False, env_id: str | None = None, max_episode_steps: int | None = None,
                    epsilon: float | None = None, backend: str | None = None, latency_steps: int = 100, reps: int = 2000,
-                   seed: int = 0, plots: bool = True) -> dict[str, Any]:
+                   seed: int | None = None, plots: bool = True) -> dict[str, Any]:
     """Evaluate every run of a suite under ``runs_dir``, write ``results.csv``/``results.json`` and the rliable plots.
 
     :param suite_name: ``mujoco``, ``atari`` (Atari-5), ``atari26``, ``atari57`` or one env id
     :param episodes: episodes per run (default: the suite's protocol)
     :param max_episode_steps: cap on agent steps per episode (default: the protocol's; 27000 for Atari)
     :param reps: stratified-bootstrap resamples of the rliable confidence intervals
+    :param seed: seed of the evaluation envs and the bootstrap (``None``: the stored evaluation seed when every run is
+        a packaged agent storing the same one, else 0); agents evaluated as they were packaged (their seed,
+        deterministic, the final model on their own env, no cut) are compared with their ``results.json``
     :return: ``{"rows", "aggregate", "paths", "suite"}``
     """
     from sparse_rl.analysis.aggregate import aggregate
@@ -308,6 +312,12 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     notes: list[str] = []  # printed now and kept in results.json
     say = print_and_keep(notes)
     runs = select_runs(suite, runs_dir, env_id, say=say)
+    stored = {run.path: stored_evaluation(run.path) for run in runs}
+    if seed is None:
+        seeds = {value[0] for value in stored.values() if value is not None}
+        seed = seeds.pop() if len(seeds) == 1 and all(stored.values()) else 0
+        if seed:
+            say(f"env seed {seed}: the agents' stored evaluation seed (results.json); --seed chooses another")
     deterministic = bool(protocol.get("deterministic", True))
     print(f"protocol ({suite.name}'s{', with ' + ' '.join(overridden) if overridden else ''}): "
           f"{episodes} episodes per run, {'deterministic' if deterministic else 'stochastic'} actions, epsilon {eps:g}, "
@@ -316,6 +326,13 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     several = len({r.algo for r in runs}) > 1
     rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, deterministic, backend, latency_steps, seed,
                          group_name(run, several)) for run in runs]
+    as_packaged = deterministic and eps == 0 and not best and env_id is None and max_steps is None
+    for run, row in zip(runs, rows):
+        if stored[run.path] is not None:
+            line = compare_with_stored(row["returns"], stored[run.path][1])[1]
+            say(f"{run.path}: {line}" if as_packaged and seed == stored[run.path][0] else
+                f"{run.path}: results.json not compared (evaluated otherwise than it was packaged: seed "
+                f"{stored[run.path][0]}, deterministic, the final model, no episode cut)")
     for task in sorted({r["task"] for r in rows}):
         references = sorted({(r["algo"], r["reference_name"], r["reference_high"]) for r in rows if r["task"] == task})
         if len({name for _, name, _ in references}) > 1:

@@ -166,7 +166,9 @@ class RunFolder:
         path = self.best_model_path if best else self.model_path
         if not path.is_file():
             other = self.model_path if best else self.best_model_path
-            hint = f"use {'--last' if best else '--best'} ({other.name} is there)" if other.is_file() else "train first"
+            shipped = (self.path / "results.json").is_file()  # a packaged agent (agents/), not a training run
+            hint = (f"use {'--last' if best else '--best'} ({other.name} is there)" if other.is_file()
+                    else "the agent folder is incomplete: check it out again" if shipped else "train first")
             if (self.path / "export").is_dir():
                 hint += f"; its export loads without SB3: sparse_rl.load_exported('{self.path / 'export'}')"
             raise ValueError(f"{path} not found: {hint}")

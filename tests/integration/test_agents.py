@@ -75,6 +75,27 @@ def test_enjoy_on_an_agent_folder_reproduces_its_stored_returns_by_default(capsy
 
 
 @pytest.mark.skipif(not (AGENTS / "dqn/MinAtar-Breakout-v1/rigl90").is_dir(), reason="agent not shipped")
+def test_enjoy_says_when_it_does_not_compare_and_fails_when_returns_differ(tmp_path, capsys):
+    """--seed 1 and --stochastic skipped the comparison without a word; a mismatch printed NOT reproduced and exited 0;
+    --episodes 0 and --video-size without --video were accepted."""
+    agent = AGENTS / "dqn/MinAtar-Breakout-v1/rigl90"
+    for argv, message in ((["--episodes", "0"], "error: --episodes 0: give 1 or more"),
+                          (["--video-size", "64"], "error: --video-size 64: it sizes a video: add --video PATH")):
+        assert enjoy_main([str(agent), *argv]) == 2
+        assert capsys.readouterr().err == message + "\n"
+    assert enjoy_main([str(agent), "--episodes", "1", "--seed", "1"]) == 0
+    assert "results.json not compared: --seed 1, stored seed 20000" in capsys.readouterr().out
+    assert enjoy_main([str(agent), "--episodes", "1", "--stochastic"]) == 0
+    assert "results.json not compared: --stochastic" in capsys.readouterr().out
+    copy = shutil.copytree(agent, tmp_path / "agent", symlinks=True)
+    results = json.loads((copy / RESULTS).read_text())
+    results["evaluation"]["episode_returns"][0] += 1
+    (copy / RESULTS).write_text(json.dumps(results))
+    assert enjoy_main([str(copy), "--episodes", "1"]) == 1
+    assert "(NOT reproduced)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (AGENTS / "dqn/MinAtar-Breakout-v1/rigl90").is_dir(), reason="agent not shipped")
 def test_a_video_replay_plays_the_same_episodes(tmp_path, capsys):
     """The video writer's first frame used up the seeded reset: episodes with --video differed from those without."""
     agent = AGENTS / "dqn/MinAtar-Breakout-v1/rigl90"
@@ -147,10 +168,22 @@ def test_a_damaged_agent_gives_one_clear_line(tmp_path, capsys):
     assert enjoy_main([str(agent), "--episodes", "1"]) == 2  # not a silent fallback to seed 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unreadable" in err and err.count("\n") == 1
-    model.unlink()  # an agent has no best_model.zip: the hint sent users to --best
-    with pytest.raises(ValueError, match="not found: train first; its export loads without SB3") as error:
+    model.unlink()  # an agent has no best_model.zip: the hint sent users to --best, then to "train first"
+    with pytest.raises(ValueError, match="not found: the agent folder is incomplete: check it out again; its export "
+                                         "loads without SB3") as error:
         load_agent(agent)
     assert "--best" not in str(error.value)
+    shutil.copy2(SHIPPED[0] / RESULTS, agent / RESULTS)
+    (agent / "run.json").write_text("{")  # the error named neither the file nor the problem
+    assert enjoy_main([str(agent), "--episodes", "1", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {agent / 'run.json'} is unreadable") and err.count("\n") == 1
+    # train's -f folder given instead of the run folder inside it: "not written by train" was wrong
+    logs = tmp_path / "logs"
+    shutil.copytree(agent, logs / "sac" / "HalfCheetah-v4_1", symlinks=True)
+    (logs / "sac" / "HalfCheetah-v4_1" / "run.json").write_text("{}")
+    assert enjoy_main([str(logs), "--episodes", "1", "--seed", "0"]) == 2
+    assert f"is a log folder, not a run folder: its runs are {logs / 'sac' / 'HalfCheetah-v4_1'}" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (AGENTS / "sac/HalfCheetah-v4/rigl90").is_dir(), reason="agent not shipped")
@@ -203,6 +236,21 @@ def test_evaluate_on_the_agents_says_the_algorithms_have_different_references(tm
     assert any("each algorithm is normalised against its own reference" in note and "ppo" in note and "sac" in note
                for note in notes)
     capsys.readouterr()
+
+
+@pytest.mark.skipif(not (AGENTS / "dqn/MinAtar-Breakout-v1").is_dir(), reason="agents not shipped")
+def test_evaluate_on_the_agents_uses_their_seed_and_compares_their_returns(tmp_path, capsys):
+    """evaluate seeded the agents' envs with 0 and said nothing about results.json (dense 8.8 vs stored 9.4)."""
+    from sparse_rl.evaluate import main as evaluate_main
+
+    common = ["--suite", "minatar", "--runs", str(AGENTS / "dqn"), "--episodes", "2", "--latency-steps", "0",
+              "--no-plots"]
+    assert evaluate_main([*common, "-o", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "env seed 20000: the agents' stored evaluation seed" in out
+    assert out.count("(reproduced)") == len(list((AGENTS / "dqn").rglob(RESULTS))) and "NOT" not in out
+    assert evaluate_main([*common, "-o", str(tmp_path / "b"), "--seed", "0"]) == 0
+    assert "results.json not compared (evaluated otherwise than it was packaged" in capsys.readouterr().out
 
 
 def test_the_readme_agents_table_is_the_generated_one():
