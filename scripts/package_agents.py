@@ -23,6 +23,60 @@ from sparse_rl.harness.agents import RESULTS as RESULT  # noqa: E402
 from sparse_rl.harness.agents import agent_dir, package, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+INTRO = """\
+The seed-0 run (seeds were fixed in advance; not the best seed) of each configuration of the learning benchmarks
+(`scripts/bench_learning.py`), packaged by `python scripts/package_agents.py --bench BENCH`. Each folder
+`agents/<algo>/<Env>/<config>/` holds the SB3 zip `<Env>.zip` (with `<Env>/vecnormalize.pkl` where the config
+normalises), the compact export `export/` (safetensors + JSON, loaded without unpickling; `policy.json` records the
+SHA-256 of the weights), the settings the run trained with (`<Env>/resolved.yml`, `<Env>/config.yml`,
+`<Env>/args.yml`) and the command (`command.txt`), `results.json`, the learning curve `curve.png`, `evaluations.npz`
+and `dormant.csv`.
+
+Columns: return = mean +- std of 10 deterministic episodes of the seed-0 agent on an env seeded 20000; vs dense = that
+return over the dense agent's of the same budget; benchmark IQM over seeds [95 % CI] and IQM vs dense = over all
+seeds of the agent's own benchmark (its report in `scripts/results/`); stored vs dense = bytes of the trained networks'
+weights as stored over the same weights dense in float32; export = KiB of safetensors + JSON; acting time vs dense =
+one SB3 `predict` call, batch 1, one thread, on the packaging machine (below 1 is faster).
+"""
+USAGE = """\
+## Use an agent
+
+- **Replay** (headless; `--video /tmp/cheetah.mp4` writes a video):
+  `python -m sparse_rl.enjoy agents/sac/HalfCheetah-v4/rigl90 --episodes 10`. On an agent folder it seeds the env with
+  the stored evaluation seed and says whether the returns reproduce `results.json` (exit status 1 if not); with
+  another `--seed`, `--stochastic` or `--best` it says that it does not compare.
+- **Evaluate** all agents of a suite: `python -m sparse_rl.evaluate --suite mujoco --runs agents/ -o /tmp/agents_eval`
+  (`--suite minatar` for the DQN agents; `-o` keeps the output out of agents/). It uses the agents' stored seed unless
+  `--seed` is given and says per agent whether its returns reproduce `results.json`.
+- **Without pickle**: `policy = sparse_rl.load_exported("agents/sac/HalfCheetah-v4/rigl90/export")`, then
+  `action, _ = policy.predict(obs)` on raw observations, one or a batch (`forward` is the bare network: no
+  normalisation, squashing or argmax). A PPO agent's VecNormalize statistics are baked into its export in float32, so
+  its actions match SB3 + VecNormalize to about 1e-7 and a MuJoCo episode's return to about 1 %, not exactly.
+- **SB3 alone**: `SAC.load("agents/sac/HalfCheetah-v4/rigl90/HalfCheetah-v4.zip")` (`PPO`, `DQN` likewise). A PPO agent
+  also needs its observation statistics: `venv = VecNormalize.load("<agent>/HalfCheetah-v4/vecnormalize.pkl", venv)`,
+  then `venv.training = False` and `venv.norm_reward = False` (without them it scores about -130 instead of 5300). The
+  MinAtar agents: `import sparse_rl.sb3` registers the `MinAtar/...` ids, and they trained with episodes cut at 10,000
+  steps: `gym.make("MinAtar/Breakout-v1", max_episode_steps=10000)`. With the stored seed (`env.reset(seed=20000)`,
+  deterministic actions) the first episode reproduces the first stored return.
+- **RL Zoo**: `python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f agents/sac/HalfCheetah-v4/rigl90 --exp-id -1
+  --gym-packages sparse_rl.sb3 --deterministic --seed 20000 --no-render` (`--no-render` without a display). It looks
+  in `<folder>/<algo>/`, which holds two links to the agent's zip and settings.
+- **Copying** an agent: any tool works (`cp -r`, `shutil.copytree`); the `<algo>/` links are relative.
+
+## `results.json`
+
+`name`, `algo`, `env`, `config`, `seed` (the training seed), `bench` (the benchmark it comes from);
+`evaluation`: the 10 deterministic episodes above (`episode_returns`, `mean`, `std`, `seed` of the evaluation env);
+`benchmark`: the benchmark report's row for this configuration over all seeds (`iqm`, `mean` as [point, low, high],
+`iqm_vs_dense`, `p_improvement_over_dense`, `per_seed`: each seed's final score = the mean of the 10 evaluation episodes
+at the last step of training, as `evaluations.npz` holds them for seed 0, so it differs from `evaluation` above, which
+is measured at packaging on another env seed; `wall_time_s` and `steps_per_s`: means over the seeds; dormant-neuron
+fractions; `resumes`: seeds resumed from checkpoints);
+`density`, `nnz`, `numel` (the trained networks, target networks left out), `stored_bytes`, `dense_bytes`,
+`stored_vs_dense`, `inference_flops_vs_dense`, `latency_ms`, `dense_latency_ms`, `latency_vs_dense`;
+`training_wall_time_s` (this seed's run, from `run.json`), `n_timesteps` (the steps trained: an on-policy run stops at
+the first whole rollout at or after its target), `sb3_zip`, `export_bytes`, `versions` (at packaging).
+"""
 AGENTS = ROOT / "agents"
 
 
@@ -61,29 +115,8 @@ def main() -> int:
             print(f"{out}: return {result['evaluation']['mean']:.1f} +- {result['evaluation']['std']:.1f}")
     command = "python scripts/package_agents.py --table-only"
     size = sum(p.stat().st_size for p in AGENTS.rglob("*") if p.is_file()) if AGENTS.exists() else 0
-    text = ["# Trained agents", "",
-            "The seed-0 run of each learning benchmark (`scripts/bench_learning.py`), packaged by "
-            "`python scripts/package_agents.py --bench BENCH`. Replay one with `python -m sparse_rl.enjoy "
-            "agents/<algo>/<Env>/<config>` (it seeds the env with the stored evaluation seed and says whether the "
-            "returns reproduce `results.json`); evaluate them with `python -m sparse_rl.evaluate --suite mujoco --runs "
-            "agents/ -o /tmp/agents_eval --seed 20000` (and `--suite minatar` for the DQN agents; `-o` keeps the "
-            "output out of agents/, `--seed 20000` is the stored evaluation seed); load one without pickle: "
-            "`sparse_rl.load_exported('agents/<algo>/<Env>/<config>/export')` (it takes raw observations: a PPO "
-            "agent's VecNormalize statistics are baked in, in float32, so its actions match SB3 + VecNormalize to "
-            "about 1e-7 and a MuJoCo episode's return to about 1 %, not exactly); or replay it with RL Zoo's own "
-            "enjoy (the `<algo>` link in each agent folder is where it looks): "
-            "`python -m rl_zoo3.enjoy --algo sac --env HalfCheetah-v4 -f agents/sac/HalfCheetah-v4/rigl90 --exp-id -1 "
-            "--gym-packages sparse_rl.sb3 --deterministic --seed 20000 --no-render` (`--no-render` on a machine "
-            "without a display; the seed of the stored evaluation: its first episode reproduces the first stored "
-            "return). With SB3 alone: `SAC.load` / `DQN.load` on `<agent>/<Env>.zip`; a PPO agent also needs its "
-            "observation statistics, `VecNormalize.load('<agent>/<Env>/vecnormalize.pkl', venv)` with "
-            "`training = False` and `norm_reward = False` (without them it scores about -130 instead of 5300). "
-            "`results.json` holds the numbers below (return: the seed-0 agent over 10 episodes, and \"vs dense\" "
-            "compares those with the dense agent of the same budget, while the benchmark IQM and \"IQM vs dense\" "
-            "are over all seeds of the agent's own benchmark; export: KiB of safetensors + JSON; acting "
-            "time vs dense: one `predict` call, batch 1, one thread, on the packaging machine; below 1 is faster).", "",
-            table(AGENTS) if AGENTS.exists() else "(none yet)\n",
-            f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB."]
+    text = ["# Trained agents", "", INTRO, table(AGENTS) if AGENTS.exists() else "(none yet)\n",
+            f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB.", "", USAGE]
     AGENTS.mkdir(exist_ok=True)
     (AGENTS / "README.md").write_text("\n".join(text) + "\n")
     print((AGENTS / "README.md").read_text())
