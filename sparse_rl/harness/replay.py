@@ -8,6 +8,7 @@ Uses the run's own settings (Atari wrappers, frame stack, VecNormalize statistic
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,14 @@ class _Video:
     def __init__(self, path: str, env: Any, seed: int) -> None:
         import cv2
 
+        if Path(path).suffix.lower() != ".mp4":  # OpenCV would print its FFmpeg errors before failing
+            raise ValueError(f"--video {path}: videos are written as MP4 (mp4v codec); give a .mp4 path")
         env.reset()  # a first frame, for the size; it uses up the seeded reset, so the env is seeded again below
         env.seed(seed)
         try:
-            frame = env.render()
+            with warnings.catch_warnings():  # gymnasium's checker on MinAtar's float frames without render_fps: the
+                warnings.filterwarnings("ignore", message=".*(render fps|dtype uint8)")  # writer handles both (30 fps)
+                frame = env.render()
         except (ImportError, gym.error.DependencyNotInstalled) as error:  # e.g. pygame for classic control
             raise ValueError(f"this environment cannot render here: {error}") from None
         if frame is None:
