@@ -75,7 +75,9 @@ fractions; `resumes`: seeds resumed from checkpoints);
 `density`, `nnz`, `numel` (the trained networks, target networks left out), `stored_bytes`, `dense_bytes`,
 `stored_vs_dense`, `inference_flops_vs_dense`, `latency_ms`, `dense_latency_ms`, `latency_vs_dense`;
 `training_wall_time_s` (this seed's run, from `run.json`), `n_timesteps` (the steps trained: an on-policy run stops at
-the first whole rollout at or after its target), `sb3_zip`, `export_bytes`, `versions` (at packaging).
+the first whole rollout at or after its target), `sb3_zip`, `export_bytes`, `versions` (at packaging), `code`: the
+version and git commit of the code that trained the run (`training`, from `run.json`; null for runs finished before it
+was recorded: their `resolved.yml` sources name the checkout) and of the code that packaged it (`packaging`).
 """
 AGENTS = ROOT / "agents"
 

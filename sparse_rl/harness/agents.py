@@ -33,13 +33,14 @@ import numpy as np
 
 from sparse_rl.analysis.report import format_interval
 from sparse_rl.harness.envs import env_name, evaluation_env
-from sparse_rl.harness.runs import RunFolder, config_record, load_agent, saved_hyperparams
+from sparse_rl.harness.runs import RunFolder, code_version, config_record, load_agent, saved_hyperparams
 
 RESULTS = "results.json"
 #: SB3 zips above this size are not shipped (the compact export always is)
 MAX_ZIP_BYTES = 4_000_000
 EVALUATION_SEED = 20_000
-VERSIONED = ("sparse_rl", "torch", "stable_baselines3", "gymnasium", "numpy", "mujoco", "ale-py", "minatar")
+VERSIONED = ("sparse_rl", "torch", "stable_baselines3", "sb3_contrib", "rl_zoo3", "gymnasium", "numpy", "safetensors",
+             "mujoco", "ale-py", "minatar")
 COPIED = ("run.json", "evaluations.npz", "dormant.csv", "command.txt")
 
 
@@ -192,6 +193,8 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
         "sb3_zip": source.model_path.name if zipped else None,
         "export_bytes": sum(p.stat().st_size for p in (out_dir / "export").iterdir()),
         "versions": _versions(),
+        # the code that trained the run (run.json; absent for runs finished before it was recorded) and that packaged it
+        "code": {"training": run.summary.get("code"), "packaging": code_version()},
     }
     (out_dir / RESULTS).write_text(json.dumps(results, indent=1))
     _curve(run_dir, f"{run.algo.upper()} {run.env} {config}, seed {run.seed}", out_dir / "curve.png")

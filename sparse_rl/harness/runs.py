@@ -243,6 +243,28 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def code_version() -> dict[str, Any]:
+    """The code that runs: ``sparse_rl``'s version and, in a git checkout, its commit and whether the package, configs
+    or suites differ from it (``None`` outside a checkout, e.g. an installed wheel)."""
+    import subprocess
+
+    import sparse_rl
+
+    root = Path(sparse_rl.__file__).resolve().parents[1]
+    found: dict[str, Any] = {"sparse_rl": sparse_rl.__version__, "git_commit": None, "git_dirty": None}
+    if (root / ".git").exists():
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        try:
+            found["git_commit"] = git("rev-parse", "HEAD")
+            found["git_dirty"] = bool(git("status", "--porcelain", "--", "sparse_rl", "configs", "envs"))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return found
+
+
 def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
                 tensorboard_dir: str | None) -> dict[str, Any]:
     """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""
@@ -256,7 +278,7 @@ def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s
         "n_timesteps": int(model.num_timesteps), "nnz": total["nnz"], "numel": total["numel"], "density": total["density"],
         "inference_flops_vs_dense": flops["inference_vs_dense"], "training_flops_vs_dense": flops["training_vs_dense"],
         "wall_time_s": wall_time_s, "steps_per_s": model.num_timesteps / max(wall_time_s, 1e-9),
-        "tensorboard_dir": tensorboard_dir, "finished": time.time(),
+        "tensorboard_dir": tensorboard_dir, "finished": time.time(), "code": code_version(),
     }
 
 

@@ -19,7 +19,7 @@ from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import run_device
 from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
-from sparse_rl.harness.runs import RunFolder, run_summary, saved_hyperparams
+from sparse_rl.harness.runs import RunFolder, code_version, run_summary, saved_hyperparams
 from sparse_rl.harness.schedule import topology_schedule
 
 #: flags a resumed run takes from this invocation; every other flag comes from the run's own args.yml
@@ -373,6 +373,7 @@ def load_checkpoint(spec: RunSpec, folder: RunFolder, env: Any) -> tuple[Any, An
     rng = th.load(checkpoint / "rng.pt", weights_only=False)
     restore_rng_state(model, rng)
     folder.record_resume({"step": int(model.num_timesteps), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "environments": "replayed" if reason is None else f"new episodes: {reason}"})
+                          "environments": "replayed" if reason is None else f"new episodes: {reason}",
+                          "code": code_version()})
     print(f"resuming {folder.path} from step {model.num_timesteps}")
     return model, env, {"action_noise": getattr(model, "action_noise", None) if reason is None else None, "rng": rng}

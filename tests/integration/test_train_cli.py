@@ -1,7 +1,9 @@
 """``python -m sparse_rl.train`` and ``python -m sparse_rl.compare`` on real short runs, and their bad-input errors."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch as th
 import yaml
 from stable_baselines3 import SAC
 
+import sparse_rl
 from sparse_rl.compare import main as compare_main
 from sparse_rl.train import main as train_main
 
@@ -37,6 +40,10 @@ def test_rl_zoo_layout(runs):
     assert yaml.load((dense_dir / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)["policy"] == "MlpPolicy"
     args = yaml.load((sparse_dir / "Pendulum-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
     assert "env_kwargs" in args and args["algo"] == "sac"
+    code = json.loads((sparse_dir / "run.json").read_text())["code"]  # which code trained it (the agents' provenance)
+    assert code["sparse_rl"] == sparse_rl.__version__
+    if (Path(sparse_rl.__file__).resolve().parents[1] / ".git").exists():
+        assert len(code["git_commit"]) == 40 and isinstance(code["git_dirty"], bool)
     model = SAC.load(sparse_dir / "Pendulum-v1.zip")
     assert type(model.policy).__name__ == "SparseSACPolicy"
     action, _ = model.predict(np.zeros(3, dtype=np.float32), deterministic=True)
