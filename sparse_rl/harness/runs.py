@@ -247,11 +247,14 @@ def code_version() -> dict[str, Any]:
     """The code that runs: ``sparse_rl``'s version and, in a git checkout, its commit and whether the package, configs
     or suites differ from it (``None`` outside a checkout, e.g. an installed wheel)."""
     import subprocess
+    from importlib import metadata
 
-    import sparse_rl
-
-    root = Path(sparse_rl.__file__).resolve().parents[1]
-    found: dict[str, Any] = {"sparse_rl": sparse_rl.__version__, "git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parents[2]  # sparse_rl/harness/runs.py -> the checkout
+    try:
+        version: str | None = metadata.version("sparse_rl")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = None
+    found: dict[str, Any] = {"sparse_rl": version, "git_commit": None, "git_dirty": None}
     if (root / ".git").exists():
         def git(*args: str) -> str:
             return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
