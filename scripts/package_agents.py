@@ -116,7 +116,7 @@ def main() -> int:
             result = package(run_dir, out, config.name, rows.get(config.name), bench=args.bench)
             print(f"{out}: return {result['evaluation']['mean']:.1f} +- {result['evaluation']['std']:.1f}")
     command = "python scripts/package_agents.py --table-only"
-    size = sum(p.stat().st_size for p in AGENTS.rglob("*") if p.is_file()) if AGENTS.exists() else 0
+    size = sum(p.stat().st_size for p in AGENTS.rglob("*") if p.is_file() and not p.is_symlink()) if AGENTS.exists() else 0
     text = ["# Trained agents", "", INTRO, table(AGENTS) if AGENTS.exists() else "(none yet)\n",
             f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB.", "", USAGE]
     AGENTS.mkdir(exist_ok=True)
