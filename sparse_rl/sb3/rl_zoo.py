@@ -5,8 +5,8 @@ trial lost ``sparsity`` / ``distribution`` and the ``TopologyCallback`` pruned i
 :func:`register` wraps each entry of RL Zoo's sampler table (``rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER``) so that
 the sampled ``policy_kwargs`` are merged into the config's by this package's override rule: the sampled keys win,
 every other key of the config (the sparsity settings included) is kept. It runs when ``sparse_rl.sb3`` is imported
-under RL Zoo (``--gym-packages sparse_rl.sb3``, which imports it after ``rl_zoo3``); a script that imports
-``sparse_rl.sb3`` first calls :func:`register` itself once RL Zoo is imported.
+under RL Zoo (``--gym-packages sparse_rl.sb3``, which imports it after ``rl_zoo3``), or, when ``sparse_rl.sb3`` is
+imported first (a script that uses ``sparse_rl`` before RL Zoo), as soon as RL Zoo's sampler module is imported.
 
 RL Zoo gives samplers no access to the config: the wrapper reads the trial's hyperparameters from the
 ``ExperimentManager.objective`` call that invokes it; when it cannot find them it leaves the sample as it is and says
@@ -16,12 +16,16 @@ so once (the sparse policies then use their default sparsity, 0.9).
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.abc
+import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 _WRAPPED = "_sparse_rl_keeps_policy_kwargs"
+SAMPLER_MODULE = "rl_zoo3.hyperparams_opt"
 _warned = False
 
 
@@ -61,14 +65,42 @@ def keep_config_policy_kwargs(sampler: Callable[..., dict[str, Any]]) -> Callabl
     return sample
 
 
+def _wrap_table(module: Any) -> None:
+    table = module.HYPERPARAMS_SAMPLER
+    for algo, sampler in list(table.items()):
+        table[algo] = keep_config_policy_kwargs(sampler)
+
+
+class _WrapWhenImported(importlib.abc.MetaPathFinder):
+    """Wraps RL Zoo's sampler table as soon as ``rl_zoo3.hyperparams_opt`` is imported (after ``sparse_rl.sb3``: then
+    ``--gym-packages sparse_rl.sb3`` imports nothing new, and trials silently fell back to the default sparsity)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != SAMPLER_MODULE:
+            return None
+        sys.meta_path.remove(self)  # once; the other finders locate the module
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            execute(module)
+            _wrap_table(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
 def register() -> bool:
-    """Wrap every sampler of RL Zoo's table (only when ``rl_zoo3`` is already imported); returns whether it did."""
-    if "rl_zoo3" not in sys.modules:
-        return False
-    try:
-        from rl_zoo3.hyperparams_opt import HYPERPARAMS_SAMPLER
-    except ImportError:
-        return False
-    for algo, sampler in list(HYPERPARAMS_SAMPLER.items()):
-        HYPERPARAMS_SAMPLER[algo] = keep_config_policy_kwargs(sampler)
-    return True
+    """Wrap every sampler of RL Zoo's table now if ``rl_zoo3`` is imported, else as soon as it is; returns whether the
+    table is wrapped now."""
+    if SAMPLER_MODULE in sys.modules or "rl_zoo3" in sys.modules:
+        try:
+            _wrap_table(importlib.import_module(SAMPLER_MODULE))
+        except ImportError:
+            return False
+        return True
+    if importlib.util.find_spec("rl_zoo3") is not None and not any(isinstance(f, _WrapWhenImported) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WrapWhenImported())
+    return False

@@ -74,3 +74,14 @@ def test_rl_zoo_optimize_keeps_the_sparsity(tmp_path):
         assert type(model.policy).__name__ == "SparseSACPolicy"
         assert (config.sparsity, config.distribution) == (0.8, "er")
         assert model.policy.actor.latent_pi[0].out_features == width[net_arch]  # the sampled net_arch applies too
+
+
+def test_the_sampler_table_is_wrapped_whatever_the_import_order():
+    """A script that used sparse_rl (which imports sparse_rl.sb3) before RL Zoo left the samplers unwrapped:
+    --gym-packages sparse_rl.sb3 then imported nothing new, and -optimize trials silently trained at 0.9 ERK."""
+    check = ("import rl_zoo3.hyperparams_opt as h; "
+             "print(all(getattr(s, '_sparse_rl_keeps_policy_kwargs', False) for s in h.HYPERPARAMS_SAMPLER.values()))")
+    for first in ("from sparse_rl import sparsity_report; sparsity_report", "import sparse_rl.sb3", "import rl_zoo3"):
+        out = subprocess.run([sys.executable, "-c", f"{first}; import sparse_rl.sb3; {check}"], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", (first, out.stderr[-500:])
