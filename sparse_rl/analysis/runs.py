@@ -168,7 +168,20 @@ def assign_configurations(runs: list[Run], say: Callable[[str], Any] = print) ->
         kept[key] = run
     note_baseline_differences(list(kept.values()), say)
     note_comparability(list(kept.values()), say)
+    note_inert_runs(list(kept.values()), say)
     return list(kept.values())
+
+
+def note_inert_runs(runs: list[Run], say: Callable[[str], Any] = print) -> None:
+    """One line per run that did not do what its label says: no gradient step (``learning_starts`` past its steps) or
+    no topology update of a rewiring method (its schedule never fired: a static network in effect). Runs finished
+    before ``run.json`` recorded these are not checked."""
+    for run in runs:
+        if run.summary.get("gradient_steps") == 0:
+            say(f"{run.path} ({run.config}) took no gradient step: an untrained agent (learning_starts >= its steps)")
+        elif run.summary.get("topology_updates") == 0 and run.method not in ("dense", "static"):
+            say(f"{run.path} ({run.config}) ran no {run.method} update (its schedule never fired): its masks stayed "
+                "as initialised, a static network in effect")
 
 
 def note_comparability(runs: list[Run], say: Callable[[str], Any] = print) -> None:

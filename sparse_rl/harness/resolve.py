@@ -19,7 +19,7 @@ from typing import Any
 from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import check_hyperparams, check_policy_kwargs, run_device, whole_numbers_as_ints
 from sparse_rl.harness.envs import check_env_id, is_atari
-from sparse_rl.harness.schedule import topology_schedule
+from sparse_rl.harness.schedule import budget_notes, topology_schedule
 from sparse_rl.harness.zoo_entries import config_entry
 from sparse_rl.topology import METHODS as TOPOLOGY_METHODS
 
@@ -324,6 +324,7 @@ def resolve(spec: RunSpec) -> Resolved:
     resolved = Resolved(spec, merged, topology, method if topology is not None else "dense",
                         sparsity if topology is not None else 0.0, distribution, notes, sources, entry=origin)
     _check(resolved, algo)
+    notes += budget_notes(merged, algo)
     if topology is not None:
         resolved.schedule = topology_schedule(topology, merged, algo)
         if resolved.schedule["updates"] == 0 and method == "gmp":

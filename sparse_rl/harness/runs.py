@@ -282,6 +282,9 @@ def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s
         "inference_flops_vs_dense": flops["inference_vs_dense"], "training_flops_vs_dense": flops["training_vs_dense"],
         "wall_time_s": wall_time_s, "steps_per_s": model.num_timesteps / max(wall_time_s, 1e-9),
         "tensorboard_dir": tensorboard_dir, "finished": time.time(), "code": code_version(),
+        # what happened: gradient steps taken, topology updates run (None: no TopologyCallback, e.g. dense)
+        "gradient_steps": int(getattr(model, "_n_updates", 0)),
+        "topology_updates": (getattr(model.policy, "topology_state", None) or {}).get("updater", {}).get("num_updates"),
     }
 
 

@@ -1,4 +1,5 @@
-"""The topology schedule a run will follow, in environment steps, computed before it trains (printed and saved).
+"""The topology schedule a run will follow, in environment steps, computed before it trains (printed and saved), and
+what the step budget itself will train (:func:`budget_notes`).
 
 It follows :class:`~sparse_rl.sb3.callbacks.TopologyCallback`'s own rule: the callback checks its clock every env step
 of the vector env (on-policy: at rollout ends), an update runs at the first check at or after its scheduled step, and
@@ -72,3 +73,32 @@ def _gradient_steps_per_env_step(hyperparams: dict[str, Any], algo: Any, n_envs:
             return None
         frequency = frequency[0]
     return 1.0 if gradient_steps == -1 else gradient_steps / (int(frequency) * n_envs)
+
+
+def _setting(hyperparams: dict[str, Any], algo: Any, key: str) -> Any:
+    """A hyperparameter as the algorithm will use it (the given value, else its constructor's default)."""
+    import inspect
+
+    default = inspect.signature(algo.__init__).parameters.get(key)
+    return hyperparams.get(key, default.default if default is not None else None)
+
+
+def budget_notes(hyperparams: dict[str, Any], algo: Any) -> list[str]:
+    """Where SB3 trains another budget than ``n_timesteps`` says: on-policy algorithms collect whole rollouts (``-n
+    1000`` with 16 x 256-step rollouts trains 4096 env steps); off-policy ones take no gradient step before
+    ``learning_starts``."""
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    total, notes = int(hyperparams["n_timesteps"]), []
+    if issubclass(algo, OnPolicyAlgorithm):
+        n_steps, n_envs = int(_setting(hyperparams, algo, "n_steps")), int(hyperparams.get("n_envs", 1))
+        rollout = n_steps * n_envs
+        if total % rollout:
+            notes.append(f"n_timesteps: {algo.__name__} collects whole rollouts of {rollout} env steps (n_steps {n_steps} "
+                         f"x n_envs {n_envs}), so {total} trains {-(-total // rollout) * rollout} env steps")
+    else:
+        starts = _setting(hyperparams, algo, "learning_starts")
+        if starts is not None and int(starts) >= total:
+            notes.append(f"learning_starts {int(starts)} >= n_timesteps {total}: no gradient step is taken, the agent "
+                         "stays as initialised (lower learning_starts or train longer)")
+    return notes

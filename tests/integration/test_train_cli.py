@@ -40,7 +40,10 @@ def test_rl_zoo_layout(runs):
     assert yaml.load((dense_dir / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)["policy"] == "MlpPolicy"
     args = yaml.load((sparse_dir / "Pendulum-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
     assert "env_kwargs" in args and args["algo"] == "sac"
-    code = json.loads((sparse_dir / "run.json").read_text())["code"]  # which code trained it (the agents' provenance)
+    summary = json.loads((sparse_dir / "run.json").read_text())  # what happened: 250 gradient steps, no update
+    assert (summary["gradient_steps"], summary["topology_updates"]) == (250, 0)  # (every 1000 steps: none fits 300)
+    assert json.loads((dense_dir / "run.json").read_text())["topology_updates"] is None
+    code = summary["code"]  # which code trained it (the agents' provenance)
     assert code["sparse_rl"] == sparse_rl.__version__
     if (Path(sparse_rl.__file__).resolve().parents[1] / ".git").exists():
         assert len(code["git_commit"]) == 40 and isinstance(code["git_dirty"], bool)

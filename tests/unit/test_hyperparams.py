@@ -309,3 +309,14 @@ def test_the_dense_baseline_of_a_shared_command_drops_its_sparse_settings_with_a
                  dict(method="dense", hyperparams={"policy_kwargs": "dict(sparsity=0.8)", "callback": callback})):
         resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", **spec))
         assert not resolved.sparse and any(n.startswith("dense baseline:") and "dropped" in n for n in resolved.notes)
+
+
+def test_a_budget_sb3_will_not_train_as_given_is_said():
+    """-n 1000 with PPO's 16 x 256-step rollouts trained 4096 env steps while resolved.yml said 1000; TD3 with
+    learning_starts 10000 and -n 1500 never took a gradient step, without a word."""
+    ppo = resolve(RunSpec(algo="ppo", env="Acrobot-v1", n_timesteps=1000))
+    assert ("n_timesteps: PPO collects whole rollouts of 4096 env steps (n_steps 256 x n_envs 16), so 1000 trains 4096 "
+            "env steps") in ppo.notes
+    assert not any("whole rollouts" in note for note in resolve(RunSpec(algo="ppo", env="Acrobot-v1", n_timesteps=8192)).notes)
+    td3 = resolve(RunSpec(algo="td3", env="Pendulum-v1", n_timesteps=1500))
+    assert any(note.startswith("learning_starts 10000 >= n_timesteps 1500: no gradient step") for note in td3.notes)

@@ -138,3 +138,20 @@ def test_the_notes_go_into_the_report(tmp_path):
     paths = write_report(runs, tmp_path / "out", ["a note about the runs"])
     assert "## Notes\n\n- a note about the runs" in paths["markdown"].read_text()
     assert "<li>a note about the runs</li>" in paths["html"].read_text()
+
+
+def test_runs_that_did_not_train_or_rewire_are_said(tmp_path):
+    """A SET run whose schedule never fired was reported as SET, and one that took no gradient step as trained."""
+    for seed, (name, summary) in enumerate((("set", {"topology_updates": 0, "gradient_steps": 50}),
+                                            ("untrained", {"gradient_steps": 0}),
+                                            ("fine", {"topology_updates": 3, "gradient_steps": 50}), ("old", {}))):
+        write_run(tmp_path / name, seed, -100.0, method="set")
+        run_json = tmp_path / name / "run.json"
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **summary}))
+    said = []
+    find_runs(tmp_path, say=said.append)
+    inert = [line for line in said if "gradient step" in line or "update" in line]
+    assert inert == [f"{tmp_path / 'set'} (set 90%) ran no set update (its schedule never fired): its masks stayed as "
+                     "initialised, a static network in effect",
+                     f"{tmp_path / 'untrained'} (set 90%) took no gradient step: an untrained agent (learning_starts >= "
+                     "its steps)"]
