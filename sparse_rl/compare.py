@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from sparse_rl.analysis.report import markdown_table, summary_rows, write_report
-from sparse_rl.analysis.runs import find_runs, print_and_keep
+from sparse_rl.analysis.runs import find_runs, note_few_seeds, print_and_keep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         notes: list[str] = []
         runs = find_runs(args.log_dir, say=print_and_keep(notes))
+        note_few_seeds(runs, print_and_keep(notes))
         paths = write_report(runs, args.output or f"{args.log_dir.rstrip('/')}/report", notes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

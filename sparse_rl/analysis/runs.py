@@ -204,6 +204,16 @@ def note_comparability(runs: list[Run], say: Callable[[str], Any] = print) -> No
                 "of them is the baseline")
 
 
+def note_few_seeds(runs: list[Run], say: Callable[[str], Any] = print) -> None:
+    """One line per algo and env with configurations of fewer than 3 seeds: a per-configuration 95 % CI over seeds is
+    then the seeds' own range (one seed: a point), not an interval to judge by."""
+    for (algo, env), configs in _by_configuration(runs).items():
+        few = [f"{config} ({len(group)})" for config, group in configs.items() if len(group) < 3]
+        if few:
+            say(f"{algo} {env}: fewer than 3 seeds in {', '.join(few)}: their 95 % CIs are bootstrap ranges of so few "
+                "runs (the seeds' own values; one seed: a point), not intervals to judge by")
+
+
 def _by_configuration(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[Run]]]:
     """``(algo, env) -> configuration -> its runs``."""
     grouped: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))

@@ -59,6 +59,8 @@ def test_compare_report(runs, tmp_path, capsys):
     assert "| sac | Pendulum-v1 | dense | 1 |" in table and "| sac | Pendulum-v1 | rigl 90% | 1 |" in table
     assert (tmp_path / "report.html").read_text().count("<tr>") == 3
     assert (tmp_path / "curves_sac_Pendulum-v1.png").stat().st_size > 10_000
+    notes = table.split("## Notes", 1)[1]  # one seed each: the "95 % CI" is a point, and the sparse run never rewired
+    assert "fewer than 3 seeds in dense (1), rigl 90% (1)" in notes and "ran no rigl update" in notes
 
 
 @pytest.mark.parametrize("argv,message", [

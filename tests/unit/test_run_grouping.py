@@ -7,6 +7,7 @@ import yaml
 
 from sparse_rl.analysis import find_runs
 from sparse_rl.analysis.report import summary_rows
+from sparse_rl.analysis.runs import note_few_seeds
 
 
 def write_run(folder, seed, final, settings=None, method="rigl", sparsity=0.9, extra=None, trained=200):
@@ -155,3 +156,16 @@ def test_runs_that_did_not_train_or_rewire_are_said(tmp_path):
                      "initialised, a static network in effect",
                      f"{tmp_path / 'untrained'} (set 90%) took no gradient step: an untrained agent (learning_starts >= "
                      "its steps)"]
+
+
+def test_configurations_of_fewer_than_3_seeds_are_said(tmp_path):
+    """compare printed "[-1224.6, -1045.4]" for 2 seeds as a 95 % CI: the two seeds' own values."""
+    for seed in range(3):
+        write_run(tmp_path / f"sparse{seed}", seed, -100.0)
+    for seed in range(2):
+        write_run(tmp_path / f"dense{seed}", seed, -100.0, method="dense", sparsity=0.0)
+    said = []
+    note_few_seeds(find_runs(tmp_path, say=lambda line: None), say=said.append)
+    assert said == [
+        "sac Pendulum-v1: fewer than 3 seeds in dense (2): their 95 % CIs are bootstrap ranges of so few runs (the "
+        "seeds' own values; one seed: a point), not intervals to judge by"]
