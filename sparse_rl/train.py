@@ -19,10 +19,15 @@ from typing import Any
 from sparse_rl.harness.checks import DefaultsHelpFormatter
 from sparse_rl.harness.hyperparams import merge_overrides, parse_value
 from sparse_rl.harness.resolve import ALGOS, METHODS, RunSpec
-from sparse_rl.harness.training import RESUME_FLAGS, train
+from sparse_rl.harness.training import RESUME_FLAGS, check, train
 
 
 def parse_args(argv: list[str] | None = None) -> RunSpec:
+    return _parse(argv)[0]
+
+
+def _parse(argv: list[str] | None) -> tuple[RunSpec, bool]:
+    """The run's spec and whether ``--dry-run`` was given."""
     parser = argparse.ArgumentParser(prog="python -m sparse_rl.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--algo", default=None, help=f"one of {', '.join(ALGOS)} (default: sac; with --resume: the run's)")
@@ -54,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     parser.add_argument("--distribution", default=None, help="per-layer sparsity: erk, er or uniform")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: SB3's training table")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved settings and check that SB3 builds the model, then exit; nothing is "
+                             "written")
     args = parser.parse_args(argv)
     typed = _typed(parser, argv)
     if args.resume:
@@ -69,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
         eval_episodes=args.eval_episodes, save_freq=args.save_freq, n_envs=args.n_envs, device=args.device,
         backend=args.backend, distribution=args.distribution, progress=args.progress, verbose=args.verbose,
         resume=args.resume, save_replay_buffer=args.save_replay_buffer, threads=args.threads,
-    )
+    ), args.dry_run
 
 
 #: the flags that may come with --resume (the run's own settings cannot change; --algo/--env must name the run's)
@@ -122,7 +130,13 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train(parse_args(argv))
+        spec, dry_run = _parse(argv)
+        if dry_run:
+            for line in check(spec).describe():
+                print(line)
+            print("dry run: the settings resolve and SB3 builds the model; nothing was written")
+            return 0
+        train(spec)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -204,11 +204,13 @@ def check_policy_kwargs(policy_kwargs: Mapping[str, Any], policy_class: type, so
         if key not in allowed:
             raise _unknown(key, allowed, f"policy_kwargs key for {policy_class.__name__}", origin)
     net_arch = policy_kwargs.get("net_arch")
-    widths = [w for part in net_arch.values() for w in part] if isinstance(net_arch, Mapping) else net_arch
-    if net_arch is not None and not (isinstance(widths, (list, tuple)) and all(_is_int(w) and w >= 1 for w in widths)):
+    parts = list(net_arch.values()) if isinstance(net_arch, Mapping) else [net_arch]
+    if net_arch is not None and not (
+            (not isinstance(net_arch, Mapping) or set(net_arch) <= {"pi", "vf", "qf"})
+            and all(isinstance(part, (list, tuple)) and all(_is_int(w) and w >= 1 for w in part) for part in parts)):
         raise ValueError(f"policy_kwargs net_arch={net_arch!r}{_origin(origin, 'net_arch')} is not allowed: net_arch "
-                         "must be a list of layer widths >= 1, or a dict of such lists (e.g. dict(pi=[64, 64], "
-                         "vf=[64, 64]))")
+                         "must be a list of layer widths >= 1, or a dict of such lists keyed pi / vf (PPO, A2C) or "
+                         "pi / qf (SAC, TD3) (e.g. dict(pi=[64, 64], vf=[64, 64]))")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

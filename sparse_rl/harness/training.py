@@ -17,10 +17,11 @@ from typing import Any
 
 from sparse_rl.harness import hyperparams as hp
 from sparse_rl.harness.checks import run_device
-from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, env_name, evaluation_env, training_env
+from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
 from sparse_rl.harness.runs import RunFolder, code_version, run_summary, saved_hyperparams
 from sparse_rl.harness.schedule import topology_schedule
+from sparse_rl.harness.tensorboard_logs import claim_tensorboard_dir, run_name, set_logger
 
 #: flags a resumed run takes from this invocation; every other flag comes from the run's own args.yml
 RESUME_FLAGS = ("n_timesteps", "progress", "threads", "verbose", "device", "resume")
@@ -53,42 +54,6 @@ def model_kwargs(hyperparams: dict[str, Any], env: Any) -> dict[str, Any]:
         std = float(hyperparams.get("noise_std", 0.1))
         kwargs["action_noise"] = noises[noise_type](mean=np.zeros(n_actions), sigma=std * np.ones(n_actions))
     return kwargs
-
-
-def run_name(resolved: Resolved) -> str:
-    """What the run is, in one name: ``<algo>_<Env>_<dense|rigl90>_s<seed>`` (TensorBoard, run.json, reports)."""
-    spec = resolved.spec
-    return f"{spec.algo}_{env_name(spec.env)}_{resolved.label()}_s{spec.seed}"
-
-
-def claim_tensorboard_dir(root: str, resolved: Resolved) -> Path:
-    """``<root>/<run name>`` (``_2``, ``_3``... when taken), created atomically."""
-    base = Path(root) / run_name(resolved)
-    Path(root).mkdir(parents=True, exist_ok=True)
-    candidate, n = base, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base.with_name(f"{base.name}_{n}")
-
-
-def _set_logger(model: Any, tensorboard_dir: str | None, verbose: int, purge_step: int | None = None) -> None:
-    """SB3's logger into ``tensorboard_dir``; ``purge_step`` (a resume): TensorBoard drops the run's earlier events at
-    and after that step (torch's ``purge_step``), which the resumed run logs again, so no curve doubles back."""
-    if tensorboard_dir is None:
-        return
-    from stable_baselines3.common.logger import TensorBoardOutputFormat, configure
-    from torch.utils.tensorboard import SummaryWriter
-
-    logger = configure(tensorboard_dir, ["stdout", "tensorboard"] if verbose >= 1 else ["tensorboard"])
-    for output in logger.output_formats:
-        if purge_step is not None and isinstance(output, TensorBoardOutputFormat):
-            output.writer.close()
-            output.writer = SummaryWriter(log_dir=tensorboard_dir, purge_step=purge_step)
-    model.set_logger(logger)
 
 
 def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs: int, start_step: int,
@@ -128,10 +93,7 @@ def build_callbacks(spec: RunSpec, resolved: Resolved, folder: RunFolder, n_envs
     return callbacks
 
 
-def train(spec: RunSpec) -> Path:
-    """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
-    if spec.resume:
-        return _resume(spec)
+def _resolve_checked(spec: RunSpec) -> Resolved:
     _check_flags(spec)
     try:
         resolved = resolve(spec)
@@ -139,14 +101,14 @@ def train(spec: RunSpec) -> Path:
         check_action_space(spec.algo, spec.env, spec.env_kwargs)
         raise
     check_action_space(spec.algo, spec.env, spec.env_kwargs or resolved.hyperparams.get("env_kwargs"))
-    _set_threads(spec.threads)
-    folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)
-    tb_dir = None
+    return resolved
+
+
+def _build(spec: RunSpec, resolved: Resolved, monitor_dir: Path | None) -> tuple[Any, Any]:
+    """The training env and the model (SB3's own errors on a setting: one ``ValueError`` line)."""
+    env = None
     try:
-        # absolute: a --resume from another working directory logs into the same TensorBoard run
-        tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved).resolve()) if spec.tensorboard_log else None
-        folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
-        env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=folder.path, env_kwargs=spec.env_kwargs)
+        env = training_env(spec.env, resolved.hyperparams, spec.seed, monitor_dir=monitor_dir, env_kwargs=spec.env_kwargs)
         hyper = resolved.hyperparams
         policy = policy_class(spec.algo, hyper["policy"]) if resolved.sparse else hyper["policy"]
         model = algo_class(spec.algo)(policy, env, seed=spec.seed, device=spec.device, verbose=spec.verbose,
@@ -154,18 +116,47 @@ def train(spec: RunSpec) -> Path:
         # SB3's agent samples random actions from env 0's own action space object; its own copy (same generator state,
         # so the same draws) leaves env 0's generators to env 0, whose episodes a checkpoint records
         model.action_space = copy.deepcopy(model.action_space)
-    except BaseException as error:
+        return env, model
+    except (TypeError, AssertionError, KeyError, ValueError) as error:  # SB3 rejected a setting
+        if env is not None:
+            env.close()
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"SB3 cannot build {spec.algo.upper()} with these settings: {type(error).__name__}: "
+                         f"{first} (check policy_kwargs, net_arch and the *_kwargs values)") from None
+
+
+def check(spec: RunSpec) -> Resolved:
+    """What :func:`train` would train, checked as far as building the env and the model, with nothing written
+    (``python -m sparse_rl.train --dry-run``; sweeps check their grid points with it)."""
+    if spec.resume:
+        raise ValueError("--dry-run checks the settings of a new run: --resume continues a run with its own settings")
+    resolved = _resolve_checked(spec)
+    env, _ = _build(spec, resolved, None)
+    env.close()
+    return resolved
+
+
+def train(spec: RunSpec) -> Path:
+    """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
+    if spec.resume:
+        return _resume(spec)
+    resolved = _resolve_checked(spec)
+    _set_threads(spec.threads)
+    folder = RunFolder.claim(spec.log_folder, spec.algo, spec.env)
+    tb_dir = None
+    try:
+        # absolute: a --resume from another working directory logs into the same TensorBoard run
+        tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved).resolve()) if spec.tensorboard_log else None
+        folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
+        env, model = _build(spec, resolved, folder.path)
+    except BaseException:
         folder.remove()
         if tb_dir is not None:
             Path(tb_dir).rmdir()
-        if isinstance(error, (TypeError, AssertionError, KeyError, ValueError)):  # SB3 rejected a setting
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ValueError(f"SB3 cannot build {spec.algo.upper()} with these settings: {type(error).__name__}: "
-                             f"{first} (check policy_kwargs, net_arch and the *_kwargs values)") from None
         raise
     for line in resolved.describe():
         print(line)
-    _set_logger(model, tb_dir, spec.verbose)
+    set_logger(model, tb_dir, spec.verbose)
     try:
         return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=0.0)
     finally:
@@ -317,7 +308,7 @@ def _resume_locked(spec: RunSpec, folder: RunFolder) -> Path:
                        env_kwargs=spec.env_kwargs)
     model, env, resume = load_checkpoint(spec, folder, env)
     tb_dir = folder.read_resolved().get("tensorboard_dir")
-    _set_logger(model, tb_dir, spec.verbose, purge_step=int(model.num_timesteps) + 1)
+    set_logger(model, tb_dir, spec.verbose, purge_step=int(model.num_timesteps) + 1)
     return _learn(spec, resolved, folder, model, env, tb_dir, train_seconds=float(record.get("train_seconds", 0.0)),
                   resume=resume)
 

@@ -88,6 +88,8 @@ def test_compare_report(runs, tmp_path, capsys):
     (["--seed", "-1"], "--seed must be 0 or more"),  # was a traceback
     (["--eval-episodes", "3", "--eval-freq", "-1"], "--eval-episodes 3 has no effect: --eval-freq -1"),  # ignored
     (["-params", "batch_size:64", "-params", "batch_size:32"], "-params sets 'batch_size' twice"),  # the last won
+    (["-params", "policy_kwargs:dict(net_arch=dict(foo=3))"], "net_arch must be a list of layer widths"),  # traceback
+    (["--resume", "logs/x", "--dry-run"], "these flags cannot change it: --dry-run"),
     *([(["--device", "cuda"], "this machine has no CUDA device")] if not th.cuda.is_available() else []),  # was CPU
 ])
 def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
@@ -95,6 +97,17 @@ def test_bad_input_gives_one_clear_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not any(tmp_path.rglob("*.yml")) and not any(tmp_path.rglob("command.txt")), "nothing is written"
+
+
+def test_a_dry_run_prints_the_settings_builds_the_model_and_writes_nothing(tmp_path, capsys):
+    argv = ["--algo", "sac", "--env", "Pendulum-v1", "-f", str(tmp_path / "logs"), "-n", "300", "-tb", str(tmp_path / "tb")]
+    assert train_main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sac on Pendulum-v1, seed 0: rigl at sparsity 0.9" in out and out.endswith("nothing was written\n")
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "tb").exists()
+    # SB3's own refusal (here: an optimizer argument it does not take) is found without training
+    assert train_main([*argv, "--dry-run", "-params", "policy_kwargs:dict(optimizer_kwargs=dict(bogus=1))"]) == 2
+    assert "SB3 cannot build SAC with these settings" in capsys.readouterr().err
 
 
 def test_env_kwargs_the_env_rejects_are_one_line_before_any_file(tmp_path, capsys):
