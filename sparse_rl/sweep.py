@@ -14,7 +14,7 @@ Sweep file (YAML)::
     sparsity: [0.0, 0.9]
     seed: [0, 1, 2]
     n_timesteps: 20000
-    train_args: ["--eval-freq", "2000"]   # any further flags of python -m sparse_rl.train
+    train_args: ["--eval-freq", "2000"]   # any further flags of python -m sparse_rl.train (a list)
     log_folder: logs/sweep
     max_retries: 1
 """
@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sparse_rl.harness.sweeps import execute, expand_grid, load_sweep
+from sparse_rl.harness.sweeps import check_points, execute, expand_grid, load_sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_sweep(args.conf_file)
         runs = expand_grid(spec)
+        check_points(runs)  # each kind of unfinished point through train --dry-run: a refusal stops the sweep here
         if args.dry_run:
             for r in runs:
                 stale = r.stale()

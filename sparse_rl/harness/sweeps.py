@@ -136,7 +136,8 @@ def _check_grid(spec: dict[str, Any], where: str) -> None:
     from sparse_rl.harness.resolve import ALGOS, METHODS
 
     def fail(key: str, value: Any, allowed: str) -> None:
-        hint = f" (YAML reads {value} as a string: write it as an integer)" if isinstance(value, str) else ""
+        numeric = isinstance(value, str) and value.replace(".", "", 1).replace("e", "", 1).lstrip("+-").isdigit()
+        hint = f" (YAML reads {value} as a string: write it as a number)" if numeric else ""
         raise ValueError(f"sweep file {where}: {key} {value!r} is not allowed: {allowed}{hint}")
 
     for algo in _as_list(spec["algo"]):
@@ -154,7 +155,10 @@ def _check_grid(spec: dict[str, Any], where: str) -> None:
     steps = spec.get("n_timesteps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
         fail("n_timesteps", steps, "a positive integer")
-    for arg in (str(a) for a in spec.get("train_args", ())):
+    train_args = spec.get("train_args", [])
+    if not isinstance(train_args, list) or not all(isinstance(a, (str, int, float)) for a in train_args):
+        fail("train_args", train_args, "a list of python -m sparse_rl.train arguments, e.g. ['--eval-freq', '2000']")
+    for arg in (str(a) for a in train_args):
         name = arg.split("=")[0]
         if name.startswith("--") and len(name) > 2:
             hits = [flag for flag in POINT_FLAGS if flag.startswith(name)]
@@ -228,6 +232,33 @@ def _run_or_busy(run: GridRun) -> str:
         return run_one(run)
     except RunLocked:
         return BUSY
+
+
+def check_points(runs: list[GridRun]) -> None:
+    """Check the unfinished points with ``python -m sparse_rl.train --dry-run`` (one per algo, env and method: seeds
+    and sparsities are checked with the grid), so that a point the trainer would refuse (a flag of ``train_args``, a
+    hyperparameter, an algo the env does not fit) stops the sweep before anything runs.
+
+    :raises ValueError: one line naming the first failing point and its error
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo: dict[tuple[str, str, str], GridRun] = {}
+    for run in runs:
+        if not run.is_finished():
+            todo.setdefault((run.algo, run.env, run.method), run)
+
+    def dry_run(run: GridRun) -> str | None:
+        out = subprocess.run([*run.command(), "--dry-run"], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        lines = (out.stderr.strip() or out.stdout.strip()).splitlines()
+        return None if out.returncode == 0 else (lines[-1] if lines else f"exit status {out.returncode}")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        errors = [(run, error) for run, error in zip(todo.values(), pool.map(dry_run, todo.values())) if error]
+    if errors:
+        more = f" (and {len(errors) - 1} more points)" if len(errors) > 1 else ""
+        raise ValueError(f"grid point {errors[0][0].name} would fail{more}: {errors[0][1].removeprefix('error: ')}")
 
 
 def execute(runs: list[GridRun], max_retries: int = 1, address: str | None = None, num_cpus: int | None = None) -> SweepResult:

@@ -53,8 +53,24 @@ def test_local_ray_sweep_2x2_completes_and_rerun_skips_finished(tmp_path, capsys
     assert len(list(root.rglob("run.json"))) == 4
 
 
-def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, capsys):
+def test_a_point_the_trainer_refuses_stops_the_sweep_before_anything_runs(tmp_path, capsys):
+    """Bad train_args or an algo the env does not fit were listed as 'todo' by --dry-run, then failed in every task."""
+    root = tmp_path / "sweep"
+    conf = _write(tmp_path / "sweep.yml", algo="sac", env=["Pendulum-v1", "CartPole-v1"], sparsity=0.9, seed=[0, 1],
+                  n_timesteps=200, train_args=TINY, log_folder=str(root))
+    assert sweep_main(["-conf", str(conf), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: grid point sac_CartPole-v1_rigl_0.9_seed0 would fail") and err.count("\n") == 1
+    assert "--algo sac needs a continuous (Box) action space" in err and not root.exists()
+    conf = _write(tmp_path / "typo.yml", algo="sac", env="Pendulum-v1", n_timesteps=200, log_folder=str(root),
+                  train_args=["--sparsty", "3"])
+    assert sweep_main(["-conf", str(conf)]) == 2
+    assert "unrecognized arguments: --sparsty 3" in capsys.readouterr().err and not root.exists()
+
+
+def test_a_failing_run_is_retried_then_reported_while_others_complete(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'sparse_rl[sweep]')")
+    monkeypatch.setattr("sparse_rl.sweep.check_points", lambda runs: None)  # a point that fails while it trains
     root = tmp_path / "sweep"
     conf = _write(tmp_path / "sweep.yml", algo="sac", env=["Pendulum-v1", "CartPole-v1"], sparsity=0.9, seed=0,
                   n_timesteps=200, train_args=TINY, log_folder=str(root), max_retries=1)
@@ -121,6 +137,8 @@ def test_a_point_trained_by_an_older_sweep_is_checked_against_its_args(tmp_path)
     (dict(sparsity=["abc"]), "sparsity 'abc' is not allowed"),
     (dict(n_timesteps="1e4"), "n_timesteps '1e4' is not allowed: a positive integer .YAML reads"),
     (dict(seed=[-1]), "seed -1 is not allowed"),
+    (dict(train_args="--eval-freq 300"), "train_args '--eval-freq 300' is not allowed: a list"),  # split into characters
+    (dict(method=["rigI"]), r"method 'rigI' is not allowed: one of \[.*\]$"),  # said "write it as an integer"
 ])
 def test_a_sweep_file_is_checked_before_anything_runs(tmp_path, spec, match):
     """train_args repeating a grid flag trained every point as that flag said (static and set both ran RigL); bad grid
