@@ -224,7 +224,7 @@ def _by_configuration(runs: list[Run]) -> dict[tuple[str, str], dict[str, list[R
 
 def unfinished_runs(root: str | Path) -> list[Path]:
     """Run folders under ``root`` with evaluations but no ``run.json``: training was interrupted (``--resume``
-    finishes them)."""
+    finishes them), or another trainer wrote them (``rl_zoo3.train``: no ``command.txt`` either)."""
     return sorted(p.parent for p in Path(root).rglob("evaluations.npz") if not (p.parent / RUN_SUMMARY).is_file())
 
 
@@ -285,10 +285,16 @@ def find_runs(root: str | Path, say: Callable[[str], Any] = print, keep: Callabl
     if not root.exists():
         raise ValueError(f"log folder {str(root)!r} does not exist")
     runs = [load_run(p.parent) for p in sorted(root.rglob(RUN_SUMMARY))]
-    unfinished = unfinished_runs(root)
+    without = unfinished_runs(root)
+    unfinished = [p for p in without if (p / "command.txt").is_file()]  # python -m sparse_rl.train writes it first
+    foreign = [p for p in without if p not in unfinished]
     if unfinished:
         say(f"{len(unfinished)} unfinished run folder(s) left out (no run.json: interrupted; --resume finishes them): "
             + ", ".join(str(p) for p in unfinished))
+    if foreign:
+        say(f"{len(foreign)} run folder(s) not written by python -m sparse_rl.train left out (e.g. rl_zoo3.train runs: "
+            "no run.json, which reports read; train with python -m sparse_rl.train to compare): "
+            + ", ".join(str(p) for p in foreign))
     return assign_configurations([r for r in runs if keep is None or keep(r)], say)
 
 

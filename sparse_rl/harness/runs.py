@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import sys
 import time
 from collections import OrderedDict
@@ -185,7 +186,7 @@ class RunFolder:
         _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
         _atomic_text(self.params_dir / "resolved.yml", yaml.safe_dump(resolved, sort_keys=False))
         command = [os.path.basename(sys.executable), "-m", "sparse_rl.train", *sys.argv[1:]]
-        _atomic_text(self.path / "command.txt", " ".join(command) + "\n")
+        _atomic_text(self.path / "command.txt", shlex.join(command) + "\n")  # quoted: it runs as written
 
     def read_config(self) -> dict[str, Any]:
         """The saved ``config.yml`` (hyperparameters; ``normalize`` and ``*_kwargs`` as RL Zoo writes them)."""

@@ -119,11 +119,17 @@ def test_what_a_pooled_table_would_hide_is_said(tmp_path):
     unfinished = tmp_path / "rigl2"
     unfinished.mkdir()
     np.savez(unfinished / "evaluations.npz", timesteps=np.array([100]), results=np.array([[-1.0]]))
+    (unfinished / "command.txt").write_text("python -m sparse_rl.train\n")
+    zoo = tmp_path / "zoo"  # an rl_zoo3.train run: it was called interrupted, and --resume refused it
+    zoo.mkdir()
+    np.savez(zoo / "evaluations.npz", timesteps=np.array([100]), results=np.array([[-1.0]]))
     np.savez(tmp_path / "rigl1" / "evaluations.npz", timesteps=np.array([100, 200]), results=np.zeros((2, 5)))
     said = []
     find_runs(tmp_path, say=said.append)
     assert said[0] == f"1 unfinished run folder(s) left out (no run.json: interrupted; --resume finishes them): {unfinished}"
-    assert said[1] == ("sac Pendulum-v1: the runs' training-time evaluations used different episode counts (dense: [1]; "
+    assert said[1] == ("1 run folder(s) not written by python -m sparse_rl.train left out (e.g. rl_zoo3.train runs: no "
+                       f"run.json, which reports read; train with python -m sparse_rl.train to compare): {zoo}")
+    assert said[2] == ("sac Pendulum-v1: the runs' training-time evaluations used different episode counts (dense: [1]; "
                        "rigl 90%: [1, 5])")
     write_run(tmp_path / "dense2", 2, -150.0, {}, method="dense", sparsity=0.0, extra={"n_envs": 4})
     said.clear()
