@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         ("-n", args.max_steps, "give 1 or more steps", args.max_steps is not None and args.max_steps < 1),
         ("--video-size", args.video_size, "give a positive size in pixels",
          args.video_size is not None and args.video_size < 1),
-        ("--video-size", args.video_size, "it sizes a video: add --video PATH", args.video_size and not args.video))
+        ("--video-size", args.video_size, "it sizes a video: add --video PATH", args.video_size and not args.video),
+        ("--video", args.video, "videos are written as MP4 (mp4v codec); give a .mp4 path",
+         args.video is not None and not str(args.video).lower().endswith(".mp4")))
         if wrong]
     if bad:
         print(f"error: {bad[0]}", file=sys.stderr)

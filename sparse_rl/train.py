@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             print("dry run: the settings resolve and SB3 builds the model; nothing was written")
             return 0
-        train(spec)
+        train(spec, argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -177,7 +177,7 @@ def note_inert_runs(runs: list[Run], say: Callable[[str], Any] = print) -> None:
     no topology update of a rewiring method (its schedule never fired: a static network in effect). Runs finished
     before ``run.json`` recorded these are not checked."""
     for run in runs:
-        if run.summary.get("gradient_steps") == 0:
+        if run.summary.get("n_updates") == 0:
             say(f"{run.path} ({run.config}) took no gradient step: an untrained agent (learning_starts >= its steps)")
         elif run.summary.get("topology_updates") == 0 and run.method not in ("dense", "static"):
             say(f"{run.path} ({run.config}) ran no {run.method} update (its schedule never fired): its masks stayed "

@@ -214,7 +214,10 @@ def complete_resolved(agent: RunFolder) -> str | None:
     if path.is_file():
         return None
     args = agent.read_args()
-    resolved = resolve(RunSpec(**{k: v for k, v in args.items() if k in RunSpec.__dataclass_fields__}))
+    try:
+        resolved = resolve(RunSpec(**{k: v for k, v in args.items() if k in RunSpec.__dataclass_fields__}))
+    except ValueError as error:  # today's checks refuse the old run's flags: nothing to compare
+        return f"{path}: not reconstructed: the run predates resolved.yml and its args.yml no longer resolves ({error})\n"
     saved = saved_hyperparams(agent.read_config())  # expressions read back (RL Zoo wrote "{}" where we write "dict()")
     again = saved_hyperparams(config_record(resolved.hyperparams, resolved.topology))
     differ = sorted(k for k in saved.keys() | again.keys() if saved.get(k) != again.get(k))

@@ -326,13 +326,14 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
     several = len({r.algo for r in runs}) > 1
     rows = [evaluate_run(run, suite, episodes, best, env_id, max_steps, eps, deterministic, backend, latency_steps, seed,
                          group_name(run, several)) for run in runs]
-    as_packaged = deterministic and eps == 0 and not best and env_id is None and max_steps is None
+    as_packaged = deterministic and eps == 0 and not best and env_id is None and max_steps is None and backend is None
     for run, row in zip(runs, rows):
         if stored[run.path] is not None:
             line = compare_with_stored(row["returns"], stored[run.path][1])[1]
             say(f"{run.path}: {line}" if as_packaged and seed == stored[run.path][0] else
                 f"{run.path}: results.json not compared (evaluated otherwise than it was packaged: seed "
-                f"{stored[run.path][0]}, deterministic, the final model, no episode cut)")
+                f"{stored[run.path][0]}, deterministic, epsilon 0, the final model on its own env, no episode cut, "
+                "each layer's own backend)")
     for task in sorted({r["task"] for r in rows}):
         references = sorted({(r["algo"], r["reference_name"], r["reference_high"]) for r in rows if r["task"] == task})
         if len({name for _, name, _ in references}) > 1:

@@ -132,13 +132,17 @@ def export_policy(model: Any, out_dir: str | Path, obs_rms: Any = None, clip_obs
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(out_dir / "policy.safetensors", 0o666 & ~umask)  # safetensors writes 0600; match the other files
-    config["tensors_sha256"] = _sha256(out_dir / "policy.safetensors")  # damaged weights are found, not acted on
+    # damaged weights or settings are found, not acted on
+    config["tensors_sha256"] = hashlib.sha256((out_dir / "policy.safetensors").read_bytes()).hexdigest()
+    config["config_sha256"] = _config_sha256(config)
     (out_dir / "policy.json").write_text(json.dumps(config, indent=2))
     return out_dir
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _config_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of ``policy.json``'s settings (its own hash left out), in a canonical JSON form."""
+    settings = {k: v for k, v in config.items() if k != "config_sha256"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _sparse_layer(op: dict[str, Any], tensors: dict[str, th.Tensor], backend: str) -> SparseLayer:
@@ -259,14 +263,15 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
         differs from the one ``policy.json`` records, or tensors that do not fit ``policy.json`` (e.g. CSR indices out
         of range); an export without a recorded SHA-256 (written before it was) loads with a warning
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     if not (path / "policy.json").is_file() or not (path / "policy.safetensors").is_file():
         raise ValueError(f"{path} is not an export folder: it needs policy.json and policy.safetensors")
     try:
         config = json.loads((path / "policy.json").read_text())
-        tensors = load_file(str(path / "policy.safetensors"))
+        data = (path / "policy.safetensors").read_bytes()
+        tensors = load(data)
     except Exception as error:  # truncated / corrupted files: one line
         first = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(f"the export in {path} cannot be read ({type(error).__name__}: {first}): the files are damaged; "
@@ -277,9 +282,12 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
     if expected is None:
         warnings.warn(f"{path / 'policy.json'} has no tensors_sha256 (an export written before it was recorded): "
                       "damaged weights cannot be told from trained ones; export the run again", stacklevel=2)
-    elif _sha256(path / "policy.safetensors") != expected:
+    elif hashlib.sha256(data).hexdigest() != expected:
         raise ValueError(f"{path / 'policy.safetensors'} does not match the SHA-256 in policy.json: the file is damaged or "
                          "was changed; export the run again")
+    if "config_sha256" in config and _config_sha256(config) != config["config_sha256"]:
+        raise ValueError(f"{path / 'policy.json'}'s settings do not match its config_sha256: the file is damaged or was "
+                         "changed; export the run again")
     try:
         return ExportedPolicy(config, tensors, backend).eval()
     except KeyError as error:

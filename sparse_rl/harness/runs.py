@@ -177,15 +177,16 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------------- files
     def write_run_files(self, spec: Any, hyperparams: dict[str, Any], topology: dict[str, Any] | None,
-                        resolved: dict[str, Any]) -> None:
-        """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``."""
+                        resolved: dict[str, Any], argv: list[str] | None = None) -> None:
+        """``config.yml`` and ``args.yml`` as RL Zoo writes them (OrderedDicts), ``resolved.yml`` and ``command.txt``
+        (``argv``: the train arguments; default the process's own, ``sys.argv[1:]``)."""
         self.params_dir.mkdir(parents=True, exist_ok=True)
         config = config_record(hyperparams, topology)
         _atomic_text(self.params_dir / "config.yml", yaml.dump(OrderedDict(sorted(config.items()))))
         args = asdict(spec) | {"env_kwargs": spec.env_kwargs, "folder": spec.log_folder}
         _atomic_text(self.params_dir / "args.yml", yaml.dump(OrderedDict(sorted(args.items()))))
         _atomic_text(self.params_dir / "resolved.yml", yaml.safe_dump(resolved, sort_keys=False))
-        command = [os.path.basename(sys.executable), "-m", "sparse_rl.train", *sys.argv[1:]]
+        command = [os.path.basename(sys.executable), "-m", "sparse_rl.train", *(sys.argv[1:] if argv is None else argv)]
         _atomic_text(self.path / "command.txt", shlex.join(command) + "\n")  # quoted: it runs as written
 
     def read_config(self) -> dict[str, Any]:
@@ -270,8 +271,11 @@ def code_version() -> dict[str, Any]:
 
 
 def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s: float,
-                tensorboard_dir: str | None) -> dict[str, Any]:
-    """``run.json``: who the run is (algo, env, method, sparsity, seed) and what it cost (nnz, FLOPs, wall time)."""
+                tensorboard_dir: str | None, code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run.json``: who the run is (algo, env, method, sparsity, seed), what it cost (nnz, FLOPs, wall time), the
+    code that trained it (``code``: :func:`code_version` when the training, or its last resume, started) and what
+    happened (``n_updates``: SB3's update counter, gradient steps for SAC/TD3/DQN, epochs for PPO, rollouts for A2C;
+    ``topology_updates``: ``None`` without a TopologyCallback)."""
     from sparse_rl.sb3.flops import policy_flops_for_space
     from sparse_rl.sb3.report import sparsity_report
 
@@ -282,9 +286,8 @@ def run_summary(spec: Any, model: Any, method: str, sparsity: float, wall_time_s
         "n_timesteps": int(model.num_timesteps), "nnz": total["nnz"], "numel": total["numel"], "density": total["density"],
         "inference_flops_vs_dense": flops["inference_vs_dense"], "training_flops_vs_dense": flops["training_vs_dense"],
         "wall_time_s": wall_time_s, "steps_per_s": model.num_timesteps / max(wall_time_s, 1e-9),
-        "tensorboard_dir": tensorboard_dir, "finished": time.time(), "code": code_version(),
-        # what happened: gradient steps taken, topology updates run (None: no TopologyCallback, e.g. dense)
-        "gradient_steps": int(getattr(model, "_n_updates", 0)),
+        "tensorboard_dir": tensorboard_dir, "finished": time.time(), "code": code,
+        "n_updates": int(getattr(model, "_n_updates", 0)),
         "topology_updates": (getattr(model.policy, "topology_state", None) or {}).get("updater", {}).get("num_updates"),
     }
 

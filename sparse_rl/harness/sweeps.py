@@ -130,13 +130,21 @@ POINT_FLAGS = {"--algo": "algo", "--env": "env", "--method": "method", "--sparsi
 SHORT_POINT_FLAGS = {"-n": "n_timesteps", "-f": "log_folder"}
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_grid(spec: dict[str, Any], where: str) -> None:
     """Every grid value checked before anything runs; ``train_args`` may not set what the grid sets (argparse keeps
     the last flag, so the point would silently train something other than its name says)."""
     from sparse_rl.harness.resolve import ALGOS, METHODS
 
     def fail(key: str, value: Any, allowed: str) -> None:
-        numeric = isinstance(value, str) and value.replace(".", "", 1).replace("e", "", 1).lstrip("+-").isdigit()
+        numeric = isinstance(value, str) and _is_number_text(value)
         hint = f" (YAML reads {value} as a string: write it as a number)" if numeric else ""
         raise ValueError(f"sweep file {where}: {key} {value!r} is not allowed: {allowed}{hint}")
 
@@ -235,9 +243,10 @@ def _run_or_busy(run: GridRun) -> str:
 
 
 def check_points(runs: list[GridRun]) -> None:
-    """Check the unfinished points with ``python -m sparse_rl.train --dry-run`` (one per algo, env and method: seeds
-    and sparsities are checked with the grid), so that a point the trainer would refuse (a flag of ``train_args``, a
-    hyperparameter, an algo the env does not fit) stops the sweep before anything runs.
+    """Check the unfinished points with ``python -m sparse_rl.train --dry-run`` on this machine (the first point of
+    each algo, env and method; other seeds and sparsities differ only in values the grid checks), so that a point the
+    trainer would refuse (a flag of ``train_args``, a hyperparameter, an algo the env does not fit) stops the sweep
+    before anything runs.
 
     :raises ValueError: one line naming the first failing point and its error
     """
@@ -249,8 +258,11 @@ def check_points(runs: list[GridRun]) -> None:
             todo.setdefault((run.algo, run.env, run.method), run)
 
     def dry_run(run: GridRun) -> str | None:
-        out = subprocess.run([*run.command(), "--dry-run"], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            out = subprocess.run([*run.command(), "--dry-run"], capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired:
+            return "its train --dry-run did not finish in 600 s"
         lines = (out.stderr.strip() or out.stdout.strip()).splitlines()
         return None if out.returncode == 0 else (lines[-1] if lines else f"exit status {out.returncode}")
 

@@ -117,10 +117,12 @@ def _build(spec: RunSpec, resolved: Resolved, monitor_dir: Path | None) -> tuple
         # so the same draws) leaves env 0's generators to env 0, whose episodes a checkpoint records
         model.action_space = copy.deepcopy(model.action_space)
         return env, model
-    except (TypeError, AssertionError, KeyError, ValueError) as error:  # SB3 rejected a setting
+    except BaseException as error:
         if env is not None:
             env.close()
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not isinstance(error, (TypeError, AssertionError, KeyError, ValueError)):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]  # SB3 rejected a setting
         raise ValueError(f"SB3 cannot build {spec.algo.upper()} with these settings: {type(error).__name__}: "
                          f"{first} (check policy_kwargs, net_arch and the *_kwargs values)") from None
 
@@ -136,8 +138,9 @@ def check(spec: RunSpec) -> Resolved:
     return resolved
 
 
-def train(spec: RunSpec) -> Path:
-    """Run one training job (or continue one with ``spec.resume``); returns its run folder."""
+def train(spec: RunSpec, argv: list[str] | None = None) -> Path:
+    """Run one training job (or continue one with ``spec.resume``); returns its run folder. ``argv``: the command-line
+    arguments that asked for it (``command.txt``; default the process's own)."""
     if spec.resume:
         return _resume(spec)
     resolved = _resolve_checked(spec)
@@ -147,7 +150,8 @@ def train(spec: RunSpec) -> Path:
     try:
         # absolute: a --resume from another working directory logs into the same TensorBoard run
         tb_dir = str(claim_tensorboard_dir(spec.tensorboard_log, resolved).resolve()) if spec.tensorboard_log else None
-        folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir})
+        folder.write_run_files(spec, resolved.hyperparams, resolved.topology, {**resolved.saved(), "tensorboard_dir": tb_dir},
+                               argv)
         env, model = _build(spec, resolved, folder.path)
     except BaseException:
         folder.remove()
@@ -197,6 +201,7 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
     from sparse_rl.sb3.eval_callback import TrainingClock
 
     clock = TrainingClock(offset=train_seconds)
+    code = code_version()  # the code that trains from here (a checkout edited meanwhile is not what trained)
     start = model.num_timesteps
     name = Path(tb_dir).name if tb_dir else run_name(resolved)  # the TensorBoard run's name, "_2" when taken
     callbacks = build_callbacks(spec, resolved, folder, env.num_envs, start, clock, name)
@@ -217,8 +222,8 @@ def _learn(spec: RunSpec, resolved: Resolved, folder: RunFolder, model: Any, env
         tmp = folder.vecnormalize_path.with_name(f".vecnormalize.{os.getpid()}.pkl")
         env.save(str(tmp))
         os.replace(tmp, folder.vecnormalize_path)
-    folder.write_summary({"name": name, **run_summary(spec, model, resolved.method, resolved.sparsity,
-                                                                   clock.seconds(), tb_dir), "resumes": folder.resumes()})
+    summary = run_summary(spec, model, resolved.method, resolved.sparsity, clock.seconds(), tb_dir, code)
+    folder.write_summary({"name": name, **summary, "resumes": folder.resumes()})
     print(f"saved to {folder.path}")
     return folder.path
 

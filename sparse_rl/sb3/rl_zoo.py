@@ -75,18 +75,26 @@ class _WrapWhenImported(importlib.abc.MetaPathFinder):
     """Wraps RL Zoo's sampler table as soon as ``rl_zoo3.hyperparams_opt`` is imported (after ``sparse_rl.sb3``: then
     ``--gym-packages sparse_rl.sb3`` imports nothing new, and trials silently fell back to the default sparsity)."""
 
+    marker = _WRAPPED  # one hook, also across a reload of this module (which makes a new class)
+
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         if name != SAMPLER_MODULE:
             return None
-        sys.meta_path.remove(self)  # once; the other finders locate the module
-        spec = importlib.util.find_spec(name)
+        spec = None
+        for finder in sys.meta_path:  # the other finders locate the module
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         execute = spec.loader.exec_module
 
         def exec_module(module: Any) -> None:
-            execute(module)
+            execute(module)  # a failed import leaves the hook for the next attempt
             _wrap_table(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -101,6 +109,7 @@ def register() -> bool:
         except ImportError:
             return False
         return True
-    if importlib.util.find_spec("rl_zoo3") is not None and not any(isinstance(f, _WrapWhenImported) for f in sys.meta_path):
+    if importlib.util.find_spec("rl_zoo3") is not None and not any(getattr(f, "marker", None) == _WRAPPED
+                                                                   for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapWhenImported())
     return False

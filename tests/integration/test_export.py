@@ -9,7 +9,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from sparse_rl.export import main as export_main
 from sparse_rl.harness.envs import make_env
-from sparse_rl.harness.export import export_policy, load_exported
+from sparse_rl.harness.export import _config_sha256, export_policy, load_exported
 from sparse_rl.sb3 import SparseActorCriticPolicy, SparseDQNCnnPolicy
 from sparse_rl.train import main as train_main
 
@@ -112,14 +112,19 @@ def test_damaged_weights_are_found_not_acted_on(tmp_path):
     save_file(tensors, str(tensors_file))
     config = json.loads(config_file.read_text())
     config["tensors_sha256"] = hashlib.sha256(tensors_file.read_bytes()).hexdigest()
+    config["config_sha256"] = _config_sha256(config)
     config_file.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not a valid .* CSR matrix") as error:
         load_exported(tmp_path)
     assert "\n" not in str(error.value)
-    # an export written before the checksum was recorded loads, with a warning
+    # policy.json's own settings (action bounds, normalisation, ops) are checked too
     export_policy(model, tmp_path)
     config = json.loads(config_file.read_text())
-    del config["tensors_sha256"]
+    config_file.write_text(json.dumps({**config, "action_high": [0.5]}))
+    with pytest.raises(ValueError, match="settings do not match its config_sha256"):
+        load_exported(tmp_path)
+    # an export written before the checksums were recorded loads, with a warning
+    del config["tensors_sha256"], config["config_sha256"]
     config_file.write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="no tensors_sha256"):
         policy = load_exported(tmp_path)

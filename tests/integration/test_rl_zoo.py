@@ -81,7 +81,9 @@ def test_the_sampler_table_is_wrapped_whatever_the_import_order():
     --gym-packages sparse_rl.sb3 then imported nothing new, and -optimize trials silently trained at 0.9 ERK."""
     check = ("import rl_zoo3.hyperparams_opt as h; "
              "print(all(getattr(s, '_sparse_rl_keeps_policy_kwargs', False) for s in h.HYPERPARAMS_SAMPLER.values()))")
-    for first in ("from sparse_rl import sparsity_report; sparsity_report", "import sparse_rl.sb3", "import rl_zoo3"):
+    for first in ("from sparse_rl import sparsity_report; sparsity_report", "import sparse_rl.sb3", "import rl_zoo3",
+                  # a probe before the import removed the hook (found by a review)
+                  "import sparse_rl.sb3, importlib.util; importlib.util.find_spec('rl_zoo3.hyperparams_opt')"):
         out = subprocess.run([sys.executable, "-c", f"{first}; import sparse_rl.sb3; {check}"], capture_output=True,
                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", (first, out.stderr[-500:])

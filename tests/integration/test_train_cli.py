@@ -1,6 +1,7 @@
 """``python -m sparse_rl.train`` and ``python -m sparse_rl.compare`` on real short runs, and their bad-input errors."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -41,9 +42,11 @@ def test_rl_zoo_layout(runs):
     args = yaml.load((sparse_dir / "Pendulum-v1" / "args.yml").read_text(), Loader=yaml.UnsafeLoader)
     assert "env_kwargs" in args and args["algo"] == "sac"
     summary = json.loads((sparse_dir / "run.json").read_text())  # what happened: 250 gradient steps, no update
-    assert (summary["gradient_steps"], summary["topology_updates"]) == (250, 0)  # (every 1000 steps: none fits 300)
+    assert (summary["n_updates"], summary["topology_updates"]) == (250, 0)  # (every 1000 steps: none fits 300)
     assert json.loads((dense_dir / "run.json").read_text())["topology_updates"] is None
     code = summary["code"]  # which code trained it (the agents' provenance)
+    command = shlex.split((sparse_dir / "command.txt").read_text())  # the arguments given (it held pytest's own)
+    assert command[1:7] == ["-m", "sparse_rl.train", "--algo", "sac", "--env", "Pendulum-v1"] and "-params" in command
     assert code["sparse_rl"] == sparse_rl.__version__
     if (Path(sparse_rl.__file__).resolve().parents[1] / ".git").exists():
         assert len(code["git_commit"]) == 40 and isinstance(code["git_dirty"], bool)

@@ -149,9 +149,9 @@ def test_the_notes_go_into_the_report(tmp_path):
 
 def test_runs_that_did_not_train_or_rewire_are_said(tmp_path):
     """A SET run whose schedule never fired was reported as SET, and one that took no gradient step as trained."""
-    for seed, (name, summary) in enumerate((("set", {"topology_updates": 0, "gradient_steps": 50}),
-                                            ("untrained", {"gradient_steps": 0}),
-                                            ("fine", {"topology_updates": 3, "gradient_steps": 50}), ("old", {}))):
+    for seed, (name, summary) in enumerate((("set", {"topology_updates": 0, "n_updates": 50}),
+                                            ("untrained", {"n_updates": 0}),
+                                            ("fine", {"topology_updates": 3, "n_updates": 50}), ("old", {}))):
         write_run(tmp_path / name, seed, -100.0, method="set")
         run_json = tmp_path / name / "run.json"
         run_json.write_text(json.dumps({**json.loads(run_json.read_text()), **summary}))
