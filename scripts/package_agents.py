@@ -28,7 +28,7 @@ The seed-0 run (seeds were fixed in advance; not the best seed) of each configur
 (`scripts/bench_learning.py`), packaged by `python scripts/package_agents.py --bench BENCH`. Each folder
 `agents/<algo>/<Env>/<config>/` holds the SB3 zip `<Env>.zip` (with `<Env>/vecnormalize.pkl` where the config
 normalises), the compact export `export/` (safetensors + JSON, loaded without unpickling; `policy.json` records the
-SHA-256 of the weights), the settings the run trained with (`<Env>/resolved.yml`, `<Env>/config.yml`,
+SHA-256 of the weights and of its own settings), the settings the run trained with (`<Env>/resolved.yml`, `<Env>/config.yml`,
 `<Env>/args.yml`) and the command (`command.txt`), `results.json`, the learning curve `curve.png`, `evaluations.npz`
 and `dormant.csv`.
 
