@@ -137,14 +137,14 @@ def check_value(key: str, value: Any, sources: Mapping[str, str] | None = None) 
     check = CHECKS.get(key)
     if check is not None and not check[0](value):
         hint = ""
-        if isinstance(value, str) and _numeric_text(value):
+        if isinstance(value, str) and numeric_text(value):
             hint = (f" (YAML reads {value} as a string: write it with a decimal point, e.g. {float(value)!r}, "
                     f"or as !!float {value})")
         raise ValueError(f"hyperparameter {key}={value!r}{_origin(sources or {}, key)} is not allowed: "
                          f"{key} must be {check[1]}{hint}")
 
 
-def _numeric_text(text: str) -> bool:
+def numeric_text(text: str) -> bool:
     try:
         float(text)
     except ValueError:

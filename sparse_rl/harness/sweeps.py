@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparse_rl.harness.checks import numeric_text
 from sparse_rl.harness.hyperparams import read_yaml
 from sparse_rl.harness.runs import LOCK_FILE, RunFolder
 
@@ -130,21 +131,13 @@ POINT_FLAGS = {"--algo": "algo", "--env": "env", "--method": "method", "--sparsi
 SHORT_POINT_FLAGS = {"-n": "n_timesteps", "-f": "log_folder"}
 
 
-def _is_number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _check_grid(spec: dict[str, Any], where: str) -> None:
     """Every grid value checked before anything runs; ``train_args`` may not set what the grid sets (argparse keeps
     the last flag, so the point would silently train something other than its name says)."""
     from sparse_rl.harness.resolve import ALGOS, METHODS
 
     def fail(key: str, value: Any, allowed: str) -> None:
-        numeric = isinstance(value, str) and _is_number_text(value)
+        numeric = isinstance(value, str) and numeric_text(value)
         hint = f" (YAML reads {value} as a string: write it as a number)" if numeric else ""
         raise ValueError(f"sweep file {where}: {key} {value!r} is not allowed: {allowed}{hint}")
 
