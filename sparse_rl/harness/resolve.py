@@ -263,6 +263,11 @@ def resolve(spec: RunSpec) -> Resolved:
         raise ValueError(f"no n_timesteps in {origin}: pass -n STEPS")
     policy_kwargs = hp.policy_kwargs_dict(merged.get("policy_kwargs"))
     topology, other_callbacks = hp.topology_callback_kwargs(merged.get("callback"))
+    for key in ("update_every", "start", "end"):  # YAML's !!float 1e4: whole steps (start/end <= 1 are fractions)
+        value = (topology or {}).get(key)
+        if isinstance(value, float) and value.is_integer() and (key == "update_every" or value > 1):
+            topology[key] = int(value)  # type: ignore[index]
+            notes.append(f"TopologyCallback {key}: {value!r} taken as the step {int(value)}")
     policy = merged.get("policy", "MlpPolicy")
     sparsity = _sparsity(spec, policy_kwargs, policy, sources, notes)
     method = _method(spec, sparsity, topology)

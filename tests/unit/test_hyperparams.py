@@ -320,3 +320,12 @@ def test_a_budget_sb3_will_not_train_as_given_is_said():
     assert not any("whole rollouts" in note for note in resolve(RunSpec(algo="ppo", env="Acrobot-v1", n_timesteps=8192)).notes)
     td3 = resolve(RunSpec(algo="td3", env="Pendulum-v1", n_timesteps=1500))
     assert any(note.startswith("learning_starts 10000 >= n_timesteps 1500: no gradient step") for note in td3.notes)
+
+
+def test_whole_float_steps_of_the_topology_callback_are_steps():
+    """update_every: !!float 1e4 (RL Zoo's style for step counts) was an error; end: 1.5e5 too."""
+    callback = [{hp.TOPOLOGY_CALLBACK: {"update_every": 1000.0, "end": 1500.0, "start": 0.5}}]
+    resolved = resolve(RunSpec(algo="sac", env="Pendulum-v1", n_timesteps=2000, hyperparams={"callback": callback}))
+    assert (resolved.topology["update_every"], resolved.topology["end"], resolved.topology["start"]) == (1000, 1500, 0.5)
+    assert "TopologyCallback update_every: 1000.0 taken as the step 1000" in resolved.notes
+    assert not any("TopologyCallback start" in note for note in resolved.notes)  # 0.5 is a fraction of the run
