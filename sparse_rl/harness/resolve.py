@@ -116,6 +116,9 @@ class Resolved:
             when = (f"{sched['updates']} updates, every {every} from step {sched['first_update']}"
                     f" to {sched['last_update']}" if sched["updates"] else
                     "none (static masks)" if self.method == "static" else "no update fits")
+            if sched.get("last_update_drops_nothing"):
+                when += (f" (the last, at end, replaces nothing: the {sched['drop_schedule']} drop fraction is 0 there, "
+                         f"so {sched['updates'] - 1} change the masks)")
             if sched.get("merged"):
                 when += (f" ({sched['merged']} scheduled steps fall between two checks of the clock, every "
                          f"{sched['check_every']} env steps, and merge into the next update)")

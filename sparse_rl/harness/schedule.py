@@ -44,10 +44,13 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     first = schedule.next_update_step(start - 1) if end >= start and rewires else None
     ticks, scheduled = schedule.updates_at_checks(first, 0, tick, total)  # SB3 stops at the first check >= n_timesteps
     per_step = _gradient_steps_per_env_step(hyperparams, algo, n_envs, tick)
+    # without merging, the last update runs at its scheduled step: at ``end`` a decayed drop fraction is 0 (RigL's rule)
+    idle_end = bool(ticks) and scheduled == len(ticks) and schedule.next_update_step(end - 1) == end and (
+        ticks[-1] >= end and schedule.drop_fraction_at(end) == 0)
     return {"update_every": full["update_every"], "start": start, "end": end, "drop_fraction": full["drop_fraction"],
             "drop_schedule": full["drop_schedule"], "first_update": ticks[0] if ticks else None,
             "last_update": ticks[-1] if ticks else None, "updates": len(ticks), "merged": scheduled - len(ticks),
-            "check_every": tick, "defaults": defaults,
+            "check_every": tick, "defaults": defaults, "last_update_drops_nothing": idle_end,
             "gradient_steps_between": None if per_step is None else round(full["update_every"] * per_step, 1)}
 
 

@@ -249,7 +249,7 @@ def test_the_topology_schedule_is_resolved_in_env_steps_printed_and_saved():
                                  "drop_schedule": "cosine", "first_update": 11_000, "last_update": 120_000,
                                  "updates": 110, "merged": 0, "check_every": 1,
                                  "defaults": ["start = learning_starts"],  # the config's learning_starts
-                                 "gradient_steps_between": 1000.0}
+                                 "gradient_steps_between": 1000.0, "last_update_drops_nothing": True}
     assert any("110 updates, every 1000 env steps (= 1000 gradient steps) from step 11000 to 120000" in line
                and "start = learning_starts" in line for line in resolved.describe())
     assert resolved.saved()["topology_schedule"]["updates"] == 110
@@ -329,3 +329,13 @@ def test_whole_float_steps_of_the_topology_callback_are_steps():
     assert (resolved.topology["update_every"], resolved.topology["end"], resolved.topology["start"]) == (1000, 1500, 0.5)
     assert "TopologyCallback update_every: 1000.0 taken as the step 1000" in resolved.notes
     assert not any("TopologyCallback start" in note for note in resolved.notes)  # 0.5 is a fraction of the run
+
+
+def test_an_update_at_the_schedules_end_that_changes_nothing_is_said():
+    """The schedule line counted the update at `end`, where the cosine drop fraction is 0, as one that rewires."""
+    line = next(line for line in resolve(RunSpec(algo="sac", env="HalfCheetah-v4", n_timesteps=150_000)).describe()
+                if "topology schedule" in line)
+    assert "110 updates" in line and "the last, at end, replaces nothing" in line and "so 109 change the masks" in line
+    line = next(line for line in resolve(RunSpec(algo="sac", env="HalfCheetah-v4", n_timesteps=150_500)).describe()
+                if "topology schedule" in line)  # end 120400: no update falls on it
+    assert "replaces nothing" not in line
