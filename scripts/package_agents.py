@@ -29,8 +29,8 @@ The seed-0 run (seeds were fixed in advance; not the best seed) of each configur
 `agents/<algo>/<Env>/<config>/` holds the SB3 zip `<Env>.zip` (with `<Env>/vecnormalize.pkl` where the config
 normalises), the compact export `export/` (safetensors + JSON, loaded without unpickling; `policy.json` records the
 SHA-256 of the weights and of its own settings), the settings the run trained with (`<Env>/resolved.yml`, `<Env>/config.yml`,
-`<Env>/args.yml`) and the command (`command.txt`), `results.json`, the learning curve `curve.png`, `evaluations.npz`
-and `dormant.csv`.
+`<Env>/args.yml`) and the command (`command.txt`), the run's summary `run.json`, `results.json`, the learning curve
+`curve.png`, `evaluations.npz` and `dormant.csv`.
 
 Columns: return = mean +- std of 10 deterministic episodes of the seed-0 agent on an env seeded 20000; vs dense = that
 return over the dense agent's of the same budget; benchmark IQM over seeds [95 % CI] and IQM vs dense = over all
@@ -52,7 +52,8 @@ USAGE = """\
   `action, _ = policy.predict(obs)` on raw observations, one or a batch (`forward` is the bare network: no
   normalisation, squashing or argmax). A PPO agent's VecNormalize statistics are baked into its export in float32, so
   its actions match SB3 + VecNormalize to about 1e-7 and a MuJoCo episode's return to about 1 %, not exactly.
-- **SB3 alone**: `SAC.load("agents/sac/HalfCheetah-v4/rigl90/HalfCheetah-v4.zip")` (`PPO`, `DQN` likewise). A PPO agent
+- **SB3's own API** (with sparse_rl installed: the zips name its policy classes):
+  `SAC.load("agents/sac/HalfCheetah-v4/rigl90/HalfCheetah-v4.zip")` (`PPO`, `DQN` likewise). A PPO agent
   also needs its observation statistics: `venv = VecNormalize.load("<agent>/HalfCheetah-v4/vecnormalize.pkl", venv)`,
   then `venv.training = False` and `venv.norm_reward = False` (without them it scores about -130 instead of 5300). The
   MinAtar agents: `import sparse_rl.sb3` registers the `MinAtar/...` ids, and they trained with episodes cut at 10,000

@@ -220,3 +220,12 @@ def test_a_benchmark_report_of_another_step_budget_is_not_overwritten(tmp_path):
                                "--log-folder", str(tmp_path / "logs"), "--report-only"], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and done.stderr.startswith("error: --out") and earlier.read_text() == damaged
+
+
+def test_the_example_sweep_file_is_valid():
+    """The README's sweep command pointed at a sweep.yml that did not ship."""
+    from pathlib import Path
+
+    spec = load_sweep(Path(__file__).resolve().parents[2] / "configs" / "sweep_example.yml")
+    runs = expand_grid(spec)
+    assert len(runs) == 3 * 3 + 3 and sum(run.method == "dense" for run in runs) == 3  # 3 methods x 3 seeds + dense
