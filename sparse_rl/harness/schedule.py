@@ -39,7 +39,7 @@ def topology_schedule(topology: dict[str, Any], hyperparams: dict[str, Any], alg
     # the callback checks the clock every env step of the vector env (n_envs steps), on-policy at rollout ends
     # (n_steps x n_envs): an update runs at the first check at or after its step, and steps passed by one check merge
     n_envs = int(hyperparams.get("n_envs", 1))
-    n_steps = hyperparams.get("n_steps", getattr(inspect.signature(algo.__init__).parameters.get("n_steps"), "default", 1))
+    n_steps = _setting(hyperparams, algo, "n_steps", 1)
     tick = n_envs * (int(n_steps) if issubclass(algo, OnPolicyAlgorithm) else 1)
     first = schedule.next_update_step(start - 1) if end >= start and rewires else None
     ticks, scheduled = schedule.updates_at_checks(first, 0, tick, total)  # SB3 stops at the first check >= n_timesteps
@@ -58,19 +58,14 @@ def _gradient_steps_per_env_step(hyperparams: dict[str, Any], algo: Any, n_envs:
     """Gradient steps per environment step (``None`` when episodes set the pace: ``train_freq`` in episodes), so a
     schedule in env steps can be read in gradient steps: ``--n-envs 4`` makes SAC's 1000 env steps 250 gradient
     steps."""
-    import inspect
-
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-    def value(key: str, fallback: Any) -> Any:
-        default = inspect.signature(algo.__init__).parameters.get(key)
-        return hyperparams.get(key, default.default if default is not None else fallback)
-
     if issubclass(algo, OnPolicyAlgorithm):  # PPO: epochs x minibatches per rollout; A2C: one step per rollout
-        epochs = value("n_epochs", None)
-        per_rollout = 1 if epochs is None else int(epochs) * -(-rollout // int(value("batch_size", rollout)))
+        epochs, batch = _setting(hyperparams, algo, "n_epochs"), int(_setting(hyperparams, algo, "batch_size", rollout))
+        per_rollout = 1 if epochs is None else int(epochs) * -(-rollout // batch)
         return per_rollout / rollout
-    frequency, gradient_steps = value("train_freq", 1), int(value("gradient_steps", 1))
+    frequency = _setting(hyperparams, algo, "train_freq", 1)
+    gradient_steps = int(_setting(hyperparams, algo, "gradient_steps", 1))
     if isinstance(frequency, (list, tuple)):
         if frequency[1] != "step":
             return None
@@ -78,12 +73,13 @@ def _gradient_steps_per_env_step(hyperparams: dict[str, Any], algo: Any, n_envs:
     return 1.0 if gradient_steps == -1 else gradient_steps / (int(frequency) * n_envs)
 
 
-def _setting(hyperparams: dict[str, Any], algo: Any, key: str) -> Any:
-    """A hyperparameter as the algorithm will use it (the given value, else its constructor's default)."""
+def _setting(hyperparams: dict[str, Any], algo: Any, key: str, fallback: Any = None) -> Any:
+    """A hyperparameter as the algorithm will use it: the given value, else its constructor's default, else
+    ``fallback`` (a key the algorithm does not take)."""
     import inspect
 
     default = inspect.signature(algo.__init__).parameters.get(key)
-    return hyperparams.get(key, default.default if default is not None else None)
+    return hyperparams.get(key, default.default if default is not None else fallback)
 
 
 def budget_notes(hyperparams: dict[str, Any], algo: Any) -> list[str]:
