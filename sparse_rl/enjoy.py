@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_rl.harness.agents import compare_with_stored, stored_evaluation
-from sparse_rl.harness.replay import replay
+from sparse_rl.harness.replay import check_video_path, replay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         ("-n", args.max_steps, "give 1 or more steps", args.max_steps is not None and args.max_steps < 1),
         ("--video-size", args.video_size, "give a positive size in pixels",
          args.video_size is not None and args.video_size < 1),
-        ("--video-size", args.video_size, "it sizes a video: add --video PATH", args.video_size and not args.video),
-        ("--video", args.video, "videos are written as MP4 (mp4v codec); give a .mp4 path",
-         args.video is not None and not str(args.video).lower().endswith(".mp4")))
+        ("--video-size", args.video_size, "it sizes a video: add --video PATH", args.video_size and not args.video))
         if wrong]
-    if bad:
-        print(f"error: {bad[0]}", file=sys.stderr)
+    try:
+        if bad:
+            raise ValueError(bad[0])
+        if args.video is not None:
+            check_video_path(args.video)  # before the agent is loaded
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if not Path(args.run_dir).is_dir():
         print(f"error: run_dir {args.run_dir}: no such folder (give a run or agent folder, e.g. "

@@ -33,9 +33,9 @@ import numpy as np
 
 from sparse_rl.analysis.report import format_interval
 from sparse_rl.harness.envs import env_name, evaluation_env
-from sparse_rl.harness.runs import RunFolder, code_version, config_record, load_agent, saved_hyperparams
+from sparse_rl.harness.runs import AGENT_RESULTS, RunFolder, code_version, config_record, load_agent, saved_hyperparams
 
-RESULTS = "results.json"
+RESULTS = AGENT_RESULTS
 #: SB3 zips above this size are not shipped (the compact export always is)
 MAX_ZIP_BYTES = 4_000_000
 EVALUATION_SEED = 20_000

@@ -328,12 +328,12 @@ def evaluate_suite(suite_name: str, runs_dir: str | Path, out_dir: str | Path | 
                          group_name(run, several)) for run in runs]
     as_packaged = deterministic and eps == 0 and not best and env_id is None and max_steps is None and backend is None
     for run, row in zip(runs, rows):
-        if stored[run.path] is not None:
-            line = compare_with_stored(row["returns"], stored[run.path][1])[1]
-            say(f"{run.path}: {line}" if as_packaged and seed == stored[run.path][0] else
-                f"{run.path}: results.json not compared (evaluated otherwise than it was packaged: seed "
-                f"{stored[run.path][0]}, deterministic, epsilon 0, the final model on its own env, no episode cut, "
-                "each layer's own backend)")
+        agent = stored[run.path]
+        if agent is not None and as_packaged and seed == agent[0]:
+            say(f"{run.path}: {compare_with_stored(row['returns'], agent[1])[1]}")
+        elif agent is not None:
+            say(f"{run.path}: results.json not compared (evaluated otherwise than it was packaged: seed {agent[0]}, "
+                "deterministic, epsilon 0, the final model on its own env, no episode cut, each layer's own backend)")
     for task in sorted({r["task"] for r in rows}):
         references = sorted({(r["algo"], r["reference_name"], r["reference_high"]) for r in rows if r["task"] == task})
         if len({name for _, name, _ in references}) > 1:

@@ -68,6 +68,12 @@ def _has_camera(env_id: str, name: str) -> bool:
         env.close()
 
 
+def check_video_path(path: str) -> None:
+    """:raises ValueError: for a path that is not ``.mp4`` (OpenCV would print its FFmpeg errors before failing)"""
+    if Path(path).suffix.lower() != ".mp4":
+        raise ValueError(f"--video {path}: videos are written as MP4 (mp4v codec); give a .mp4 path")
+
+
 class _Video:
     """An MP4 file written through OpenCV (``mp4v``): frames as 8-bit BGR, tiny frames (MinAtar renders 10 x 10 floats
     in [0, 1]) scaled up by a whole factor to at least :data:`MIN_VIDEO_SIDE` pixels, pixels kept square and sharp.
@@ -78,8 +84,7 @@ class _Video:
     def __init__(self, path: str, env: Any, seed: int) -> None:
         import cv2
 
-        if Path(path).suffix.lower() != ".mp4":  # OpenCV would print its FFmpeg errors before failing
-            raise ValueError(f"--video {path}: videos are written as MP4 (mp4v codec); give a .mp4 path")
+        check_video_path(path)
         env.reset()  # a first frame, for the size; it uses up the seeded reset, so the env is seeded again below
         env.seed(seed)
         try:

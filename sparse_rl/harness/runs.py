@@ -32,6 +32,10 @@ RESUMES = "resumes.json"
 LOCK_FILE = ".lock"
 
 
+#: a packaged agent's record (``agents/``, :mod:`sparse_rl.harness.agents`); a run folder holding it is a shipped agent
+AGENT_RESULTS = "results.json"
+
+
 class RunFolder:
     """Paths and files of one run folder.
 
@@ -167,7 +171,7 @@ class RunFolder:
         path = self.best_model_path if best else self.model_path
         if not path.is_file():
             other = self.model_path if best else self.best_model_path
-            shipped = (self.path / "results.json").is_file()  # a packaged agent (agents/), not a training run
+            shipped = (self.path / AGENT_RESULTS).is_file()  # a packaged agent (agents/), not a training run
             hint = (f"use {'--last' if best else '--best'} ({other.name} is there)" if other.is_file()
                     else "the agent folder is incomplete: check it out again" if shipped else "train first")
             if (self.path / "export").is_dir():
