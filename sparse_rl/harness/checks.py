@@ -144,6 +144,11 @@ def check_value(key: str, value: Any, sources: Mapping[str, str] | None = None) 
                          f"{key} must be {check[1]}{hint}")
 
 
+def error_line(error: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (``default`` when it has none), for one-line errors."""
+    return (str(error).strip().splitlines() or [default])[0]
+
+
 def numeric_text(text: str) -> bool:
     try:
         float(text)

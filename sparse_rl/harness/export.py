@@ -28,6 +28,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
+from sparse_rl.harness.checks import error_line
 from sparse_rl.nn.layers import SparseConv2d, SparseLayer, SparseLinear
 
 FORMAT_VERSION = 1
@@ -273,7 +274,7 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
         data = (path / "policy.safetensors").read_bytes()
         tensors = load(data)
     except Exception as error:  # truncated / corrupted files: one line
-        first = (str(error).strip().splitlines() or [""])[0]
+        first = error_line(error)
         raise ValueError(f"the export in {path} cannot be read ({type(error).__name__}: {first}): the files are damaged; "
                          "export the run again") from None
     if config.get("format_version") != FORMAT_VERSION:
@@ -293,7 +294,7 @@ def load_exported(path: str | Path, backend: str = "auto") -> ExportedPolicy:
     except KeyError as error:
         raise ValueError(f"the export in {path} lacks the tensor {error}: the files are damaged; export again") from None
     except (ValueError, IndexError, RuntimeError) as error:  # shapes or CSR structure that do not fit policy.json
-        first = (str(error).strip().splitlines() or [""])[0]
+        first = error_line(error)
         raise ValueError(f"the export in {path} is inconsistent ({type(error).__name__}: {first}): the files are damaged; "
                          "export again") from None
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from sparse_rl.harness.checks import error_line
 from sparse_rl.harness.envs import env_name
 
 RUN_SUMMARY = "run.json"
@@ -307,7 +308,7 @@ def load_agent(run_dir: str | Path, best: bool = False, device: str = "cpu") -> 
     try:
         model = algo_class(run.algo).load(path, device=device)
     except Exception as error:  # a truncated or corrupted file: one line, not a traceback from zipfile/torch
-        first = (str(error).strip().splitlines() or [""])[0]
+        first = error_line(error)
         raise ValueError(f"{path} cannot be loaded ({type(error).__name__}: {first}): the file is damaged or not an "
                          f"SB3 {run.algo.upper()} model") from None
     return model, run, folder.read_config()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_rl.harness import hyperparams as hp
-from sparse_rl.harness.checks import run_device
+from sparse_rl.harness.checks import error_line, run_device
 from sparse_rl.harness.envs import EVAL_SEED_OFFSET, check_action_space, evaluation_env, training_env
 from sparse_rl.harness.resolve import Resolved, RunSpec, algo_class, policy_class, resolve
 from sparse_rl.harness.runs import RunFolder, code_version, run_summary, saved_hyperparams
@@ -122,7 +122,7 @@ def _build(spec: RunSpec, resolved: Resolved, monitor_dir: Path | None) -> tuple
             env.close()
         if not isinstance(error, (TypeError, AssertionError, KeyError, ValueError)):
             raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]  # SB3 rejected a setting
+        first = error_line(error, type(error).__name__)  # SB3 rejected a setting
         raise ValueError(f"SB3 cannot build {spec.algo.upper()} with these settings: {type(error).__name__}: "
                          f"{first} (check policy_kwargs, net_arch and the *_kwargs values)") from None
 
