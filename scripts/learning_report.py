@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +197,9 @@ def markdown(summary: dict[str, Any], header: str) -> str:
     lines.append("|---|" + "---|" * len(all_seeds))
     for name, row in summary["rows"].items():
         lines.append(f"| {name} | " + " | ".join(str(row["per_seed"].get(s, "-")) for s in all_seeds) + " |")
-    resumed = [f"{name} seed {seed} at step {r['step']:,} ({r['environments']})"
-               for name, row in summary["rows"].items() for seed, rs in sorted(row.get("resumes", {}).items()) for r in rs]
+    resumed = [f"{name} seed {seed} at step {step:,} ({environments}){'' if n == 1 else f', {n} times'}"
+               for name, row in summary["rows"].items() for seed, rs in sorted(row.get("resumes", {}).items())
+               for (step, environments), n in Counter((r["step"], r["environments"]) for r in rs).items()]
     if resumed:
         lines += ["", "Resumed from a checkpoint (a run recorded as replayed continues exactly; one with new episodes "
                   "does not): " + "; ".join(resumed) + "."]

@@ -65,6 +65,15 @@ def test_the_report_lists_resumed_runs():
     assert "Resumed" not in learning_report.markdown({**summary, "rows": {"rigl90": dict(row)}}, "# h")
 
 
+def test_a_run_resumed_twice_from_one_checkpoint_is_listed_once_with_a_count():
+    """A run interrupted twice before its next checkpoint was listed twice in the same words, like a copying slip."""
+    row = {"iqm": [1.0, 0.5, 1.5], "mean": [1.0, 0.5, 1.5], "iqm_vs_dense": None, "p_improvement_over_dense": None,
+           "dormant_end": {}, "nnz": 10, "density": 1.0, "wall_time_s": 1.0, "steps_per_s": 1.0, "per_seed": {2: 1.0}}
+    resumes = [{"step": 25000, "time": t, "environments": "replayed"} for t in ("t1", "t2")]
+    text = learning_report.markdown({"seeds_compared": [2], "rows": {"dense": {**row, "resumes": {2: resumes}}}}, "# h")
+    assert "dense seed 2 at step 25,000 (replayed), 2 times." in text and text.count("at step 25,000") == 1
+
+
 def test_the_report_says_which_runs_predate_resume_records():
     """Runs trained before run.json recorded resumes were reported as never resumed (four SAC runs had been)."""
     records = {"dense": [{"seed": 0, "final": 1.0, "resumes": None, "dormant": {}, "nnz": 1, "density": 1.0,
