@@ -3,13 +3,17 @@
 Builds the same models as ``bench_throughput.py`` (SAC on HalfCheetah-v4, one torch thread), warms them up, then runs
 ``--steps`` environment steps of each under ``cProfile`` and splits the time per environment step into:
 
-- ``sparse kernels``: the compiled CSR kernel calls (forward, and the backward's gradients to inputs/values/bias);
+- ``ctypes kernel calls``: the CSR kernels called through the ctypes fallback (0 when the ``torch.ops.sparse_rl``
+  operators are loaded: cProfile puts their forward in ``other`` and their backward in ``autograd backward``);
 - ``dense matmuls (fwd)``: ``nn.Linear`` forwards (all of the dense model; the dense-by-design layers of the sparse one);
 - ``autograd backward``: the autograd engine's own time, i.e. dense layers' backward plus every other op's backward;
 - ``optimizer``: Adam steps and ``zero_grad``; ``target update``: Polyak averaging; ``replay sample``;
 - ``env step``: MuJoCo and the VecEnv/Monitor wrappers;
 - ``topology update``: one RigL update timed on its own, divided by ``update_every`` (its amortised cost);
 - ``other``: everything else (SB3 and torch Python overhead: distributions, losses, tensor ops).
+
+A second pass of ``--steps`` steps per model under ``torch.profiler`` times the kernels themselves, forward and
+backward: the ``sparse_rl::*`` operators and ATen's dense matrix products (:func:`kernel_time`).
 
     python scripts/profile_throughput.py --widths 1024 2048 --steps 60
 
@@ -34,12 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import RESULTS, make_models  # noqa: E402
 
 UPDATE_EVERY = 1000
+SPARSE_OPS, DENSE_OPS = "sparse operators (fwd+bwd)", "dense matrix products (fwd+bwd)"
 # (category, how) -> predicate on a pstats key (file, line, function); "tot" sums own time, "cum" sums cumulative time
 CATEGORIES = [
     # the ctypes path's forward and backward only: with the operators (``torch.ops.sparse_rl.*``) cProfile does not
     # see the kernels' forward as a call of its own (it lands in ``other``), and their backward runs inside the autograd
     # engine (``autograd backward``)
-    ("sparse kernels", "tot", lambda f, fn: f.endswith("backends/cpu.py") and fn in ("_forward", "backward")),
+    ("ctypes kernel calls", "tot", lambda f, fn: f.endswith("backends/cpu.py") and fn in ("_forward", "backward")),
     ("dense matmuls (fwd)", "tot", lambda f, fn: fn in ("<built-in method torch._C._nn.linear>",)),
     ("autograd backward", "tot", lambda f, fn: fn == "<method 'run_backward' of 'torch._C._EngineBase' objects>"),
     ("optimizer", "cum", lambda f, fn: f.endswith("torch/optim/adam.py") and fn == "step"
@@ -66,6 +71,23 @@ def split_profile(stats: pstats.Stats, steps: int) -> dict[str, float]:
     out["other"] = 1e3 * total / steps - sum(out.values())
     out["total"] = 1e3 * total / steps
     return out
+
+
+def kernel_time(model: object, callback: object, steps: int) -> dict[str, float]:
+    """Milliseconds per environment step in the matrix kernels, forward and backward, from a second pass of ``steps``
+    environment steps under ``torch.profiler`` (cProfile cannot see inside the operators): self CPU time of the
+    ``sparse_rl::*`` operators and of ATen's dense matrix products (``addmm``, ``mm``, ``bmm``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.learn(steps, callback=callback, reset_num_timesteps=False)  # type: ignore[attr-defined]
+    totals = {SPARSE_OPS: 0.0, DENSE_OPS: 0.0}
+    for event in prof.key_averages():
+        if event.key.startswith("sparse_rl::"):
+            totals[SPARSE_OPS] += event.self_cpu_time_total
+        elif event.key in ("aten::addmm", "aten::mm", "aten::bmm"):
+            totals[DENSE_OPS] += event.self_cpu_time_total
+    return {name: us / 1e3 / steps for name, us in totals.items()}
 
 
 def time_topology_update(callback: object, repeats: int = 3) -> float:
@@ -99,6 +121,7 @@ def main() -> int:
             model.learn(args.steps, callback=callback, reset_num_timesteps=False)
             profiler.disable()
             split = split_profile(pstats.Stats(profiler), args.steps)
+            split.update(kernel_time(model, callback, args.steps))
             update_ms = time_topology_update(callback) if callback is not None else 0.0
             split["topology update"] = update_ms / UPDATE_EVERY
             split["total"] += split["topology update"]
@@ -113,6 +136,16 @@ def main() -> int:
              "", "| part | " + " | ".join(f"dense {r['width']} | sparse {r['width']}" for r in rows) + " |",
              "|---|" + "---|---|" * len(rows)]
     for name in names:
+        cells = []
+        for r in rows:
+            cells += [f"{r['dense'][name]:.2f}", f"{r['sparse'][name]:.2f}"]  # type: ignore[index]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Kernel time, ms per environment step, from a second pass of {args.steps} steps per model under "
+              "torch.profiler (self CPU time of the `sparse_rl::*` operators and of ATen's dense `addmm`/`mm`/`bmm`, "
+              "forward and backward; cProfile puts the operators' forward in `other` and their backward in `autograd "
+              "backward`):", "", "| kernels | " + " | ".join(f"dense {r['width']} | sparse {r['width']}" for r in rows)
+              + " |", "|---|" + "---|---|" * len(rows)]
+    for name in (SPARSE_OPS, DENSE_OPS):
         cells = []
         for r in rows:
             cells += [f"{r['dense'][name]:.2f}", f"{r['sparse'][name]:.2f}"]  # type: ignore[index]
