@@ -36,7 +36,12 @@ Columns: return = mean +- std of 10 deterministic episodes of the seed-0 agent o
 return over the dense agent's of the same budget; benchmark IQM over seeds [95 % CI] and IQM vs dense = over all
 seeds of the agent's own benchmark (its report in `scripts/results/`); stored vs dense = bytes of the trained networks'
 weights as stored over the same weights dense in float32; export = KiB of safetensors + JSON; acting time vs dense =
-one SB3 `predict` call, batch 1, one thread, on the packaging machine (below 1 is faster).
+one SB3 `predict` call, batch 1, one thread, on the packaging machine (below 1 is faster). "Stored vs dense" and
+"acting time vs dense" compare an agent with its own architecture made dense. For `sac/HalfCheetah-v4/rigl90-wide816`
+(sparse-wide at equal parameters: [816, 816] at 90 %, 216,322 weights, as many as dense [256, 256]) that is a dense
+[816, 816] network: compare its export with `sac/HalfCheetah-v4/dense`'s row, and its acting time with the dense
+[256, 256] agent's in `scripts/results/profile_acting_wide.md`; "vs dense" is n/a because no 100k-step dense agent
+ships (its benchmark's dense runs are in "IQM vs dense").
 """
 USAGE = """\
 ## Use an agent
