@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch as th
 
@@ -100,6 +101,16 @@ def time_topology_update(callback: object, repeats: int = 3) -> float:
     return 1e3 * statistics.median(times)
 
 
+def _table(rows: list[dict[str, Any]], head: str, names: list[str]) -> list[str]:
+    """Markdown rows: one line per ``name``, a dense and a sparse column per width."""
+    lines = [f"| {head} | " + " | ".join(f"dense {r['width']} | sparse {r['width']}" for r in rows) + " |",
+             "|---|" + "---|---|" * len(rows)]
+    for name in names:
+        cells = [f"{r[variant][name]:.2f}" for r in rows for variant in ("dense", "sparse")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 2048])
@@ -110,7 +121,7 @@ def main() -> int:
     parser.add_argument("--out", default="profile_throughput", help="results file name in scripts/results (no suffix)")
     args = parser.parse_args()
     th.set_num_threads(1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for width in args.widths:
         models = make_models(width, args.sparsity, args.warmup // 2, args.seed)
         row: dict[str, object] = {"width": width}
@@ -133,23 +144,11 @@ def main() -> int:
     names = [name for name, _, _ in CATEGORIES] + ["topology update", "other", "total"]
     lines = [f"Command: `{command}` (SAC HalfCheetah-v4, one torch thread, {args.steps} profiled steps per model; "
              f"ms per environment step under cProfile; the RigL update is timed alone and divided by {UPDATE_EVERY})",
-             "", "| part | " + " | ".join(f"dense {r['width']} | sparse {r['width']}" for r in rows) + " |",
-             "|---|" + "---|---|" * len(rows)]
-    for name in names:
-        cells = []
-        for r in rows:
-            cells += [f"{r['dense'][name]:.2f}", f"{r['sparse'][name]:.2f}"]  # type: ignore[index]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Kernel time, ms per environment step, from a second pass of {args.steps} steps per model under "
-              "torch.profiler (self CPU time of the `sparse_rl::*` operators and of ATen's dense `addmm`/`mm`/`bmm`, "
-              "forward and backward; cProfile puts the operators' forward in `other` and their backward in `autograd "
-              "backward`):", "", "| kernels | " + " | ".join(f"dense {r['width']} | sparse {r['width']}" for r in rows)
-              + " |", "|---|" + "---|---|" * len(rows)]
-    for name in (SPARSE_OPS, DENSE_OPS):
-        cells = []
-        for r in rows:
-            cells += [f"{r['dense'][name]:.2f}", f"{r['sparse'][name]:.2f}"]  # type: ignore[index]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             "", *_table(rows, "part", names), "",
+             f"Kernel time, ms per environment step, from a second pass of {args.steps} steps per model under "
+             "torch.profiler (self CPU time of the `sparse_rl::*` operators and of ATen's dense `addmm`/`mm`/`bmm`, "
+             "forward and backward; cProfile puts the operators' forward in `other` and their backward in `autograd "
+             "backward`):", "", *_table(rows, "kernels", [SPARSE_OPS, DENSE_OPS])]
     lines += ["", "One RigL update: " + ", ".join(f"{r['sparse_update_ms']:.0f} ms at width {r['width']}" for r in rows)]
     from sparse_rl.analysis.report import write_result_files
 
