@@ -164,19 +164,30 @@ def equal_wall_clock(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]
         rows[name] = {"iqm": iqm, "mean": estimates.get(name, {}).get("mean"),
                       "iqm_vs_dense": relative_to_dense(iqm[0], dense_iqm) if iqm and name != "dense" else None,
                       "p_improvement_over_dense": improvement.get(name), "env_steps_mean": float(np.mean(steps[name])),
-                      "per_seed": {r["seed"]: round(float(m[0]), 1) for r, m in zip(runs_compared[name], matrices[name])}}
+                      "per_seed": {r["seed"]: round(float(m[0]), 1) for r, m in zip(runs_compared[name], matrices[name])},
+                      "steps_per_seed": {r["seed"]: int(n) for r, n in zip(runs_compared[name], steps[name])},
+                      "steps_per_s_per_seed": {r["seed"]: round(r["timesteps"][-1] / r["walltime_s"][-1], 1)
+                                               for r in runs_compared[name]}}
     return {"wall_clock_s": float(budget), "seeds_compared": seeds, "rows": rows}
 
 
 def equal_wall_clock_markdown(result: dict[str, Any]) -> str:
     lines = ["", f"## At equal training wall clock ({result['wall_clock_s']:.0f} s, the shortest finished run)", "",
-             "Each run scores its last evaluation at or before that time (runs trained side by side, one torch thread "
-             "each).", "", "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | "
+             "Each run scores its last evaluation at or before that time. The runs trained two at a time, one torch "
+             "thread each, but which runs shared the machine, and what else ran on it, varied: the per-seed speeds "
+             "below show how much, and an interleaved throughput benchmark is the speed comparison.", "",
+             "| config | IQM [95 % CI] | mean [95 % CI] | IQM vs dense | P(better than dense) [CI] | "
              "env steps reached (mean) |", "|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         ratio = f"{row['iqm_vs_dense']:.3f}" if row["iqm_vs_dense"] is not None else ("1.000" if name == "dense" else "n/a")
         lines.append(f"| {name} | {format_interval(row['iqm'])} | {format_interval(row['mean'])} | {ratio} | "
                      f"{format_interval(row['p_improvement_over_dense'], '{:.2f}')} | {row['env_steps_mean']:,.0f} |")
+    seeds = result["seeds_compared"]
+    lines += ["", "Per seed: env steps reached at that time / the whole run's steps per second:", "",
+              "| config | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row['steps_per_seed'][s]:,} / {row['steps_per_s_per_seed'][s]:.1f}" for s in seeds) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,10 +40,11 @@ weights as stored over the same weights dense in float32; export = KiB of safete
 one SB3 `predict` call, batch 1, one thread, on the packaging machine (below 1 is faster). "Stored vs dense" and
 "acting time vs dense" compare an agent with its own architecture made dense. For `sac/HalfCheetah-v4/rigl90-wide816`
 (sparse-wide at equal parameters: [816, 816] at 90 %, 216,322 weights, as many as dense [256, 256]) that is a dense
-[816, 816] network: compare its export with `sac/HalfCheetah-v4/dense`'s row, and its acting time with the dense
-[256, 256] agent's in `scripts/results/profile_acting_wide.md`; "vs dense" is n/a because no 100k-step dense agent
-ships (its benchmark's dense runs are in "IQM vs dense").
+[816, 816] network, not the dense [256, 256] agent; its "vs dense" is n/a because no 100k-step dense agent ships
+(its benchmark's dense runs are in "IQM vs dense").
 """
+# the sparse-wide agent, the dense agent with as many weights, and their interleaved acting profile
+EQUAL_PARAMETERS = ("sac/HalfCheetah-v4/rigl90-wide816", "sac/HalfCheetah-v4/dense", "profile_acting_wide")
 USAGE = """\
 ## Use an agent
 
@@ -93,6 +95,25 @@ def _run_dir(folder: Path) -> Path | None:
     return found[0].parent if found else None
 
 
+def equal_parameters_note() -> str:
+    """The sparse-wide agent against the dense agent with as many weights, from their ``results.json`` files and the
+    interleaved acting profile (empty when either agent is missing)."""
+    wide_file, dense_file = (AGENTS / name / RESULT for name in EQUAL_PARAMETERS[:2])
+    if not (wide_file.is_file() and dense_file.is_file()):
+        return ""
+    wide, dense = json.loads(wide_file.read_text()), json.loads(dense_file.read_text())
+    note = (f"Against the dense [256, 256] agent, which has as many weights ({dense['nnz']:,} vs {wide['nnz']:,}), "
+            f"its stored weights take {wide['stored_bytes'] / dense['stored_bytes']:.2f}x the bytes and its export "
+            f"{wide['export_bytes'] / 1024:.0f} vs {dense['export_bytes'] / 1024:.0f} KiB (column indices)")
+    profile = RESULTS / f"{EQUAL_PARAMETERS[2]}.json"
+    rows = json.loads(profile.read_text())["results"][0]["rows"] if profile.is_file() else []
+    predict = [row["ratio"] for row in rows if row["part"] == "predict"]
+    if predict:
+        note += (f"; its `predict` takes {predict[0]:.2f}x as long (the two agents interleaved: "
+                 f"`scripts/results/{EQUAL_PARAMETERS[2]}.md`)")
+    return textwrap.fill(note + ".", 120) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", choices=sorted(BENCHES))
@@ -123,7 +144,7 @@ def main() -> int:
             print(f"{out}: return {result['evaluation']['mean']:.1f} +- {result['evaluation']['std']:.1f}")
     command = "python scripts/package_agents.py --table-only"
     size = sum(p.stat().st_size for p in AGENTS.rglob("*") if p.is_file() and not p.is_symlink()) if AGENTS.exists() else 0
-    text = ["# Trained agents", "", INTRO, table(AGENTS) if AGENTS.exists() else "(none yet)\n",
+    text = ["# Trained agents", "", INTRO + equal_parameters_note(), table(AGENTS) if AGENTS.exists() else "(none yet)\n",
             f"Table: `{command}`. Total size of agents/: {size / 1e6:.1f} MB.", "", USAGE]
     AGENTS.mkdir(exist_ok=True)
     (AGENTS / "README.md").write_text("\n".join(text) + "\n")

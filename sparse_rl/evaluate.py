@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite {result['suite'].name}, {kind} over tasks {', '.join(summary['tasks'])}{left_out}; "
           f"95 % stratified-bootstrap CIs ({summary['reps']} resamples)")
     print(markdown_table(summary))
+    print("latency vs dense and inference FLOPs vs dense: each run against its own network with its sparse layers made "
+          "dense, not against the dense configuration (a sparse-wide run is compared with its wide network dense); "
+          "P(> dense) is against the dense configuration's runs")
     print(f"results: {result['paths']['csv']}")
     return 0
 

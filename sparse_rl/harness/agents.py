@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import shutil
 from collections import OrderedDict
 from importlib import metadata
@@ -171,6 +172,7 @@ def package(run_dir: str | Path, out_dir: str | Path, config: str, aggregate: di
         shutil.copy2(path, out_dir / source.name / path.name)
     _env_kwargs_as_mapping(RunFolder(out_dir, run.env))
     print(complete_resolved(RunFolder(out_dir, run.env)) or "", end="")
+    print(requote_command(RunFolder(out_dir, run.env)) or "", end="")
     zipped = source.model_path.stat().st_size <= MAX_ZIP_BYTES
     if zipped:
         shutil.copy2(source.model_path, out_dir / source.model_path.name)
@@ -229,6 +231,39 @@ def complete_resolved(agent: RunFolder) -> str | None:
                            "by this version, whose config.yml record equals the run's own")
     path.write_text(yaml.safe_dump(record, sort_keys=False))
     return f"{path}: reconstructed (the run predates resolved.yml; config.yml agrees with it)\n"
+
+
+# RL Zoo's StoreDict options (``key:value`` items whose values may hold spaces) -> their args.yml key
+_STORE_DICTS = {"-params": "hyperparams", "--hyperparams": "hyperparams", "--env-kwargs": "env_kwargs",
+                "--eval-env-kwargs": "eval_env_kwargs"}
+
+
+def requote_command(agent: RunFolder) -> str | None:
+    """Re-quote ``command.txt`` of a run that predates quoted commands (it was the arguments joined by spaces, so
+    ``-params policy_kwargs:dict(net_arch=[816, 816])`` did not run as written). The items of RL Zoo's ``key:value``
+    options are taken from ``args.yml``; the command is rewritten only when those arguments, joined by spaces, give the
+    old text back exactly. Returns one line saying what was done, ``None`` for a command that already runs as written.
+    """
+    path = agent.path / "command.txt"
+    text = path.read_text().strip() if path.is_file() else ""
+    try:
+        if not text or shlex.join(shlex.split(text)) == text:
+            return None
+    except ValueError:  # unbalanced quotes: not a command this package wrote
+        return f"{path}: not re-quoted: it does not parse as a shell command\n"
+    args = agent.read_args()
+    tokens, rebuilt = text.split(" "), []
+    while tokens:
+        token = tokens.pop(0)
+        rebuilt.append(token)
+        if token in _STORE_DICTS:
+            while tokens and not tokens[0].startswith("-"):
+                tokens.pop(0)
+            rebuilt += [f"{key}:{value}" for key, value in (args.get(_STORE_DICTS[token]) or {}).items()]
+    if " ".join(rebuilt) != text:
+        return f"{path}: not re-quoted: its arguments could not be told apart again from args.yml\n"
+    path.write_text(shlex.join(rebuilt) + "\n")
+    return f"{path}: re-quoted (the run predates quoted commands; its key:value items from args.yml)\n"
 
 
 def zoo_links(agent: RunFolder, algo: str) -> Path:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from sparse_rl import load_exported
 from sparse_rl.enjoy import main as enjoy_main
-from sparse_rl.harness.agents import RESULTS, complete_resolved, replay_first_episode, table
+from sparse_rl.harness.agents import RESULTS, complete_resolved, replay_first_episode, requote_command, table
 from sparse_rl.harness.resolve import yaml_plain
 from sparse_rl.harness.runs import RunFolder, load_agent, saved_hyperparams
 
@@ -112,7 +113,28 @@ def test_agent_ships_its_resolved_settings_and_command(agent):
     resolved = folder.read_resolved()
     assert resolved, f"{folder.params_dir / 'resolved.yml'} missing"
     assert yaml_plain(saved_hyperparams(folder.read_config())) == resolved["hyperparams"]  # the same settings
-    assert f"--seed {results['seed']}" in (agent / "command.txt").read_text()
+    command = (agent / "command.txt").read_text().strip()
+    assert f"--seed {results['seed']}" in command
+    assert shlex.join(shlex.split(command)) == command, "command.txt does not run as written"
+
+
+def test_an_unquoted_command_is_requoted_from_args_yml(tmp_path):
+    """The sparse-wide agent's command.txt (written before commands were quoted) ended in an unquoted
+    ``-params policy_kwargs:dict(net_arch=[816, 816])``: bash refused it ("syntax error near unexpected token")."""
+    source = AGENTS / "sac/HalfCheetah-v4/rigl90-wide816"
+    if not source.is_dir():
+        pytest.skip("the sparse-wide agent is not in this checkout")
+    agent = tmp_path / "agent"
+    shutil.copytree(source, agent, symlinks=True)
+    tokens = shlex.split((agent / "command.txt").read_text())
+    old = " ".join(tokens)  # how the code of that time wrote it
+    (agent / "command.txt").write_text(old + "\n")
+    assert "re-quoted" in requote_command(RunFolder(agent, "HalfCheetah-v4"))
+    assert shlex.split((agent / "command.txt").read_text()) == tokens
+    assert tokens[-2:] == ["-params", "policy_kwargs:dict(net_arch=[816, 816])"]
+    assert requote_command(RunFolder(agent, "HalfCheetah-v4")) is None  # runs as written now: left alone
+    (agent / "command.txt").write_text(old.replace("816, 816", "816,  816") + "\n")  # not args.yml's items
+    assert "not re-quoted" in requote_command(RunFolder(agent, "HalfCheetah-v4"))
 
 
 def test_resolved_settings_are_reconstructed_only_when_they_match_the_run(tmp_path):

@@ -32,6 +32,19 @@ def test_each_run_scores_its_last_evaluation_within_the_shortest_runs_wall_clock
     assert "env steps reached" in learning_report.equal_wall_clock_markdown(result)
 
 
+def test_the_wall_clock_section_shows_each_runs_speed():
+    """The sparse-wide report said its runs "trained side by side" while their pairings varied (wide seeds at 23-26 and
+    41 steps/s): each seed's steps reached and whole-run speed are listed now."""
+    records = {"dense": [_record(s, [1.0, 2.0, 3.0], [10.0, 20.0, 30.0 + 10 * s]) for s in range(2)],
+               "wide": [_record(s, [1.0, 2.0, 3.0], [20.0, 40.0, 60.0 * (s + 1)]) for s in range(2)]}
+    result = learning_report.equal_wall_clock(records)
+    assert result["rows"]["wide"]["steps_per_seed"] == {0: 10, 1: 10}
+    assert result["rows"]["wide"]["steps_per_s_per_seed"] == {0: 0.5, 1: 0.2}  # 30 steps in 60 s and in 120 s
+    text = learning_report.equal_wall_clock_markdown(result)
+    assert "| wide | 10 / 0.5 | 10 / 0.2 |" in text and "| dense | 30 / 1.0 | 20 / 0.8 |" in text
+    assert "side by side" not in text
+
+
 def test_no_wall_clock_curve_gives_no_section():
     records = {"dense": [_record(0, [1.0], None), _record(1, [2.0], None)], "wide": [_record(0, [1.0], [5.0])]}
     assert learning_report.equal_wall_clock(records) is None
