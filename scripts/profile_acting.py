@@ -5,12 +5,17 @@ layer alone on the input it receives while acting (the breakdown behind the agen
 
 Each pair is two agent folders under ``agents/`` (or any run folders). One torch thread; every measurement is the
 median over ``--rounds`` rounds in which the two agents alternate, so both see the same machine load; a part's ratio
-is sparse time / dense time (under 1: sparse is faster). Writes ``scripts/results/profile_acting.md`` and ``.json``.
+is sparse time / dense time (under 1: sparse is faster). The row "policy forward, dense layer stacks" times the sparse
+policy with its fused sparse layer stacks swapped for the dense agent's (:func:`swapped_stacks`): level with dense's
+forward, the sparse forward's extra time is in the stacks, not in the policy code around them; "dense layers in the
+fused container" keeps the dense layers in a ``SparseSequential`` (the container's own cost). Writes
+``scripts/results/profile_acting.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -27,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from sparse_rl.harness.runs import load_agent  # noqa: E402
 from sparse_rl.nn.base import SparseLayer  # noqa: E402
+from sparse_rl.nn.fused import SparseSequential  # noqa: E402
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d, SparseLayer)
+SWAPPED, SWAPPED_FUSED = "policy forward, dense layer stacks", "policy forward, dense layers in the fused container"
 
 
 def _per_call_us(fn: Callable[[], Any], calls: int) -> float:
@@ -60,10 +67,36 @@ def parts(model: Any, observation: Any) -> dict[str, tuple[Callable[[], Any], st
     return result
 
 
+def swapped_stacks(sparse_policy: nn.Module, dense_policy: nn.Module, container: type[nn.Sequential] = nn.Sequential
+                   ) -> tuple[nn.Module, int]:
+    """A copy of the sparse policy in which every fused sparse layer stack (``SparseSequential``) is replaced by a copy
+    of the dense agent's ``nn.Sequential`` at the same path, its layers held in ``container`` (``SparseSequential``:
+    the fused container's own cost): the sparse policy's own classes and code around dense layer stacks. Returns the
+    copy and how many stacks were swapped."""
+    policy = copy.deepcopy(sparse_policy)
+    dense_modules = dict(dense_policy.named_modules())
+    swapped = 0
+    for name, module in list(policy.named_modules()):
+        if name and isinstance(module, SparseSequential) and type(dense_modules.get(name)) is nn.Sequential:
+            parent, _, child = name.rpartition(".")
+            setattr(policy.get_submodule(parent), child, container(*copy.deepcopy(list(dense_modules[name]))))
+            swapped += 1
+    return policy, swapped
+
+
 def profile(dense_dir: Path, sparse_dir: Path, rounds: int, calls: int) -> dict[str, Any]:
     models = {kind: load_agent(path)[0] for kind, path in (("dense", dense_dir), ("sparse", sparse_dir))}
     observation = models["dense"].observation_space.sample()
     table = {kind: parts(model, observation) for kind, model in models.items()}
+    # is the forward's extra time in the sparse layer stacks, or in the policy around them? (the dense agent has nothing
+    # to swap: its row repeats its policy forward)
+    tensor, _ = models["dense"].policy.obs_to_tensor(observation)
+    for part, container, held in ((SWAPPED, nn.Sequential, ""), (SWAPPED_FUSED, SparseSequential,
+                                                                  " (in the fused container)")):
+        hybrid, swapped = swapped_stacks(models["sparse"].policy, models["dense"].policy, container)
+        table["sparse"][part] = (lambda h=hybrid: h._predict(tensor, deterministic=True),  # type: ignore[operator]
+                                 f"policy._predict with the dense agent's {swapped} layer stack(s) swapped in{held}")
+        table["dense"][part] = (table["dense"]["policy forward"][0], "policy._predict (nothing to swap)")
     times: dict[str, dict[str, list[float]]] = {kind: {part: [] for part in table[kind]} for kind in table}
     with th.no_grad():
         for _ in range(rounds):
