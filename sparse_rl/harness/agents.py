@@ -252,15 +252,16 @@ def requote_command(agent: RunFolder) -> str | None:
     except ValueError:  # unbalanced quotes: not a command this package wrote
         return f"{path}: not re-quoted: it does not parse as a shell command\n"
     args = agent.read_args()
-    tokens, rebuilt = text.split(" "), []
+    tokens, rebuilt, plain = text.split(" "), [], True
     while tokens:
         token = tokens.pop(0)
         rebuilt.append(token)
+        plain = plain and shlex.quote(token) == token  # outside key:value options a space could not be told apart
         if token in _STORE_DICTS:
             while tokens and not tokens[0].startswith("-"):
                 tokens.pop(0)
             rebuilt += [f"{key}:{value}" for key, value in (args.get(_STORE_DICTS[token]) or {}).items()]
-    if " ".join(rebuilt) != text:
+    if not plain or " ".join(rebuilt) != text:
         return f"{path}: not re-quoted: its arguments could not be told apart again from args.yml\n"
     path.write_text(shlex.join(rebuilt) + "\n")
     return f"{path}: re-quoted (the run predates quoted commands; its key:value items from args.yml)\n"

@@ -135,6 +135,8 @@ def test_an_unquoted_command_is_requoted_from_args_yml(tmp_path):
     assert requote_command(RunFolder(agent, "HalfCheetah-v4")) is None  # runs as written now: left alone
     (agent / "command.txt").write_text(old.replace("816, 816", "816,  816") + "\n")  # not args.yml's items
     assert "not re-quoted" in requote_command(RunFolder(agent, "HalfCheetah-v4"))
+    (agent / "command.txt").write_text(old.replace("--seed 0", "--seed 0 -f /tmp/a(1)") + "\n")  # not a key:value item
+    assert "not re-quoted" in requote_command(RunFolder(agent, "HalfCheetah-v4"))
 
 
 def test_resolved_settings_are_reconstructed_only_when_they_match_the_run(tmp_path):
