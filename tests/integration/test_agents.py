@@ -221,7 +221,8 @@ def test_the_acting_profile_times_every_layer_acting_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(Path(f"{out}.json").read_text())["results"][0]["rows"]
     assert [r["part"] for r in rows] == ["predict", "policy forward", "actor.latent_pi.0", "actor.latent_pi.2",
-                                         "actor.mu", "actor.log_std"]
+                                         "actor.mu", "actor.log_std", "policy forward, dense layer stacks",
+                                         "policy forward, dense layers in the fused container"]
     assert "SparseLinear 256x256" in rows[3]["sparse"] and rows[3]["dense"] == "Linear 256x256"
     assert all(r["dense_us"] > 0 and r["sparse_us"] > 0 for r in rows)
 
