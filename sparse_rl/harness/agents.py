@@ -233,15 +233,15 @@ def complete_resolved(agent: RunFolder) -> str | None:
     return f"{path}: reconstructed (the run predates resolved.yml; config.yml agrees with it)\n"
 
 
-# RL Zoo's StoreDict options (``key:value`` items whose values may hold spaces) -> their args.yml key
-_STORE_DICTS = {"-params": "hyperparams", "--hyperparams": "hyperparams", "--env-kwargs": "env_kwargs",
-                "--eval-env-kwargs": "eval_env_kwargs"}
+#: ``python -m sparse_rl.train``'s one ``key:value`` option (values may hold spaces); ``args.yml`` keeps its items
+#: under ``hyperparams``
+_HYPERPARAMS_FLAGS = ("-params", "--hyperparams")
 
 
 def requote_command(agent: RunFolder) -> str | None:
     """Re-quote ``command.txt`` of a run that predates quoted commands (it was the arguments joined by spaces, so
-    ``-params policy_kwargs:dict(net_arch=[816, 816])`` did not run as written). The items of RL Zoo's ``key:value``
-    options are taken from ``args.yml``; the command is rewritten only when those arguments, joined by spaces, give the
+    ``-params policy_kwargs:dict(net_arch=[816, 816])`` did not run as written). The ``-params`` items are taken from
+    ``args.yml``; the command is rewritten only when those arguments, joined by spaces, give the
     old text back exactly. Returns one line saying what was done, ``None`` for a command that already runs as written.
     """
     path = agent.path / "command.txt"
@@ -256,11 +256,11 @@ def requote_command(agent: RunFolder) -> str | None:
     while tokens:
         token = tokens.pop(0)
         rebuilt.append(token)
-        plain = plain and shlex.quote(token) == token  # outside key:value options a space could not be told apart
-        if token in _STORE_DICTS:
+        plain = plain and shlex.quote(token) == token  # outside -params a space could not be told apart
+        if token in _HYPERPARAMS_FLAGS:
             while tokens and not tokens[0].startswith("-"):
                 tokens.pop(0)
-            rebuilt += [f"{key}:{value}" for key, value in (args.get(_STORE_DICTS[token]) or {}).items()]
+            rebuilt += [f"{key}:{value}" for key, value in (args.get("hyperparams") or {}).items()]
     if not plain or " ".join(rebuilt) != text:
         return f"{path}: not re-quoted: its arguments could not be told apart again from args.yml\n"
     path.write_text(shlex.join(rebuilt) + "\n")
